@@ -1,0 +1,155 @@
+"""The BEV grid: one object that owns the metric <-> cell mapping, read from ``conf/grid/*.yaml``.
+
+Axis convention (written down because every BEV codebase picks its own):
+a BEV array has shape ``(..., H, W)`` with ``H = ny`` rows along the ego **y** axis and ``W = nx``
+columns along the ego **x** axis. Cell ``(iy, ix)`` covers
+``x in [xmin + ix*dx, xmin + (ix+1)*dx)``, ``y in [ymin + iy*dy, ymin + (iy+1)*dy)``; row 0 is the
+most negative y (the ego's right), column 0 the most negative x (behind the ego). So
+``bev[iy, ix]``; plotting with ``imshow(origin="lower")`` puts +x to the right and +y up.
+
+The numbers live only in ``conf/grid/*.yaml``; nothing in the library hard-codes a grid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+CONF_GRID_DIR = Path(__file__).resolve().parent.parent / "conf" / "grid"
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    """A regular BEV grid in the ego frame.
+
+    ``xbound``/``ybound`` are ``(min, max, cell_size)`` in metres; ``zbound`` ``(min, max, step)``
+    is the height range that lift-splat and pillar models keep (its step is their depth of one
+    voxel; the grid itself is 2D).
+    """
+
+    xbound: tuple[float, float, float]
+    ybound: tuple[float, float, float]
+    zbound: tuple[float, float, float] = (-5.0, 3.0, 8.0)
+    name: str = "custom"
+
+    def __post_init__(self):
+        for field in ("xbound", "ybound", "zbound"):
+            b = tuple(float(v) for v in getattr(self, field))
+            if len(b) != 3:
+                raise ValueError(f"grid.{field} must be [min, max, step]; got {list(b)}")
+            if not b[1] > b[0] or not b[2] > 0:
+                raise ValueError(f"grid.{field} = {list(b)}: need max > min and step > 0")
+            object.__setattr__(self, field, b)
+        for field in ("xbound", "ybound"):
+            lo, hi, d = getattr(self, field)
+            n = (hi - lo) / d
+            if abs(n - round(n)) > 1e-6:
+                raise ValueError(f"grid.{field} = {[lo, hi, d]}: the extent {hi - lo} m is not a whole number of {d} m cells")
+
+    # -- construction ----------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, cfg: Any) -> GridSpec:
+        """From a mapping (a Hydra ``grid`` node or the dict stored in a zarr store's attrs)."""
+        cfg = dict(cfg)
+        missing = [k for k in ("xbound", "ybound") if k not in cfg]
+        if missing:
+            raise KeyError(f"grid config lacks {missing}; expected keys xbound, ybound[, zbound, name]")
+        kwargs = {k: tuple(cfg[k]) for k in ("xbound", "ybound", "zbound") if k in cfg}
+        return cls(**kwargs, name=str(cfg.get("name", "custom")))
+
+    @classmethod
+    def from_yaml(cls, name_or_path: str | Path) -> GridSpec:
+        """From ``conf/grid/<name>.yaml`` or an explicit YAML path."""
+        import yaml
+
+        path = Path(name_or_path)
+        if not path.suffix:
+            path = CONF_GRID_DIR / f"{name_or_path}.yaml"
+        if not path.is_file():
+            known = sorted(p.stem for p in CONF_GRID_DIR.glob("*.yaml"))
+            raise FileNotFoundError(f"grid config {path} not found; known grids: {known}")
+        with open(path) as f:
+            cfg = yaml.safe_load(f)
+        cfg.setdefault("name", path.stem)
+        return cls.from_dict(cfg)
+
+    def to_dict(self) -> dict:
+        """A JSON-able dict (stored in zarr attrs; :meth:`from_dict` reads it back)."""
+        return {"name": self.name, "xbound": list(self.xbound), "ybound": list(self.ybound), "zbound": list(self.zbound)}
+
+    def same_geometry(self, other: GridSpec, tol: float = 1e-6) -> bool:
+        """True when both grids have the same bounds and cell sizes (names may differ)."""
+        a = np.array(self.xbound + self.ybound + self.zbound)
+        b = np.array(other.xbound + other.ybound + other.zbound)
+        return bool(np.all(np.abs(a - b) <= tol))
+
+    # -- sizes -----------------------------------------------------------------------------------
+    @property
+    def nx(self) -> int:
+        return int(round((self.xbound[1] - self.xbound[0]) / self.xbound[2]))
+
+    @property
+    def ny(self) -> int:
+        return int(round((self.ybound[1] - self.ybound[0]) / self.ybound[2]))
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(H, W) = (ny, nx)``."""
+        return self.ny, self.nx
+
+    @property
+    def cell_size(self) -> tuple[float, float]:
+        """``(dx, dy)`` in metres."""
+        return self.xbound[2], self.ybound[2]
+
+    # -- mapping ---------------------------------------------------------------------------------
+    def metric_to_cell(self, xy):
+        """Continuous cell coordinates ``(..., 2)`` as ``(ix, iy)`` floats; cell centres sit at ``k + 0.5``."""
+        lo = (self.xbound[0], self.ybound[0])
+        d = (self.xbound[2], self.ybound[2])
+        if isinstance(xy, torch.Tensor):
+            lo_t = torch.tensor(lo, dtype=xy.dtype, device=xy.device)
+            d_t = torch.tensor(d, dtype=xy.dtype, device=xy.device)
+            return (xy[..., :2] - lo_t) / d_t
+        return (np.asarray(xy)[..., :2] - np.array(lo)) / np.array(d)
+
+    def cell_to_metric(self, ixy):
+        """Metric ``(..., 2)`` ``(x, y)`` of continuous cell coordinates ``(..., 2)`` ``(ix, iy)``."""
+        lo = (self.xbound[0], self.ybound[0])
+        d = (self.xbound[2], self.ybound[2])
+        if isinstance(ixy, torch.Tensor):
+            return ixy * torch.tensor(d, dtype=ixy.dtype, device=ixy.device) + torch.tensor(lo, dtype=ixy.dtype, device=ixy.device)
+        return np.asarray(ixy) * np.array(d) + np.array(lo)
+
+    def cell_index(self, xy):
+        """Integer cells of points ``(..., >=2)``: ``(ix, iy, inside)``, each shaped ``(...)``.
+
+        ``inside`` is False for points outside the grid; their ix/iy are clipped and must be masked.
+        """
+        c = self.metric_to_cell(xy)
+        if isinstance(c, torch.Tensor):
+            ixy = torch.floor(c).long()
+            ix, iy = ixy[..., 0], ixy[..., 1]
+        else:
+            ixy = np.floor(c).astype(np.int64)
+            ix, iy = ixy[..., 0], ixy[..., 1]
+        inside = (ix >= 0) & (ix < self.nx) & (iy >= 0) & (iy < self.ny)
+        if isinstance(c, torch.Tensor):
+            return ix.clamp(0, self.nx - 1), iy.clamp(0, self.ny - 1), inside
+        return np.clip(ix, 0, self.nx - 1), np.clip(iy, 0, self.ny - 1), inside
+
+    def flat_index(self, xy):
+        """Flat cell index ``iy * W + ix`` ``(...)`` and the ``inside`` mask, for scatter into ``(H*W,)``."""
+        ix, iy, inside = self.cell_index(xy)
+        return iy * self.nx + ix, inside
+
+    def cell_centres(self) -> np.ndarray:
+        """Metric centres ``(H, W, 2)`` as ``(x, y)``: ``cell_centres()[iy, ix]``."""
+        xs = self.xbound[0] + (np.arange(self.nx) + 0.5) * self.xbound[2]
+        ys = self.ybound[0] + (np.arange(self.ny) + 0.5) * self.ybound[2]
+        gx, gy = np.meshgrid(xs, ys)  # (H, W) each, rows along y
+        return np.stack([gx, gy], -1)
