@@ -112,10 +112,18 @@ def rotmat_to_quat(R: Array) -> Array:
     t = xp.stack([1 + m00 + m11 + m22, 1 + m00 - m11 - m22, 1 - m00 + m11 - m22, 1 - m00 - m11 + m22], -1)
     cand = xp.stack(
         [
-            xp.stack([t[..., 0], R[..., 2, 1] - R[..., 1, 2], R[..., 0, 2] - R[..., 2, 0], R[..., 1, 0] - R[..., 0, 1]], -1),
-            xp.stack([R[..., 2, 1] - R[..., 1, 2], t[..., 1], R[..., 0, 1] + R[..., 1, 0], R[..., 0, 2] + R[..., 2, 0]], -1),
-            xp.stack([R[..., 0, 2] - R[..., 2, 0], R[..., 0, 1] + R[..., 1, 0], t[..., 2], R[..., 1, 2] + R[..., 2, 1]], -1),
-            xp.stack([R[..., 1, 0] - R[..., 0, 1], R[..., 0, 2] + R[..., 2, 0], R[..., 1, 2] + R[..., 2, 1], t[..., 3]], -1),
+            xp.stack(
+                [t[..., 0], R[..., 2, 1] - R[..., 1, 2], R[..., 0, 2] - R[..., 2, 0], R[..., 1, 0] - R[..., 0, 1]], -1
+            ),
+            xp.stack(
+                [R[..., 2, 1] - R[..., 1, 2], t[..., 1], R[..., 0, 1] + R[..., 1, 0], R[..., 0, 2] + R[..., 2, 0]], -1
+            ),
+            xp.stack(
+                [R[..., 0, 2] - R[..., 2, 0], R[..., 0, 1] + R[..., 1, 0], t[..., 2], R[..., 1, 2] + R[..., 2, 1]], -1
+            ),
+            xp.stack(
+                [R[..., 1, 0] - R[..., 0, 1], R[..., 0, 2] + R[..., 2, 0], R[..., 1, 2] + R[..., 2, 1], t[..., 3]], -1
+            ),
         ],
         -2,
     )  # (..., 4 candidates, 4)
@@ -151,7 +159,8 @@ def yaw_to_quat(yaw: Array) -> Array:
 def rotmat_to_yaw(R: Array) -> Array:
     """Heading ``(...)`` of rotation matrices ``(..., 3, 3)``: the angle of the rotated +x axis in the xy plane.
 
-    Equals pyquaternion's ``yaw_pitch_roll[0]`` (the z of a z-y-x Euler decomposition).
+    Equals the devkit's ``nuscenes.eval.common.utils.quaternion_yaw`` (which its evaluation uses);
+    for tilted rotations it differs from pyquaternion's ``yaw_pitch_roll[0]``, another convention.
     """
     R = _asfloat(R)
     xp = _xp(R)
@@ -407,7 +416,7 @@ def transform_boxes(a_from_b: Array, boxes_b: Array) -> Array:
     out = boxes_b.copy() if not _is_torch(boxes_b) else boxes_b.clone()
     out[:, :3] = transform_points(T, boxes_b[:, :3])
     out[:, YAW] = wrap_angle(boxes_b[:, YAW] + rotmat_to_yaw(T[:3, :3]))
-    v = boxes_b[:, VX:VY + 1]
+    v = boxes_b[:, VX : VY + 1]
     out[:, VX] = T[0, 0] * v[:, 0] + T[0, 1] * v[:, 1]
     out[:, VY] = T[1, 0] * v[:, 0] + T[1, 1] * v[:, 1]
     return out
@@ -425,7 +434,7 @@ def boxes_from_nuscenes(nusc_boxes: list) -> np.ndarray:
         out[i, :3] = b.center
         out[i, L], out[i, W], out[i, H] = l, w, h
         out[i, YAW] = quat_to_yaw(np.asarray(b.orientation.elements, dtype=np.float64))
-        out[i, VX:VY + 1] = np.asarray(b.velocity, dtype=np.float64)[:2]
+        out[i, VX : VY + 1] = np.asarray(b.velocity, dtype=np.float64)[:2]
     return out
 
 

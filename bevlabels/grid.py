@@ -48,7 +48,9 @@ class GridSpec:
             lo, hi, d = getattr(self, field)
             n = (hi - lo) / d
             if abs(n - round(n)) > 1e-6:
-                raise ValueError(f"grid.{field} = {[lo, hi, d]}: the extent {hi - lo} m is not a whole number of {d} m cells")
+                raise ValueError(
+                    f"grid.{field} = {[lo, hi, d]}: the extent {hi - lo} m is not a whole number of {d} m cells"
+                )
 
     # -- construction ----------------------------------------------------------------------------
     @classmethod
@@ -79,7 +81,12 @@ class GridSpec:
 
     def to_dict(self) -> dict:
         """A JSON-able dict (stored in zarr attrs; :meth:`from_dict` reads it back)."""
-        return {"name": self.name, "xbound": list(self.xbound), "ybound": list(self.ybound), "zbound": list(self.zbound)}
+        return {
+            "name": self.name,
+            "xbound": list(self.xbound),
+            "ybound": list(self.ybound),
+            "zbound": list(self.zbound),
+        }
 
     def same_geometry(self, other: GridSpec, tol: float = 1e-6) -> bool:
         """True when both grids have the same bounds and cell sizes (names may differ)."""
@@ -122,7 +129,9 @@ class GridSpec:
         lo = (self.xbound[0], self.ybound[0])
         d = (self.xbound[2], self.ybound[2])
         if isinstance(ixy, torch.Tensor):
-            return ixy * torch.tensor(d, dtype=ixy.dtype, device=ixy.device) + torch.tensor(lo, dtype=ixy.dtype, device=ixy.device)
+            return ixy * torch.tensor(d, dtype=ixy.dtype, device=ixy.device) + torch.tensor(
+                lo, dtype=ixy.dtype, device=ixy.device
+            )
         return np.asarray(ixy) * np.array(d) + np.array(lo)
 
     def cell_index(self, xy):
