@@ -13,6 +13,10 @@ Frames
 ``img``     continuous pixel coordinates ``(u, v)``: u right, v down, pixel ``(i, j)`` covers
             ``[i, i+1) x [j, j+1)``, so resizing by ``s`` maps ``u -> s*u``, cropping at ``x0`` maps
             ``u -> u - x0`` and a horizontal flip of a ``W``-wide image maps ``u -> W - u``.
+            Datasets' intrinsics are used unchanged (``u = fx x/z + cx``, exactly the devkits'
+            pixels); their calibration puts pixel centres at integer u (OpenCV), so reading u as
+            continuous is a half-pixel shift at the original resolution, accepted as BEVDepth
+            and its successors accept it, in exchange for exact resize/crop/flip algebra.
 
 Transforms
 ----------

@@ -33,7 +33,7 @@ class DatasetError(RuntimeError):
     """A dataset on disk is missing something or is malformed; the message names the file or field."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class CameraInfo:
     """One camera image of a keyframe.
 
@@ -58,7 +58,7 @@ class CameraInfo:
         return Path(self.image_path).is_file()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class LidarSweep:
     """One LiDAR sweep: where its points are, how to move them, and when it was taken."""
 
@@ -74,7 +74,7 @@ class LidarSweep:
         return self.global_from_ego @ self.ego_from_lidar
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Boxes:
     """GT boxes of one keyframe, in that keyframe's ego frame.
 
@@ -123,7 +123,7 @@ class Boxes:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Frame:
     """One annotated keyframe: cameras, its LiDAR sweep and the sweeps before it, GT boxes."""
 
@@ -133,7 +133,9 @@ class Frame:
     timestamp: int  # microseconds, the keyframe LiDAR sweep's
     cameras: tuple[CameraInfo, ...]
     lidar: LidarSweep
-    prev_sweeps: tuple[LidarSweep, ...] = ()  # non-key sweeps before the keyframe, newest first
+    prev_sweeps: tuple[
+        LidarSweep, ...
+    ] = ()  # earlier sweeps of the scene, newest first (earlier keyframe sweeps included)
     boxes: Boxes = field(default_factory=Boxes.empty)
 
     @property

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from bevlabels import geometry as g
 from bevlabels.datasets.base import Frame
+from bevlabels.features.base import sample_features
 from bevlabels.grid import GridSpec
 
 
@@ -101,21 +101,6 @@ def camera_hits(points: torch.Tensor, cams: CameraSet, cfg: VisibilityConfig) ->
     return hits
 
 
-def sample_patch_features(feats: torch.Tensor, uv: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear samples ``(p, C)`` of a patch grid ``feats (C, h, w)`` at original-resolution pixels ``uv (p, 2)``.
-
-    The patch grid covers the whole (resized) image, so continuous pixel ``u`` in ``[0, W]``
-    maps to grid_sample's normalised ``2u/W - 1`` with ``align_corners=False`` (patch j's centre
-    is at ``(j + 0.5) * W / w``); samples near the border are clamped to the edge patches.
-    """
-    width, height = image_size
-    gx = 2.0 * uv[:, 0] / width - 1.0
-    gy = 2.0 * uv[:, 1] / height - 1.0
-    grid = torch.stack([gx, gy], -1).to(feats.dtype)[None, None]  # (1, 1, p, 2)
-    out = F.grid_sample(feats[None], grid, mode="bilinear", padding_mode="border", align_corners=False)
-    return out[0, :, 0].T  # (p, C)
-
-
 @dataclass
 class PooledBEV:
     """A keyframe's pooled pseudo-label: ``feat (C, H, W)`` (0 where empty) and ``count (H, W)``."""
@@ -168,7 +153,7 @@ def pool_bev(
         size = (int(cams.sizes[n, 0]), int(cams.sizes[n, 1]))
         for s in range(0, len(h.index), cfg.chunk):  # chunks bound memory to chunk * C floats
             idx = h.index[s : s + cfg.chunk]
-            f = sample_patch_features(feats[n].float(), h.uv[s : s + cfg.chunk], size)  # (p, C)
+            f = sample_features(feats[n].float(), h.uv[s : s + cfg.chunk], size)  # (p, C)
             bev_sum.index_add_(0, cell[idx], f * weight[idx, None])
     seen = n_vis > 0
     count = torch.bincount(cell[seen], minlength=H * W)  # (H*W,)

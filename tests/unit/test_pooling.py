@@ -7,7 +7,7 @@ import torch
 
 from bevlabels import geometry as g
 from bevlabels.grid import GridSpec
-from bevlabels.lidar.project import CameraSet, VisibilityConfig, pool_bev, sample_patch_features
+from bevlabels.lidar.project import CameraSet, VisibilityConfig, pool_bev
 
 # A camera looking along ego +x from 1.5 m height: cam z = ego x, cam x = -ego y, cam y = -ego z.
 R_EGO_FROM_CAM = np.array([[0, 0, 1], [-1, 0, 0], [0, -1, 0]], dtype=float)
@@ -114,13 +114,3 @@ def test_point_hidden_behind_an_object_takes_no_feature():
     # Without the wall the same point is seen.
     alone = pool_bev(hidden, feats, cams, grid, VisibilityConfig(zbuffer_px=4))
     assert alone.n_visible_cams.tolist() == [1] and alone.count[16, 20] == 1
-
-
-def test_sample_patch_features_at_patch_centres():
-    feats = torch.arange(2 * 3 * 4, dtype=torch.float32).reshape(2, 3, 4)  # (C=2, h=3, w=4)
-    width, height = 40, 30  # 10 px per patch
-    uv = torch.tensor([[5.0, 5.0], [35.0, 25.0], [10.0, 5.0]])  # centres of patch (0,0), (2,3); between (0,0),(0,1)
-    out = sample_patch_features(feats, uv, (width, height))
-    np.testing.assert_allclose(out[0].numpy(), feats[:, 0, 0].numpy(), atol=1e-5)
-    np.testing.assert_allclose(out[1].numpy(), feats[:, 2, 3].numpy(), atol=1e-5)
-    np.testing.assert_allclose(out[2].numpy(), ((feats[:, 0, 0] + feats[:, 0, 1]) / 2).numpy(), atol=1e-5)
