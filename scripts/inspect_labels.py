@@ -1,0 +1,76 @@
+#!/usr/bin/env python
+"""Render one keyframe of a label store as a PNG: PCA-RGB of dino/feat, dino/count, accumulated LiDAR, GT boxes.
+
+    python scripts/inspect_labels.py store=data/labels/synthetic.zarr sample=0 out=label.png
+    python scripts/inspect_labels.py store=... sample=<sample_token> points=false   # skip re-accumulation
+
+Arguments (key=value):
+    store    path of the zarr store (required)
+    sample   store row (int) or sample token (default 0)
+    out      PNG path (default <store>/../inspect_<row>.png)
+    points   re-accumulate the scene's LiDAR (with the store's own settings) to draw it (default true)
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def parse(argv: list[str]) -> dict:
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__)
+        sys.exit(0)
+    args = {"sample": "0", "out": None, "points": "true"}
+    for a in argv:
+        if "=" not in a:
+            sys.exit(f"expected key=value, got {a!r}; see --help")
+        k, v = a.split("=", 1)
+        if k not in ("store", "sample", "out", "points"):
+            sys.exit(f"unknown argument {k!r}; see --help")
+        args[k] = v
+    if "store" not in args:
+        sys.exit("store=PATH is required; see --help")
+    return args
+
+
+def main(argv: list[str]) -> Path:
+    from bevlabels.cache import LabelStoreReader
+    from bevlabels.viz import label_sheet
+
+    args = parse(argv)
+    store = LabelStoreReader(args["store"])
+    s = int(args["sample"]) if args["sample"].isdigit() else store.index_of(args["sample"])
+    token = str(store.sample_tokens[s])
+    feat = store.dino_feat(s).astype(np.float32)
+    count = store.dino_count(s)
+    boxes = points = dynamic = None
+    cfg = store.attrs.get("config") or {}
+    adapter = (cfg.get("dataset") or {}).get("adapter")
+    if adapter:
+        from bevlabels.lidar.accumulate import AccumulationConfig, accumulate_scene
+        from pipelines.labels import get_dataset
+
+        ds = get_dataset(adapter)
+        frame = ds.frame(token)
+        boxes = frame.boxes.boxes
+        if args["points"].lower() in ("1", "true", "yes"):
+            acc = AccumulationConfig(**cfg["accumulation"])
+            frames = ds.keyframes(frame.scene)
+            cloud = next(c for c in accumulate_scene(ds, frame.scene, acc, frames=frames) if c.frame.token == token)
+            points, dynamic = cloud.points, cloud.box_index >= 0
+    fig = label_sheet(
+        feat, count, store.grid, boxes=boxes, points=points, point_is_dynamic=dynamic,
+        title=f"{Path(args['store']).name}  row {s}  scene {store.scenes[s]}  token {token}  "
+        f"({store.attrs['feature_model'].get('name')}, {store.attrs['feature_model'].get('weights')})",
+    )  # fmt: skip
+    out = Path(args["out"]) if args["out"] else Path(args["store"]).resolve().parent / f"inspect_{s}.png"
+    fig.savefig(out, dpi=110)
+    print(f"wrote {out}")
+    return out
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
