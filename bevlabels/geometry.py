@@ -390,21 +390,42 @@ def points_box_index(
 ) -> Array:
     """Index ``(N,)`` of the box each point lies in (the lowest index when boxes overlap), -1 for none.
 
-    Processes points in chunks so memory stays ``O(chunk * M)``.
+    numpy input takes a sweep-and-prune path: points are sorted by x once, and each box tests only
+    the points within its bounding circle's x-slab (``O(M log N + candidates)``, a loop over boxes,
+    never over points). torch input is tested densely in chunks of ``chunk`` points
+    (memory ``O(chunk * M)``), which suits a GPU.
     """
     n = points.shape[0]
-    xp = _xp(points)
     if _is_torch(points):
         out = torch.full((n,), -1, dtype=torch.int64, device=points.device)
-    else:
-        out = np.full((n,), -1, dtype=np.int64)
+        if boxes.shape[0] == 0 or n == 0:
+            return out
+        for start in range(0, n, chunk):  # loop over chunks of points, not points
+            inside = points_in_boxes(points[start : start + chunk], boxes, scale, margin)  # (n_c, M)
+            first = inside.to(torch.uint8).argmax(1)
+            out[start : start + chunk] = torch.where(inside.any(1), first, -1)
+        return out
+    out = np.full((n,), -1, dtype=np.int64)
+    boxes = np.asarray(boxes, dtype=np.float64)
     if boxes.shape[0] == 0 or n == 0:
         return out
-    for start in range(0, n, chunk):  # loop over chunks of points, not points
-        inside = points_in_boxes(points[start : start + chunk], boxes, scale, margin)  # (n_c, M)
-        any_in = inside.any(1)
-        first = inside.argmax(1) if not _is_torch(inside) else inside.to(torch.uint8).argmax(1)
-        out[start : start + chunk] = xp.where(any_in, first, -1)
+    order = np.argsort(points[:, 0], kind="stable")
+    xs = points[order, 0]
+    half = boxes[:, 3:6] * (scale / 2) + margin  # (M, 3)
+    radius = np.hypot(half[:, 0], half[:, 1])  # bounding circle in the xy plane
+    lo = np.searchsorted(xs, boxes[:, X] - radius, side="left")
+    hi = np.searchsorted(xs, boxes[:, X] + radius, side="right")
+    c, s = np.cos(boxes[:, YAW]), np.sin(boxes[:, YAW])
+    for m in range(len(boxes)):  # boxes are few; each sees only the points of its x-slab
+        cand = order[lo[m] : hi[m]]
+        cand = cand[out[cand] < 0]  # the lowest box index wins, as in the dense path
+        d = points[cand, :3] - boxes[m, :3]
+        ok = np.abs(d[:, 1]) <= radius[m]
+        cand, d = cand[ok], d[ok]
+        lx = d[:, 0] * c[m] + d[:, 1] * s[m]
+        ly = -d[:, 0] * s[m] + d[:, 1] * c[m]
+        inside = (np.abs(lx) <= half[m, 0]) & (np.abs(ly) <= half[m, 1]) & (np.abs(d[:, 2]) <= half[m, 2])
+        out[cand[inside]] = m
     return out
 
 

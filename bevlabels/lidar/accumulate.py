@@ -186,7 +186,9 @@ def split_sweep(
     # Static: outside every enlarged box. Dynamic: inside the (un-enlarged) box; points in the
     # margin band belong to neither, which keeps ground points under a car out of its cloud.
     enlarged = g.points_box_index(pts_global, boxes, margin=cfg.box_margin)
-    exact = g.points_box_index(pts_global, boxes)
+    near = np.flatnonzero(enlarged >= 0)  # only these can be inside an exact box
+    exact = np.full(len(pts_global), -1, dtype=np.int64)
+    exact[near] = g.points_box_index(pts_global[near], boxes)
     split = _SweepSplit(t, pts_global[enlarged < 0])
     for m in np.unique(exact[exact >= 0]):
         sel = pts_global[exact == m]

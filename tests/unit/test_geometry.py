@@ -226,6 +226,20 @@ def test_points_box_index_lowest_index_and_chunks():
     assert g.points_box_index(pts, np.zeros((0, 9))).tolist() == [-1] * 4
 
 
+@pytest.mark.parametrize("scale,margin", [(1.0, 0.0), (1.2, 0.0), (1.0, 0.4)])
+def test_points_box_index_sweep_path_equals_dense_membership(scale, margin):
+    boxes = random_boxes(40)
+    boxes[2::3, :3] = boxes[1::3, :3][: len(boxes[2::3])] + 0.5  # overlapping pairs: the lowest index must win
+    pts = np.concatenate([b[:3] + RNG.normal(scale=b[3:6].max() * 0.6, size=(200, 3)) for b in boxes])
+    dense = g.points_in_boxes(pts, boxes, scale=scale, margin=margin)  # (N, M)
+    expected = np.where(dense.any(1), dense.argmax(1), -1)
+    np.testing.assert_array_equal(g.points_box_index(pts, boxes, scale=scale, margin=margin), expected)
+    np.testing.assert_array_equal(
+        g.points_box_index(torch.as_tensor(pts), boxes, scale=scale, margin=margin, chunk=500).numpy(), expected
+    )
+    assert (expected >= 0).mean() > 0.1 and len(np.unique(expected)) > 30 and (dense.sum(1) >= 2).sum() > 20
+
+
 def test_transform_boxes_matches_devkit_moves():
     boxes = random_boxes(10)
     T = random_transforms(1)[0]
