@@ -1,0 +1,1 @@
+"""Model parts, each a plain ``nn.Module`` with explicit channel counts (no registries)."""
