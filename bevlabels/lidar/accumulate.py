@@ -46,8 +46,8 @@ class AccumulationConfig:
 
     time_window: float | None = None  # seconds either side of a keyframe; None = the whole scene
     box_margin: float = 0.25  # metres added on every side of a box when separating static points
-    voxel_size: float = 0.05  # metres; first point per voxel kept
-    dedup_every: int = 20  # sweeps between dedup passes (memory bound vs. cost)
+    voxel_size: float = 0.1  # metres; first point per voxel kept (finer buys little: patches are coarse)
+    dedup_every: int = 50  # sweeps between dedup passes (memory bound vs. cost)
     min_range: float = 1.5  # metres from the sensor: the ego's own body
     max_range: float = 80.0
     extrapolate_s: float = 0.5  # an instance is present this long before/after its annotations

@@ -7,9 +7,10 @@ test: the point's depth is within a tolerance of the nearest accumulated point t
 the same z-buffer cell (``zbuffer_px`` pixels square, at the original image resolution), so a
 point behind a car does not take the car's feature.
 
-Everything is vectorised torch; per-point features are never materialised for the whole cloud
-(``P x C`` floats would be gigabytes for a scene-accumulated cloud): each camera's visible points
-are sampled in chunks and scatter-added straight into the BEV sum.
+Everything is vectorised torch; per-point features are never materialised (``P x C`` floats would
+be gigabytes for a scene-accumulated cloud). Bilinear sampling is linear in the feature map, so a
+camera's contribution to the BEV sum is a sparse matrix of summed tap weights (BEV cell x patch)
+times the flattened patch map; millions of points collapse to far fewer (cell, patch) pairs.
 
 Letters: P points, N cameras, C channels, h/w a feature map, H/W the BEV grid, R lidar_px rows.
 """
@@ -23,7 +24,7 @@ import torch
 
 from bevlabels import geometry as g
 from bevlabels.datasets.base import Frame
-from bevlabels.features.base import sample_features
+from bevlabels.features.base import pixel_to_feature
 from bevlabels.grid import GridSpec
 
 
@@ -101,6 +102,26 @@ def camera_hits(points: torch.Tensor, cams: CameraSet, cfg: VisibilityConfig) ->
     return hits
 
 
+def bilinear_taps(uv: torch.Tensor, image_size: tuple[int, int], feat_hw) -> tuple[torch.Tensor, torch.Tensor]:
+    """The four patch indices ``(p, 4)`` (flat ``r * w + c``) and weights ``(p, 4)`` of bilinear samples at ``uv (p, 2)``.
+
+    Exactly what :func:`bevlabels.features.base.sample_features` computes (``grid_sample`` with
+    ``align_corners=False`` and border padding): patch centres at ``c + 0.5`` in feature
+    coordinates, sample positions clamped to the outermost centres.
+    """
+    h, w = int(feat_hw[0]), int(feat_hw[1])
+    fxy = pixel_to_feature(uv, image_size, (w, h)) - 0.5  # (p, 2) in patch-centre coordinates
+    fx = fxy[:, 0].clamp(0, w - 1)
+    fy = fxy[:, 1].clamp(0, h - 1)
+    x0, y0 = fx.floor(), fy.floor()
+    ax, ay = fx - x0, fy - y0
+    x0, y0 = x0.long(), y0.long()
+    x1, y1 = (x0 + 1).clamp(max=w - 1), (y0 + 1).clamp(max=h - 1)
+    taps = torch.stack([y0 * w + x0, y0 * w + x1, y1 * w + x0, y1 * w + x1], 1)
+    weights = torch.stack([(1 - ay) * (1 - ax), (1 - ay) * ax, ay * (1 - ax), ay * ax], 1)
+    return taps, weights
+
+
 @dataclass
 class PooledBEV:
     """A keyframe's pooled pseudo-label: ``feat (C, H, W)`` (0 where empty) and ``count (H, W)``."""
@@ -151,10 +172,19 @@ def pool_bev(
     bev_sum = torch.zeros(H * W, C, dtype=torch.float32, device=device)
     for n, h in enumerate(hits):
         size = (int(cams.sizes[n, 0]), int(cams.sizes[n, 1]))
-        for s in range(0, len(h.index), cfg.chunk):  # chunks bound memory to chunk * C floats
-            idx = h.index[s : s + cfg.chunk]
-            f = sample_features(feats[n].float(), h.uv[s : s + cfg.chunk], size)  # (p, C)
-            bev_sum.index_add_(0, cell[idx], f * weight[idx, None])
+        hw = feats.shape[2] * feats.shape[3]
+        # Bilinear sampling is linear in the feature map, so the BEV sum is a sparse matrix
+        # A (H*W, h*w) of summed tap weights times the flattened map: many points share a
+        # (cell, patch) pair, so A has far fewer entries than points x taps.
+        taps, tap_w = bilinear_taps(h.uv, size, feats.shape[2:])  # (p, 4), (p, 4)
+        key = (cell[h.index, None] * hw + taps).reshape(-1)  # (p*4,) one entry per (BEV cell, patch)
+        pair, inverse = torch.unique(key, return_inverse=True)
+        a = torch.zeros(len(pair), dtype=torch.float32, device=device)
+        a.index_add_(0, inverse, (tap_w * weight[h.index, None]).reshape(-1))
+        fmap = feats[n].float().reshape(C, hw).T  # (h*w, C)
+        for s in range(0, len(pair), cfg.chunk):  # chunks bound memory to chunk * C floats
+            pc = pair[s : s + cfg.chunk]
+            bev_sum.index_add_(0, pc // hw, a[s : s + cfg.chunk, None] * fmap[pc % hw])
     seen = n_vis > 0
     count = torch.bincount(cell[seen], minlength=H * W)  # (H*W,)
     feat = bev_sum / count.clamp(min=1)[:, None].float()

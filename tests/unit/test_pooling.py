@@ -114,3 +114,21 @@ def test_point_hidden_behind_an_object_takes_no_feature():
     # Without the wall the same point is seen.
     alone = pool_bev(hidden, feats, cams, grid, VisibilityConfig(zbuffer_px=4))
     assert alone.n_visible_cams.tolist() == [1] and alone.count[16, 20] == 1
+
+
+def test_bilinear_taps_reproduce_sample_features():
+    from bevlabels.features.base import sample_features
+    from bevlabels.lidar.project import bilinear_taps
+
+    rng = np.random.default_rng(1)
+    feats = torch.as_tensor(rng.normal(size=(7, 5, 9)), dtype=torch.float32)  # (C, h, w)
+    width, height = 90, 50
+    # Inside the image, on its very edges and corners (where border clamping matters).
+    uv = torch.as_tensor(
+        np.concatenate([rng.uniform([0, 0], [width, height], size=(300, 2)), [[0, 0], [89.99, 49.99], [0.2, 49.0]]]),
+        dtype=torch.float32,
+    )
+    taps, w = bilinear_taps(uv, (width, height), feats.shape[1:])
+    np.testing.assert_allclose(w.sum(1).numpy(), 1.0, atol=1e-6)
+    by_taps = (feats.reshape(7, -1).T[taps] * w[..., None]).sum(1)  # (p, C)
+    np.testing.assert_allclose(by_taps.numpy(), sample_features(feats, uv, (width, height)).numpy(), atol=1e-5)
