@@ -10,12 +10,13 @@ TORCH  ?= torch==2.13.0
 ARGS   ?=
 STAMP  := $(VENV)/.setup-stamp
 
-.PHONY: help setup test test-all lint format labels train synth bench clean
+.PHONY: help setup test test-all lint format labels inspect train evaluate teacher teacher-train teacher-eval \
+	teacher-cache synth bench bench-labels bench-teacher clean
 
 help: ## Show this help
 	@echo "bevlabels: make targets (pass Hydra overrides with ARGS=\"key=value ...\")"
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
-	  awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
+	  awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
 
 setup: $(STAMP) ## Create .venv, install torch first, then bevlabels (editable, dev extras); idempotent
 
@@ -42,11 +43,79 @@ format: setup ## Apply ruff's fixes and formatting
 	$(VENV)/bin/ruff check --fix bevlabels pipelines trainer scripts tests
 	$(VENV)/bin/ruff format bevlabels pipelines trainer scripts tests
 
-labels: setup ## Label stage: DINOv2 BEV grids + projected LiDAR into a zarr store
-	@echo "make labels: the label stage (pipelines.labels) comes with a later issue (#4); nothing was run." >&2; exit 2
+labels: setup ## Label stage: DINOv2 BEV grids + projected LiDAR into zarr (default: the small synthetic world)
+	$(PY) -m pipelines.labels $(ARGS)
 
-train: setup ## Train a camera detector (Hydra: ARGS="experiment=...")
-	@echo "make train: the trainer (trainer.train) comes with a later issue (#6); nothing was run." >&2; exit 2
+inspect: setup ## PNG of one keyframe of a label store (ARGS="store=... sample=0")
+	$(PY) scripts/inspect_labels.py $(ARGS)
+
+train: setup ## Train a detector (Hydra: ARGS="experiment=teacher_centerpoint ..."; `python -m trainer.train --help`)
+	$(PY) -m trainer.train $(ARGS)
+
+evaluate: setup ## Score a checkpoint with the nuScenes devkit (ARGS="ckpt=.../last.ckpt [split=val] [out=...]")
+	$(PY) -m trainer.evaluate $(ARGS)
+
+# The LiDAR teacher (issue 5). `make teacher` goes from nothing to cached teacher maps on the synthetic
+# world; each step is also a target of its own. TEACHER_TRAIN sets the training length (short by default).
+TEACHER_EXPERIMENT ?= teacher_centerpoint_cpu
+TEACHER_TRAIN      ?= trainer.max_epochs=2
+TEACHER_RUN        ?= outputs/$(TEACHER_EXPERIMENT)/make-teacher
+TEACHER_CKPT       ?= $(TEACHER_RUN)/checkpoints/last.ckpt
+TEACHER_STORE      ?= data/labels/synthetic.zarr
+
+teacher-train: setup ## Train the LiDAR teacher (CenterPoint) into TEACHER_RUN (ARGS="dataset=... trainer.max_epochs=20")
+	$(PY) -m trainer.train experiment=$(TEACHER_EXPERIMENT) hydra.run.dir=$(TEACHER_RUN) $(TEACHER_TRAIN) $(ARGS)
+
+teacher-eval: setup ## Evaluate the teacher checkpoint TEACHER_CKPT with the nuScenes devkit (summary next to it)
+	$(PY) -m trainer.evaluate ckpt=$(TEACHER_CKPT) $(ARGS)
+
+teacher-cache: setup ## Cache the teacher's BEV maps (teacher/bev) of TEACHER_CKPT into TEACHER_STORE
+	$(PY) -m pipelines.teacher ckpt=$(TEACHER_CKPT) store=$(TEACHER_STORE) $(ARGS)
+
+teacher: setup ## synth -> label store -> teacher training (short; TEACHER_TRAIN=...) -> evaluation -> teacher/bev cache
+	$(PY) -m pipelines.labels out=$(TEACHER_STORE)
+	@if [ -f "$(TEACHER_CKPT)" ]; then echo "make teacher: $(TEACHER_CKPT) exists, not retraining (delete it or run make teacher-train)"; \
+	  else $(MAKE) --no-print-directory teacher-train; fi
+	$(MAKE) --no-print-directory teacher-eval ARGS=
+	$(MAKE) --no-print-directory teacher-cache ARGS=
+
+# The teacher benchmark: train on the small synthetic world for BENCH_TIME of wall time, then evaluate.
+# A time budget gives no step count for a one-cycle schedule, so the LR is constant (model.scheduler=null).
+BENCH_TIME ?= 00:01:00:00
+ifndef BENCH_RUN
+BENCH_RUN := outputs/bench/teacher-small-$(shell date +%Y%m%d-%H%M%S)
+endif
+
+bench-teacher: setup ## Benchmark the teacher: BENCH_TIME (default 1 h) of training on the small world, then NDS/mAP
+	$(PY) -m trainer.train experiment=$(TEACHER_EXPERIMENT) dataset.generate.preset=small trainer.max_time=$(BENCH_TIME) \
+	  trainer.max_epochs=10000 model.scheduler=null logger=many_loggers hydra.run.dir=$(BENCH_RUN) $(ARGS)
+	$(PY) -m trainer.evaluate ckpt=$(BENCH_RUN)/checkpoints/last.ckpt
+
+synth: setup ## Synthetic nuScenes-format world (ARGS="preset=tiny|small|medium seed=0 out=... workers=2")
+	$(PY) -m pipelines.synth $(ARGS)
+
+bench: setup ## Benchmark the label stage on the small synthetic world (ARGS="--preset tiny --json bench.json")
+	$(PY) scripts/bench_labels.py $(ARGS)
+
+bench-labels: bench ## Alias of `bench`
+
+# --- camera detector: demo and benchmark (scripts/bench_train.py, scripts/render_predictions.py) ---
+.PHONY: demo bench-train
+DEMO_OUT    ?= outputs/demo
+DEMO_BUDGET ?= 00:00:10:00
+
+demo: setup ## World, labels, 10 min of BEVDepth+DINOv2 distillation (CPU model), evaluation table, PNGs (DEMO_OUT, DEMO_BUDGET)
+	$(PY) scripts/bench_train.py --experiments bevdepth_dino --budget $(DEMO_BUDGET) --out $(DEMO_OUT) $(ARGS)
+	$(PY) scripts/render_predictions.py ckpt=$(DEMO_OUT)/bevdepth_dino/checkpoints/last.ckpt out=$(DEMO_OUT)/png n=4
+	@echo ""
+	@echo "demo done:"
+	@echo "  table        $(DEMO_OUT)/comparison.md"
+	@echo "  evaluation   $(DEMO_OUT)/bevdepth_dino/eval (metrics_summary.json, extra_metrics.json)"
+	@echo "  checkpoint   $(DEMO_OUT)/bevdepth_dino/checkpoints/last.ckpt"
+	@echo "  PNGs         $(DEMO_OUT)/png"
+
+bench-train: setup ## bevdepth vs bevdepth_dino on the small world, same seed, 1 h each, evaluated and compared (ARGS="--budget 00:00:05:00")
+	$(PY) scripts/bench_train.py $(ARGS)
 
 clean: ## Remove caches and build debris (keeps .venv; `make clean VENV_TOO=1` removes it too)
 	rm -rf .pytest_cache .ruff_cache build *.egg-info outputs multirun

@@ -39,3 +39,85 @@ def av2_sensor_log(realdata: Path) -> Path:
     if not logs:
         pytest.skip(f"AV2 sensor log not found under {realdata / 'av2-sensor' / 'val'}")
     return logs[0].parent
+
+
+# --- the synthetic world (bevlabels.synthetic) -------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def synth_tiny(tmp_path_factory) -> Path:
+    """A `tiny` synthetic nuScenes dataset (seed 0), generated once per session (~15 s).
+
+    Version ``v1.0-mini``: scene-0061 (mini_train) and scene-0103 (mini_val), 4 keyframes each,
+    six 352x128 cameras; every one of the ten classes has LiDAR points in range in each scene.
+    """
+    from bevlabels.synthetic import SynthConfig, generate
+
+    out = tmp_path_factory.mktemp("synth") / "tiny"
+    generate(SynthConfig.from_preset("tiny", seed=0), out, log=lambda msg: None)
+    return out
+
+
+# --- Hydra configs of the stages --------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def compose_labels():
+    """Compose ``conf/labels.yaml`` with overrides, as ``python -m pipelines.labels`` would."""
+    from hydra import compose, initialize_config_dir
+
+    conf_dir = str(Path(__file__).resolve().parents[1] / "conf")
+
+    def _compose(overrides: list[str], config_name: str = "labels"):
+        with initialize_config_dir(config_dir=conf_dir, version_base="1.3"):
+            return compose(config_name=config_name, overrides=overrides)
+
+    return _compose
+
+
+# --- label stores -------------------------------------------------------------------------------
+
+#: a one-layer, 32-channel random ViT: the label stage's features in seconds (tests only)
+TINY_FEATURE_OVERRIDES = (
+    "features.weights=random",
+    "features.image_height=56",
+    "+features.config_overrides={num_hidden_layers:1,hidden_size:32,num_attention_heads:2,intermediate_size:64}",
+)
+
+
+@pytest.fixture(scope="session")
+def synth_tiny_store(synth_tiny, compose_labels, tmp_path_factory) -> Path:
+    """The label store of ``synth_tiny`` on ``grid=near`` with tiny random features (C=32), built once (~20 s)."""
+    pytest.importorskip("open3d")
+    from pipelines.labels import run
+
+    out = tmp_path_factory.mktemp("labels") / "synthetic.zarr"
+    overrides = [
+        "dataset=synthetic",
+        f"dataset.root={synth_tiny}",
+        f"out={out}",
+        "grid=near",
+        "cluster.processes=false",
+        "cluster.n_workers=1",
+        *TINY_FEATURE_OVERRIDES,
+    ]
+    summary = run(compose_labels(overrides))
+    assert not summary["failures"], summary["failures"]
+    return out
+
+
+@pytest.fixture(scope="session")
+def compose_train():
+    """Compose ``conf/train.yaml`` with overrides, as ``python -m trainer.train`` would.
+
+    Give ``run_dir=...`` (a tmp folder): outside a Hydra run its default, Hydra's output dir, is unset.
+    """
+    from hydra import compose, initialize_config_dir
+
+    conf_dir = str(Path(__file__).resolve().parents[1] / "conf")
+
+    def _compose(overrides: list[str]):
+        with initialize_config_dir(config_dir=conf_dir, version_base="1.3"):
+            return compose(config_name="train", overrides=overrides)
+
+    return _compose

@@ -1,0 +1,206 @@
+"""The label stage on the synthetic world, where the truth is known: accumulation, visibility, resume, failures."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bevlabels import geometry as g
+
+pytest.importorskip("open3d")
+
+REPO = Path(__file__).resolve().parents[2]
+TINY_FEATURES = [
+    "features.weights=random",
+    "features.image_height=56",
+    "+features.config_overrides={num_hidden_layers:1,hidden_size:32,num_attention_heads:2,intermediate_size:64}",
+]
+
+
+def label_overrides(root: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "dataset=synthetic",
+        f"dataset.root={root}",
+        f"out={out}",
+        "grid=near",
+        "cluster.processes=false",
+        "cluster.n_workers=1",
+        *TINY_FEATURES,
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def synth_ds(synth_tiny):
+    from bevlabels.datasets.nuscenes import NuScenesDataset
+
+    return NuScenesDataset(synth_tiny, version="v1.0-mini")
+
+
+@pytest.fixture(scope="module")
+def clouds(synth_ds):
+    """Every keyframe's accumulated cloud of the first scene (whole-scene accumulation, the default)."""
+    from bevlabels.lidar.accumulate import AccumulationConfig, accumulate_scene
+
+    scene = synth_ds.scenes()[0]
+    return scene, list(accumulate_scene(synth_ds, scene, AccumulationConfig()))
+
+
+def test_dynamic_points_of_moving_objects_lie_in_their_box(clouds):
+    _, cl = clouds
+    checked = 0
+    for c in cl:
+        speed = np.hypot(c.frame.boxes.boxes[:, g.VX], c.frame.boxes.boxes[:, g.VY])
+        for m in np.flatnonzero(np.nan_to_num(speed) > 0.5):  # moving objects only
+            pts = c.points[c.box_index == m, :3]
+            if len(pts) < 20:
+                continue
+            inside = g.points_in_boxes(pts, c.frame.boxes.boxes[m : m + 1])[:, 0]
+            assert inside.mean() >= 0.99, f"{c.frame.token} box {m}: {inside.mean():.3f} of its points inside"
+            checked += 1
+    assert checked >= 3  # several moving objects with accumulated points
+
+
+def test_dynamic_accumulation_gathers_more_than_one_sweep(clouds, synth_ds):
+    """A moving object's cloud at a keyframe holds points of many sweeps: denser than the keyframe sweep's."""
+    _, cl = clouds
+    c = cl[len(cl) // 2]
+    pts_key = g.transform_points(c.frame.key_ego_from_lidar(c.frame.lidar), synth_ds.load_points(c.frame.lidar)[:, :3])
+    own = g.points_box_index(pts_key, c.frame.boxes.boxes)
+    m = np.bincount(own[own >= 0]).argmax()
+    assert (c.box_index == m).sum() > 1.5 * (own == m).sum()
+
+
+def test_static_points_lie_on_static_surfaces(clouds, synth_tiny):
+    """Accumulated static points, moved back to the world, sit on the ground or the scenery meshes."""
+    import open3d as o3d
+
+    from bevlabels.synthetic.generate import load_world
+
+    scene, cl = clouds
+    world = load_world(synth_tiny, scene)
+    mesh = o3d.t.geometry.RaycastingScene()
+    mesh.add_triangles(
+        o3d.core.Tensor(world.scenery.vertices.astype(np.float32)),
+        o3d.core.Tensor(world.scenery.triangles.astype(np.uint32)),
+    )
+    # Static (not annotated) objects never move; annotated parked ones are box-carried, not static here.
+    c = cl[0]
+    static = c.points[c.box_index < 0, :3]
+    pts_global = g.transform_points(c.frame.global_from_ego, static.astype(np.float64))
+    dist = mesh.compute_distance(o3d.core.Tensor(pts_global.astype(np.float32))).numpy()
+    on_ground = np.abs(pts_global[:, 2]) < 0.02
+    on_surface = on_ground | (dist < 0.05)
+    assert len(static) > 10000
+    assert on_surface.mean() >= 0.99, f"only {on_surface.mean():.4f} of static points on static surfaces"
+
+
+def test_hidden_points_take_no_feature_on_the_synthetic_world(clouds):
+    """Points straight behind a visible object, along a camera ray, are not visible to that camera."""
+    import torch
+
+    from bevlabels.lidar.project import CameraSet, VisibilityConfig, camera_hits
+
+    _, cl = clouds
+    c = cl[0]
+    cams = CameraSet.from_frame(c.frame)
+    pts = torch.as_tensor(c.points[:, :3], dtype=torch.float64)
+    hits = camera_hits(pts, cams, VisibilityConfig())[0]  # CAM_FRONT
+    vis_dyn = hits.index[torch.as_tensor(c.box_index)[hits.index] >= 0]
+    assert len(vis_dyn) > 50
+    # Push each visible object point 5 m further along its camera ray: it must become hidden.
+    cam_from_ego = cams.cam_from_ego[0]
+    p_cam = g.transform_points(cam_from_ego, pts[vis_dyn].numpy())
+    behind_cam = p_cam * (1 + 5.0 / np.linalg.norm(p_cam, axis=1, keepdims=True))
+    behind = g.transform_points(g.invert_transform(cam_from_ego), behind_cam)
+    both = torch.cat([pts, torch.as_tensor(behind)])
+    hits2 = camera_hits(both, cams, VisibilityConfig())[0]
+    hidden_seen = (hits2.index >= len(pts)).sum().item()
+    assert hidden_seen <= 0.02 * len(vis_dyn), f"{hidden_seen} of {len(vis_dyn)} hidden points took the feature"
+
+
+def _arrays(store_path: Path) -> dict:
+    from bevlabels.cache import LabelStoreReader
+
+    r = LabelStoreReader(store_path)
+    out = {}
+    for s in range(r.num_keyframes):
+        out[f"feat{s}"] = r.dino_feat(s)
+        out[f"count{s}"] = r.dino_count(s)
+        for k, v in r.lidar_px(s).items():
+            out[f"px{s}{k}"] = v
+    return out
+
+
+def test_kill_and_resume_gives_the_same_arrays(synth_tiny, tmp_path, compose_labels):
+    from bevlabels.cache import LabelStoreReader
+    from pipelines.labels import run
+
+    ref = tmp_path / "ref.zarr"
+    run(compose_labels(label_overrides(synth_tiny, ref)))
+    # A second run in a subprocess, killed (SIGKILL) once some keyframes are done, then resumed.
+    out = tmp_path / "killed.zarr"
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipelines.labels",
+        *label_overrides(synth_tiny, out),
+        "hydra.run.dir=" + str(tmp_path / "h"),
+    ]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 240
+    n_done = 0
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+        try:
+            n_done = int(LabelStoreReader(out).done_mask().sum())
+        except Exception:  # template not there yet
+            continue
+        if n_done >= 2:
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+    proc.wait(timeout=30)
+    total = LabelStoreReader(ref).num_keyframes
+    assert 2 <= n_done < total, f"the kill came at {n_done}/{total} keyframes; the test needs a mid-run kill"
+    summary = run(compose_labels(label_overrides(synth_tiny, out)))
+    assert summary["keyframes_done_total"] == total and summary["keyframes_skipped"] >= n_done
+    a, b = _arrays(ref), _arrays(out)
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_a_failing_scene_is_recorded_and_the_others_complete(synth_tiny, tmp_path, compose_labels, synth_ds):
+    from bevlabels.cache import LabelStoreReader
+    from pipelines.labels import run
+
+    # A copy of the dataset with one image of the second scene missing (symlinks: cheap).
+    root = tmp_path / "broken"
+    shutil.copytree(synth_tiny, root, symlinks=True, copy_function=os.symlink)
+    bad_scene = synth_ds.scenes()[1]
+    victim = synth_ds.keyframes(bad_scene)[1].cameras[2].image_path
+    (root / Path(victim).relative_to(synth_tiny)).unlink()
+    out = tmp_path / "labels.zarr"
+    summary = run(compose_labels(label_overrides(root, out)))
+    assert list(summary["failures"]) == [bad_scene]
+    assert "missing image" in summary["failures"][bad_scene] and Path(victim).name in summary["failures"][bad_scene]
+    store = LabelStoreReader(out)
+    assert store.failures()[bad_scene] == summary["failures"][bad_scene]
+    good = np.array([s != bad_scene for s in store.scenes])
+    assert store.done_mask()[good].all()  # the other scene completed
+    # The CLI exits non-zero on failures.
+    res = subprocess.run(
+        [sys.executable, "-m", "pipelines.labels", *label_overrides(root, out), "hydra.run.dir=" + str(tmp_path / "h")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode != 0 and bad_scene in res.stdout
