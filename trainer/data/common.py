@@ -1,0 +1,440 @@
+"""What every data module of the trainer shares: the batch dict, GT selection, BEV augmentation, collation.
+
+The batch dict
+--------------
+Every :class:`FrameDataModule` yields batches as one dict (OpenPCDet's ``batch_dict``), built by
+:func:`collate` from per-keyframe sample dicts. Keys every data module provides:
+
+=====================  ==============================  ======================================================
+key                    type / shape                    meaning
+=====================  ==============================  ======================================================
+``sample_token``       ``list[str]`` (B)               keyframe token (nuScenes ``sample`` token, AV2 ``log:ns``)
+``scene``              ``list[str]`` (B)               scene name
+``gt_boxes``           ``list[Tensor (M_b, 9)]``       float32 GT boxes in the keyframe's ego frame (after
+                                                       augmentation, if any), layout ``X, Y, Z, L, W, H, YAW,
+                                                       VX, VY`` of :mod:`bevlabels.geometry`; velocity NaN
+                                                       where unknown
+``gt_labels``          ``list[Tensor (M_b,)]``         int64 indices into ``class_names``; boxes whose
+                                                       detection class is ``None`` or not in ``class_names``
+                                                       are dropped (see :func:`gt_for_frame`)
+``global_from_ego``    ``Tensor (B, 4, 4)`` float64    the keyframe's ego pose (un-augmented ego frame)
+``timestamp``          ``Tensor (B,)`` int64           keyframe time, microseconds
+``aug_from_ego``       ``Tensor (B, 4, 4)`` float32    the BEV augmentation applied to points and boxes
+                                                       (identity when off): ``p_aug = aug_from_ego @ p_ego``
+=====================  ==============================  ======================================================
+
+Per-modality keys, added by each data module:
+
+- LiDAR (:mod:`trainer.data.lidar`): ``points``: ``Tensor (P, 1+5)`` float32, columns ``b, x, y,
+  z, intensity, dt``: the batch index, then the keyframe sweep and ``n_sweeps - 1`` earlier sweeps
+  in the keyframe's ego frame (augmented), ``dt`` the seconds each sweep was taken before the
+  keyframe sweep (0 for the keyframe sweep itself).
+- Camera (:mod:`trainer.data.camera`): documented there.
+
+:func:`collate` stacks equal-shaped tensors along a new batch axis, keeps :data:`LIST_KEYS` (and
+any ragged tensors) as lists, and concatenates :data:`CAT_KEYS` (point clouds) with a leading
+batch-index column.
+
+Data modules
+------------
+:class:`FrameDataModule` is the base: it builds the dataset adapter from the ``dataset`` config
+group (generating the synthetic world on first use), lists the train and val keyframes (devkit
+split names from the dataset version: ``mini_train``/``mini_val`` for ``v1.0-mini``,
+``train``/``val`` otherwise), checks the label stores a subclass needs (:meth:`~FrameDataModule.check_inputs`),
+and serves DataLoaders. A subclass implements :meth:`~FrameDataModule.make_dataset` (a
+:class:`KeyframeDataset` over a list of frames). The evaluator uses :attr:`~FrameDataModule.adapter`,
+:meth:`~FrameDataModule.split_name` and :meth:`~FrameDataModule.predict_dataloader`.
+
+Shape letters: B batch, M boxes, P points (of the whole batch).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from bevlabels.datasets.base import Frame
+from bevlabels.geometry import BOX_DIM, VX, VY, YAW, H, L, W, X, Y, Z
+from bevlabels.grid import GridSpec
+
+log = logging.getLogger(__name__)
+
+#: keys :func:`collate` always keeps as per-sample lists
+LIST_KEYS = ("sample_token", "scene", "gt_boxes", "gt_labels")
+#: keys :func:`collate` concatenates along rows with a leading batch-index column (point clouds)
+CAT_KEYS = ("points",)
+
+#: devkit ``(train, val)`` split names per nuScenes-format version
+VERSION_SPLITS = {
+    "v1.0-mini": ("mini_train", "mini_val"),
+    "v1.0-trainval": ("train", "val"),
+    "v1.0-test": ("test", "test"),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Dataset adapters, built once per process
+
+
+_ADAPTERS: dict[str, Any] = {}
+
+
+def get_adapter(adapter_cfg: Mapping) -> Any:
+    """The dataset adapter of a ``dataset.adapter`` config (``_target_`` + kwargs), built once per process.
+
+    DataLoader workers call this too: a :class:`KeyframeDataset` pickles only the config.
+    """
+    cfg = dict(adapter_cfg)
+    key = repr(sorted((k, repr(v)) for k, v in cfg.items()))
+    if key not in _ADAPTERS:
+        module, _, name = str(cfg.pop("_target_")).rpartition(".")
+        _ADAPTERS[key] = getattr(importlib.import_module(module), name)(**cfg)
+    return _ADAPTERS[key]
+
+
+def ensure_synthetic(dataset_cfg: Mapping, log_fn=log.warning) -> None:
+    """Generate the synthetic world at ``dataset.root`` when it is the configured dataset and is missing."""
+    if dataset_cfg.get("name") != "synthetic":
+        return
+    root = Path(dataset_cfg["root"])
+    if (root / dataset_cfg["version"]).is_dir():
+        return
+    from bevlabels.synthetic import SynthConfig, generate
+
+    gen = dict(dataset_cfg.get("generate") or {})
+    preset, seed = gen.get("preset", "small"), int(gen.get("seed", 0))
+    log_fn(f"synthetic world not found at {root}: generating it (preset={preset} seed={seed}) first")
+    generate(SynthConfig.from_preset(preset, seed=seed), root, log=log.info)
+
+
+def split_names(dataset_cfg: Mapping) -> tuple[str, str]:
+    """The dataset's ``(train, val)`` split names: devkit names by nuScenes version, else ``train``/``val``."""
+    return VERSION_SPLITS.get(str(dataset_cfg.get("version")), ("train", "val"))
+
+
+# ---------------------------------------------------------------------------------------------
+# GT boxes
+
+
+def as_grid(grid: GridSpec | Mapping) -> GridSpec:
+    """A :class:`GridSpec` from itself or a ``grid`` config mapping."""
+    return grid if isinstance(grid, GridSpec) else GridSpec.from_dict(grid)
+
+
+def gt_for_frame(
+    frame: Frame, class_names: Sequence[str], grid: GridSpec | Mapping, min_lidar_points: int = 1
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The keyframe's training GT: boxes ``(M, 9)`` float32 (ego frame) and labels ``(M,)`` int64.
+
+    Keeps a box when its detection class is in ``class_names`` (``None``, the classes a benchmark
+    ignores, never is), its centre lies inside the grid's x/y bounds, and it holds at least
+    ``min_lidar_points`` LiDAR points (``0`` keeps boxes without points; the nuScenes evaluation
+    drops such GT, so training on them teaches the model to hallucinate).
+    """
+    grid = as_grid(grid)
+    index = {c: i for i, c in enumerate(class_names)}
+    b = frame.boxes
+    labels = np.array([index.get(c, -1) if c is not None else -1 for c in b.detection_class], dtype=np.int64)
+    xy = b.boxes[:, :2]
+    inside = (
+        (xy[:, 0] >= grid.xbound[0])
+        & (xy[:, 0] < grid.xbound[1])
+        & (xy[:, 1] >= grid.ybound[0])
+        & (xy[:, 1] < grid.ybound[1])
+    )
+    keep = (labels >= 0) & inside & (b.num_lidar_pts >= min_lidar_points)
+    boxes = torch.as_tensor(b.boxes[keep], dtype=torch.float32).reshape(-1, BOX_DIM)
+    return boxes, torch.as_tensor(labels[keep], dtype=torch.int64)
+
+
+# ---------------------------------------------------------------------------------------------
+# BEV augmentation: one 4x4 matrix, applied alike to points and boxes
+
+
+def bev_aug_matrix(rot: float = 0.0, scale: float = 1.0, flip_x: bool = False, flip_y: bool = False) -> torch.Tensor:
+    """``aug_from_ego (4, 4)`` float32: rotate by ``rot`` about +z, scale by ``scale``, then flip.
+
+    ``flip_x`` mirrors x (``x -> -x``, BEVDepth's ``flip_dx``), ``flip_y`` mirrors y (``flip_dy``).
+    """
+    c, s = math.cos(rot), math.sin(rot)
+    A = torch.tensor([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64) * scale
+    A = torch.diag(torch.tensor([-1.0 if flip_x else 1.0, -1.0 if flip_y else 1.0, 1.0], dtype=torch.float64)) @ A
+    M = torch.eye(4, dtype=torch.float64)
+    M[:3, :3] = A
+    return M.float()
+
+
+def sample_bev_aug(
+    rot_range: Sequence[float] = (-math.pi / 4, math.pi / 4),
+    scale_range: Sequence[float] = (0.95, 1.05),
+    flip_x_prob: float = 0.5,
+    flip_y_prob: float = 0.5,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """A random ``aug_from_ego (4, 4)`` (uniform rotation and scale, independent flips), from torch's RNG.
+
+    Lightning's ``seed_everything(workers=True)`` seeds each DataLoader worker, so runs repeat.
+    """
+    u = torch.rand(4, generator=generator, dtype=torch.float64).tolist()
+    rot = rot_range[0] + u[0] * (rot_range[1] - rot_range[0])
+    scale = scale_range[0] + u[1] * (scale_range[1] - scale_range[0])
+    return bev_aug_matrix(rot, scale, u[2] < flip_x_prob, u[3] < flip_y_prob)
+
+
+def augment_points(points: torch.Tensor, aug_from_ego: torch.Tensor) -> torch.Tensor:
+    """Points ``(P, >=3)`` moved by ``aug_from_ego (4, 4)``; extra columns (intensity, dt) untouched."""
+    assert points.ndim == 2 and points.shape[1] >= 3, f"points must be (P, >=3); got {tuple(points.shape)}"
+    A = aug_from_ego[:3, :3].to(points.dtype)
+    t = aug_from_ego[:3, 3].to(points.dtype)
+    return torch.cat([points[:, :3] @ A.T + t, points[:, 3:]], 1)
+
+
+def augment_boxes(boxes: torch.Tensor, aug_from_ego: torch.Tensor) -> torch.Tensor:
+    """Boxes ``(M, 9)`` moved by ``aug_from_ego (4, 4)`` (rotation, uniform scale, mirror flips).
+
+    Centres are transformed; the heading is the angle of the transformed heading vector (so a
+    flip of x gives ``pi - yaw``, a flip of y ``-yaw``); sizes scale by the matrix's scale; the
+    velocity ``(vx, vy)`` is transformed like a direction (NaN stays NaN).
+    """
+    assert boxes.ndim == 2 and boxes.shape[1] == BOX_DIM, f"boxes must be (M, {BOX_DIM}); got {tuple(boxes.shape)}"
+    A = aug_from_ego[:3, :3].to(boxes.dtype)
+    out = boxes.clone()
+    out[:, [X, Y, Z]] = boxes[:, [X, Y, Z]] @ A.T + aug_from_ego[:3, 3].to(boxes.dtype)
+    heading = torch.stack([torch.cos(boxes[:, YAW]), torch.sin(boxes[:, YAW])], 1) @ A[:2, :2].T  # (M, 2)
+    out[:, YAW] = torch.atan2(heading[:, 1], heading[:, 0])
+    scale = torch.linalg.det(A.double()).abs() ** (1.0 / 3.0)
+    out[:, [L, W, H]] = boxes[:, [L, W, H]] * scale.to(boxes.dtype)
+    out[:, [VX, VY]] = boxes[:, [VX, VY]] @ A[:2, :2].T
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Collation
+
+
+def collate(
+    samples: Sequence[Mapping[str, Any]],
+    list_keys: Sequence[str] = LIST_KEYS,
+    cat_keys: Sequence[str] = CAT_KEYS,
+) -> dict[str, Any]:
+    """One batch dict from B sample dicts (see the module docstring).
+
+    ``cat_keys``: ``(P_b, F)`` tensors concatenated into ``(P, 1+F)`` with the sample index first.
+    ``list_keys``, non-tensors, and tensors whose shapes differ between samples: lists of B.
+    Other tensors: stacked into ``(B, ...)``.
+    """
+    assert samples, "collate needs at least one sample"
+    keys = list(samples[0])
+    for i, s in enumerate(samples[1:], 1):
+        if set(s) != set(keys):
+            raise KeyError(
+                f"sample {i} has keys {sorted(s)}, sample 0 {sorted(keys)}: every sample needs the same keys"
+            )
+    batch: dict[str, Any] = {}
+    for k in keys:
+        values = [s[k] for s in samples]
+        if k in cat_keys:
+            batch[k] = torch.cat([torch.cat([v.new_full((len(v), 1), float(b)), v], 1) for b, v in enumerate(values)])
+        elif k in list_keys or not isinstance(values[0], torch.Tensor):
+            batch[k] = values
+        elif all(v.shape == values[0].shape for v in values):
+            batch[k] = torch.stack(values)
+        else:
+            batch[k] = values
+    return batch
+
+
+# ---------------------------------------------------------------------------------------------
+# Datasets and the base data module
+
+
+class KeyframeDataset(Dataset):
+    """A torch Dataset over a list of keyframes of one adapter; subclasses implement ``__getitem__``.
+
+    Picklable for DataLoader workers: it holds the frames (plain records) and the adapter's config;
+    :attr:`adapter` is built on first use in each process (:func:`get_adapter`).
+    """
+
+    def __init__(self, frames: Sequence[Frame], adapter_cfg: Mapping, train: bool = False):
+        self.frames = list(frames)
+        self.adapter_cfg = dict(adapter_cfg)
+        self.train = train
+
+    @property
+    def adapter(self):
+        return get_adapter(self.adapter_cfg)
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def common_sample(self, frame: Frame) -> dict[str, Any]:
+        """The keys every sample carries except the GT: ``sample_token, scene, global_from_ego, timestamp``."""
+        return {
+            "sample_token": frame.token,
+            "scene": frame.scene,
+            "global_from_ego": torch.as_tensor(frame.global_from_ego, dtype=torch.float64),
+            "timestamp": torch.tensor(frame.timestamp, dtype=torch.int64),
+        }
+
+
+class FrameDataModule(pl.LightningDataModule):
+    """Base data module: a dataset adapter, its train/val keyframes, label-store checks, DataLoaders.
+
+    Args:
+        dataset: the ``dataset`` config node (``name``, ``root``, ``version``, ``adapter`` with a
+            ``_target_``, ``generate`` for the synthetic world). Build with ``_recursive_: false``
+            so the adapter is made here, lazily, not by Hydra.
+        grid: the ``grid`` config node (GT outside it is dropped; stores must match it).
+        class_names: the label space (``gt_labels`` index it).
+        batch_size, num_workers, pin_memory: DataLoader settings (``persistent_workers`` when > 0 workers).
+        train_split, val_split: split names; ``None`` picks them from the version (:data:`VERSION_SPLITS`).
+        limit_scenes: use only the first n scenes of each split (quick runs).
+        min_lidar_points: GT boxes with fewer LiDAR points are dropped (:func:`gt_for_frame`).
+        label_store: path of the zarr label store the samples read, or ``None``.
+        store_stages: the store's stages the samples need (e.g. ``["labels", "teacher"]``);
+            :meth:`check_inputs` refuses a missing, incomplete or mismatched store before training.
+    """
+
+    def __init__(
+        self,
+        dataset: Mapping,
+        grid: Mapping,
+        class_names: Sequence[str],
+        batch_size: int = 2,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        train_split: str | None = None,
+        val_split: str | None = None,
+        limit_scenes: int | None = None,
+        min_lidar_points: int = 1,
+        label_store: str | None = None,
+        store_stages: Sequence[str] = (),
+    ):
+        super().__init__()
+        self.dataset_cfg = _plain(dataset)
+        self.grid = as_grid(_plain(grid))
+        self.class_names = tuple(str(c) for c in class_names)
+        self.batch_size = int(batch_size)
+        self.num_workers = int(num_workers)
+        self.pin_memory = bool(pin_memory)
+        default_train, default_val = split_names(self.dataset_cfg)
+        self.splits = {"train": train_split or default_train, "val": val_split or default_val}
+        self.limit_scenes = limit_scenes
+        self.min_lidar_points = int(min_lidar_points)
+        self.label_store = str(label_store) if label_store else None
+        self.store_stages = tuple(store_stages)
+        self._frames: dict[str, list[Frame]] = {}
+
+    # -- what subclasses implement ----------------------------------------------------------------
+    def make_dataset(self, frames: Sequence[Frame], train: bool) -> KeyframeDataset:
+        """The torch Dataset of these keyframes (``train``: with augmentation)."""
+        raise NotImplementedError
+
+    def collate_fn(self, samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """Batch dict of samples; override to change :data:`LIST_KEYS` / :data:`CAT_KEYS`."""
+        return collate(samples)
+
+    # -- the dataset ------------------------------------------------------------------------------
+    @property
+    def adapter(self):
+        """The dataset adapter (a :class:`~bevlabels.datasets.base.DriveDataset`)."""
+        return get_adapter(self.dataset_cfg["adapter"])
+
+    def split_name(self, split: str) -> str:
+        """The dataset's name of ``"train"`` or ``"val"`` (e.g. ``mini_val``; the devkit's ``eval_set``)."""
+        if split not in self.splits:
+            raise KeyError(f"split must be one of {sorted(self.splits)}; got {split!r}")
+        return self.splits[split]
+
+    @property
+    def eval_set(self) -> str:
+        """The val split's name, as the devkit's ``DetectionEval(eval_set=...)`` wants it."""
+        return self.split_name("val")
+
+    def scenes(self, split: str) -> list[str]:
+        """Scene names of ``"train"`` or ``"val"`` (after ``limit_scenes``)."""
+        names = self.adapter.scenes(self.split_name(split))
+        return names[: self.limit_scenes] if self.limit_scenes else names
+
+    def frames(self, split: str) -> list[Frame]:
+        """Keyframes of ``"train"`` or ``"val"``, scene by scene in time order (cached)."""
+        if split not in self._frames:
+            frames = [f for s in self.scenes(split) for f in self.adapter.keyframes(s)]
+            if not frames:
+                raise RuntimeError(
+                    f"the {split} split {self.split_name(split)!r} of {self.adapter} has no keyframes; "
+                    f"set data.{split}_split to a split of this dataset"
+                )
+            self._frames[split] = frames
+        return self._frames[split]
+
+    def prepare_data(self) -> None:
+        ensure_synthetic(self.dataset_cfg)
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit"):
+            self.frames("train")
+        self.frames("val")
+
+    # -- label stores -----------------------------------------------------------------------------
+    def check_inputs(self) -> None:
+        """Refuse, naming the problem, a label store that is missing, incomplete or made for another grid/keyframes."""
+        if not self.store_stages:
+            return
+        from bevlabels.cache import LabelStoreReader
+
+        if not self.label_store:
+            raise FileNotFoundError(f"data.label_store is not set; the samples need the stages {self.store_stages}")
+        path = Path(self.label_store)
+        if not (path / "zarr.json").is_file():
+            raise FileNotFoundError(
+                f"label store {path} not found; make it with `python -m pipelines.labels out={path}`"
+                + (" then `python -m pipelines.teacher ...`" if "teacher" in self.store_stages else "")
+            )
+        reader = LabelStoreReader(path)
+        tokens = [f.token for split in ("train", "val") for f in self.frames(split)]
+        for stage in self.store_stages:
+            reader.check_compatible(grid=self.grid, sample_tokens=tokens, stage=stage)
+
+    # -- loaders ----------------------------------------------------------------------------------
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        return DataLoader(
+            self.make_dataset(self.frames(split), train=train),
+            batch_size=self.batch_size,
+            shuffle=train,
+            drop_last=train and len(self.frames(split)) > self.batch_size,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+            collate_fn=self.collate_fn,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", train=False)
+
+    def predict_dataloader(self, split: str = "val") -> DataLoader:
+        """Keyframes of ``split`` in order, without augmentation (what the evaluator predicts)."""
+        return self._loader(split, train=False)
+
+
+def _plain(cfg: Any) -> Any:
+    """A plain resolved container from an OmegaConf node (or the value itself)."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+    except ImportError:  # pragma: no cover
+        return cfg
+    if isinstance(cfg, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(cfg, resolve=True)
+    return dict(cfg) if isinstance(cfg, Mapping) else cfg

@@ -1,0 +1,231 @@
+"""Score a checkpoint with the official nuScenes devkit: ``python -m trainer.evaluate ckpt=... [split=val] [out=...]``.
+
+    python -m trainer.evaluate ckpt=outputs/teacher_centerpoint/<run>/checkpoints/last.ckpt
+    python -m trainer.evaluate ckpt=... split=train out=/tmp/eval num_workers=0 device=cuda
+
+The data module and the model are rebuilt from the checkpoint's stored config alone
+(:func:`trainer.lit_base.load_checkpoint`; a checkpoint whose weights do not fit its config is
+refused, naming the missing and unexpected keys). The model predicts every keyframe of the split
+(no augmentation); :mod:`trainer.nusc_results` writes the detections as a nuScenes result JSON
+(ego -> global with each keyframe's pose, every sample of the split present); the devkit's
+``DetectionEval`` (``detection_cvpr_2019``, ``eval_set`` = the dataset's name of the split, e.g.
+``mini_val`` for the synthetic world) scores it. A table (NDS, mAP, mATE, mASE, mAOE, mAVE, mAAE
+and per-class AP and TP errors) is printed, and the evaluation folder, next to the checkpoint by
+default (``<ckpt dir>/eval-<ckpt name>-<split>/``), receives ``results_nusc.json``, the devkit's
+``metrics_summary.json`` and ``metrics_details.json``, and ``extra_metrics.json`` when the model
+has an ``extra_eval`` hook.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trainer.lit_base import DetectionModule, LoadedCheckpoint, load_checkpoint
+
+log = logging.getLogger("bevlabels.evaluate")
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+EVAL_CONFIG = "detection_cvpr_2019"
+#: the devkit's TP errors' usual names, in the order of its ``tp_errors``
+TP_SHORT = ("ATE", "ASE", "AOE", "AVE", "AAE")
+
+
+def build_datamodule(config: dict, **overrides: Any):
+    """The data module of a stored (resolved) config, with ``overrides`` of its keys (``None`` values ignored)."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    data_cfg = dict(config["data"])
+    data_cfg.update({k: v for k, v in overrides.items() if v is not None})
+    return instantiate(OmegaConf.create(data_cfg))
+
+
+def predict(model: DetectionModule, datamodule, split: str = "val", device: str = "cpu") -> list[dict[str, Any]]:
+    """``predict_step`` outputs for every keyframe of ``split`` (a flat list, one dict per keyframe)."""
+    import pytorch_lightning as pl
+
+    trainer = pl.Trainer(
+        accelerator=device, devices=1, logger=False, enable_checkpointing=False, enable_model_summary=False
+    )
+    batches = trainer.predict(model, dataloaders=datamodule.predict_dataloader(split))
+    return [p for batch in batches for p in batch]
+
+
+def nuscenes_of(datamodule):
+    """The devkit ``NuScenes`` object behind the data module's adapter; a clear error for other datasets."""
+    nusc = getattr(datamodule.adapter, "nusc", None)
+    if nusc is None:
+        raise NotImplementedError(
+            f"trainer.evaluate scores with the nuScenes devkit; the dataset adapter {datamodule.adapter} is not a "
+            "nuScenes-format dataset (Argoverse 2 scoring through av2's evaluation is not written yet)"
+        )
+    return nusc
+
+
+def no_detections_eval(eval_set: str) -> tuple[dict, dict]:
+    """What ``DetectionEval`` gives a result file without a single box: AP 0, TP errors 1 (NaN where it skips them).
+
+    The devkit cannot score such a file (its ``filter_eval_boxes`` looks for a first box and raises
+    "Invalid box type: None"); a barely trained model can produce one. This is the devkit's own
+    metric step (``DetectionEval.evaluate``) on ``DetectionMetricData.no_predictions()`` for every class.
+    """
+    from nuscenes.eval.common.config import config_factory
+    from nuscenes.eval.detection.algo import calc_ap, calc_tp
+    from nuscenes.eval.detection.constants import TP_METRICS
+    from nuscenes.eval.detection.data_classes import DetectionMetricData, DetectionMetricDataList, DetectionMetrics
+
+    cfg = config_factory(EVAL_CONFIG)
+    md_list, metrics = DetectionMetricDataList(), DetectionMetrics(cfg)
+    for class_name in cfg.class_names:
+        for dist_th in cfg.dist_ths:
+            md_list.set(class_name, dist_th, DetectionMetricData.no_predictions())
+            metrics.add_label_ap(
+                class_name, dist_th, calc_ap(md_list[(class_name, dist_th)], cfg.min_recall, cfg.min_precision)
+            )
+        for metric_name in TP_METRICS:
+            skipped = (class_name == "traffic_cone" and metric_name in ("attr_err", "vel_err", "orient_err")) or (
+                class_name == "barrier" and metric_name in ("attr_err", "vel_err")
+            )
+            tp = (
+                float("nan") if skipped else calc_tp(md_list[(class_name, cfg.dist_th_tp)], cfg.min_recall, metric_name)
+            )
+            metrics.add_label_tp(class_name, metric_name, tp)
+    metrics.add_runtime(0.0)
+    summary = metrics.serialize()
+    summary["meta"] = {"eval_set": eval_set, "no_detections": True}
+    return summary, md_list.serialize()
+
+
+def run_detection_eval(nusc, result_path: Path, eval_set: str, out_dir: Path, verbose: bool = False):
+    """The devkit's ``DetectionEval`` on a result file: ``(metrics summary dict, metric details dict)``."""
+    from nuscenes.eval.common.config import config_factory
+    from nuscenes.eval.detection.evaluate import DetectionEval
+
+    with open(result_path) as f:
+        if not any(json.load(f)["results"].values()):
+            log.warning("no detection in any sample of %s: every AP is 0 and every TP error 1", eval_set)
+            return no_detections_eval(eval_set)
+    evaluator = DetectionEval(
+        nusc,
+        config=config_factory(EVAL_CONFIG),
+        result_path=str(result_path),
+        eval_set=eval_set,
+        output_dir=str(out_dir),
+        verbose=verbose,
+    )
+    metrics, metric_data = evaluator.evaluate()
+    summary = metrics.serialize()
+    summary["meta"] = dict(evaluator.meta)
+    return summary, metric_data.serialize()
+
+
+def format_table(summary: dict) -> str:
+    """The devkit's numbers as a text table: the headline metrics, then AP and TP errors per class."""
+    tp_names = ("trans_err", "scale_err", "orient_err", "vel_err", "attr_err")
+    lines = [
+        f"NDS   {summary['nd_score']:.4f}",
+        f"mAP   {summary['mean_ap']:.4f}",
+        *(f"m{short:<5}{summary['tp_errors'][n]:.4f}" for short, n in zip(TP_SHORT, tp_names)),
+        "",
+        f"{'class':<22}{'AP':>7}{'ATE':>7}{'ASE':>7}{'AOE':>7}{'AVE':>7}{'AAE':>7}",
+    ]
+    for cls, ap in summary["mean_dist_aps"].items():
+        errs = summary["label_tp_errors"][cls]
+        lines.append(f"{cls:<22}{ap:7.3f}" + "".join(f"{errs[n]:7.3f}" for n in tp_names))
+    return "\n".join(lines)
+
+
+def default_out_dir(ckpt: Path, split: str) -> Path:
+    """``<ckpt dir>/eval-<ckpt stem>-<split>``: the evaluation's files, next to the checkpoint."""
+    return ckpt.parent / f"eval-{ckpt.stem}-{split}"
+
+
+def evaluate(
+    ckpt: str | Path,
+    split: str = "val",
+    out: str | Path | None = None,
+    device: str = "cpu",
+    num_workers: int | None = None,
+    batch_size: int | None = None,
+    verbose: bool = False,
+) -> dict[str, Any]:
+    """Predict ``split`` with the checkpoint, score it with ``DetectionEval``; return the devkit summary (+ paths)."""
+    t0 = time.perf_counter()
+    loaded: LoadedCheckpoint = load_checkpoint(ckpt)
+    model = loaded.model
+    datamodule = build_datamodule(loaded.config, num_workers=num_workers, batch_size=batch_size)
+    datamodule.prepare_data()
+    datamodule.setup("predict")
+    nusc = nuscenes_of(datamodule)
+    eval_set = datamodule.split_name(split)
+    out_dir = Path(out) if out else default_out_dir(loaded.path, split)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    from trainer.nusc_results import make_results, write_results
+
+    frames = datamodule.frames(split)
+    predictions = predict(model, datamodule, split, device)
+    results = make_results(
+        predictions,
+        poses={f.token: f.global_from_ego for f in frames},
+        class_names=model.class_names,
+        use_camera=model.use_camera,
+        use_lidar=model.use_lidar,
+        all_tokens=[f.token for f in frames],
+    )
+    result_path = write_results(out_dir / "results_nusc.json", results)
+    summary, details = run_detection_eval(nusc, result_path, eval_set, out_dir, verbose=verbose)
+    with open(out_dir / "metrics_summary.json", "w") as f:
+        json.dump(summary, f, indent=2)
+    with open(out_dir / "metrics_details.json", "w") as f:
+        json.dump(details, f, indent=2)
+
+    extra = {}
+    if hasattr(model, "extra_eval"):
+        extra = model.extra_eval(predictions, datamodule) or {}
+        with open(out_dir / "extra_metrics.json", "w") as f:
+            json.dump(extra, f, indent=2)
+
+    n_boxes = sum(len(v) for v in results["results"].values())
+    print(
+        f"\n{loaded.path} (epoch {loaded.epoch}, step {loaded.global_step}) on {eval_set}: "
+        f"{len(frames)} keyframes, {n_boxes} boxes, {time.perf_counter() - t0:.1f} s\n"
+        + format_table(summary)
+        + "".join(f"\n{k:<22}{v}" for k, v in extra.items())
+        + f"\nsummary: {out_dir / 'metrics_summary.json'}",
+        flush=True,
+    )
+    return {**summary, "extra": extra, "out_dir": str(out_dir), "eval_set": eval_set, "keyframes": len(frames)}
+
+
+def main() -> None:
+    import hydra
+
+    @hydra.main(config_path=str(CONF_DIR), config_name="evaluate", version_base="1.3")
+    def _main(cfg) -> None:
+        if cfg.get("threads"):
+            torch.set_num_threads(int(cfg.threads))
+        evaluate(
+            cfg.ckpt,
+            split=cfg.split,
+            out=cfg.get("out"),
+            device=cfg.device,
+            num_workers=cfg.get("num_workers"),
+            batch_size=cfg.get("batch_size"),
+            verbose=bool(cfg.get("verbose", False)),
+        )
+
+    _main()
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.exit(main())
