@@ -116,3 +116,252 @@ def label_sheet(
     if title:
         fig.suptitle(title)
     return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# Inspecting a label store (notebooks/inspect_grids.ipynb): text, tables, camera overlays, similarity
+
+#: nuScenes' six cameras laid out as a driver sees them: front row left to right, then the back row
+CAMERA_LAYOUT = (
+    ("CAM_FRONT_LEFT", "CAM_FRONT", "CAM_FRONT_RIGHT"),
+    ("CAM_BACK_LEFT", "CAM_BACK", "CAM_BACK_RIGHT"),
+)
+
+
+def store_overview(attrs: dict) -> str:
+    """A few lines describing a label store from its ``attrs``: schema, grid, dataset, feature model.
+
+    Features from a randomly initialised encoder (``feature_model.weights == "random-init"``) get a
+    visible warning line: such grids show geometry and plumbing, not semantics.
+    """
+    grid = GridSpec.from_dict(attrs["grid"])
+    ds = attrs.get("dataset", {})
+    fm = attrs.get("feature_model", {})
+    versions = attrs.get("versions", {})
+    lines = [
+        f"schema version  {attrs.get('schema_version')}  (created {attrs.get('created', '?')})",
+        f"grid            x {list(grid.xbound)}  y {list(grid.ybound)}  z {list(grid.zbound)}  "
+        f"-> (H, W) = {grid.shape}",
+        f"dataset         {ds.get('name')} {ds.get('version')} at {ds.get('root')}",
+        f"feature model   {fm.get('name')}  weights={fm.get('weights')}  C={fm.get('out_channels')}  "
+        f"patch={fm.get('patch_size')}  image_height={fm.get('image_height')}  dtype={fm.get('dtype')}",
+        "versions        " + ", ".join(f"{k} {v}" for k, v in versions.items()),
+    ]
+    if fm.get("weights") == "random-init":
+        asked = ((attrs.get("config") or {}).get("features") or {}).get("weights")
+        why = (
+            "on purpose (features.weights=random)" if asked == "random" else "because no pretrained weights were found"
+        )
+        lines.append(
+            f"NOTE            the features come from a RANDOMLY INITIALISED encoder, {why}: the grids show geometry "
+            "and coverage, not DINOv2 semantics. Pretrained weights: README, 'DINOv2 weights offline'."
+        )
+    failures = {k: v for k, v in (attrs.get("failures") or {}).items() if v}
+    for stage, scenes in failures.items():
+        for scene, reason in scenes.items():
+            lines.append(f"FAILED          {stage}: {scene}: {reason}")
+    return "\n".join(lines)
+
+
+def keyframe_table(store, coverage: bool = True):
+    """A ``pandas.DataFrame`` with one row per keyframe of a ``LabelStoreReader``.
+
+    Columns: ``scene``, ``token``, ``done`` and, with ``coverage``, the share of BEV cells with pooled
+    points (NaN for keyframes not done yet; reads every done keyframe's count map).
+    """
+    import pandas as pd
+
+    done = store.done
+    cov = np.full(len(done), np.nan)
+    if coverage:
+        for s in np.flatnonzero(done):
+            cov[s] = float((store.dino_count(int(s)) > 0).mean())
+    table = pd.DataFrame(
+        {"scene": store.scenes.astype(str), "token": store.sample_tokens.astype(str), "done": done, "coverage": cov}
+    )
+    table.index.name = "row"
+    return table
+
+
+def reaccumulate(ds, frame, accumulation: dict):
+    """The accumulated cloud (``AccumulatedCloud``, keyframe ego frame) of ``frame``, as the label stage built it.
+
+    ``accumulation`` is the store's ``attrs["config"]["accumulation"]``; the scene is accumulated
+    again from the dataset ``ds`` (a ``DriveDataset``), so this takes as long as the stage's own step.
+    """
+    from bevlabels.lidar.accumulate import AccumulationConfig, accumulate_scene
+
+    clouds = accumulate_scene(ds, frame.scene, AccumulationConfig(**accumulation), frames=ds.keyframes(frame.scene))
+    for cloud in clouds:
+        if cloud.frame.token == frame.token:
+            return cloud
+    raise KeyError(f"accumulation of scene {frame.scene} yielded no cloud for keyframe {frame.token}")
+
+
+def draw_lidar_px_on_images(
+    images: np.ndarray,
+    px: dict[str, np.ndarray],
+    camera_names: tuple[str, ...] | list[str] | None = None,
+    color_by: str = "depth",
+    max_depth: float | None = None,
+    max_points: int = 20000,
+    point_size: float = 1.0,
+    title: str = "",
+):
+    """A figure of a keyframe's camera images ``(N, H, W, 3)`` uint8 with its ``lidar_px`` rows drawn on them.
+
+    ``px`` is ``LabelStoreReader.lidar_px(s)`` (columns ``cam, u, v, depth, obj`` of ``R`` rows, at the
+    images' original resolution; ``cam`` indexes ``images``). Dots are coloured by ``depth`` (metres,
+    ``turbo`` colour map up to ``max_depth``, default the 98th percentile) or, with ``color_by="obj"``,
+    grey for background and one colour per GT box. At most ``max_points`` dots per camera (a random
+    subset). With the six nuScenes ``camera_names`` the panels follow :data:`CAMERA_LAYOUT`; otherwise
+    they are laid out in order, three per row.
+    """
+    if color_by not in ("depth", "obj"):
+        raise ValueError(f"color_by must be 'depth' or 'obj', got {color_by!r}")
+    images = np.asarray(images)
+    assert images.ndim == 4 and images.shape[-1] == 3, f"images must be (N, H, W, 3), got {images.shape}"
+    N = images.shape[0]
+    names = list(camera_names) if camera_names is not None else [f"camera {n}" for n in range(N)]
+    if len(names) != N:
+        raise ValueError(f"{len(names)} camera names for {N} images")
+    if set(names) == {c for row in CAMERA_LAYOUT for c in row}:
+        layout = [[names.index(c) for c in row] for row in CAMERA_LAYOUT]
+    else:
+        layout = [list(range(i, min(i + 3, N))) for i in range(0, N, 3)]
+    ncols = max(len(r) for r in layout)
+    depth, cam = px["depth"], px["cam"]
+    vmax = float(max_depth) if max_depth else (float(np.percentile(depth, 98)) if len(depth) else 1.0)
+    plt = _plt()
+    H, W = images.shape[1:3]
+    fig, axes = plt.subplots(
+        len(layout),
+        ncols,
+        figsize=(4.2 * ncols, 4.2 * len(layout) * H / W + 0.8),
+        squeeze=False,
+        constrained_layout=True,
+    )
+    rng = np.random.default_rng(0)
+    sc = None
+    for r, row in enumerate(layout):
+        for c in range(ncols):
+            ax = axes[r, c]
+            ax.set_axis_off()
+            if c >= len(row):
+                continue
+            n = row[c]
+            ax.imshow(images[n])
+            rows = np.flatnonzero(cam == n)
+            if len(rows) > max_points:
+                rows = rng.choice(rows, max_points, replace=False)
+            if color_by == "depth":
+                sc = ax.scatter(
+                    px["u"][rows], px["v"][rows], c=depth[rows], s=point_size, cmap="turbo", vmin=0, vmax=vmax,
+                    linewidths=0,
+                )  # fmt: skip
+            else:
+                obj = px["obj"][rows]
+                bg = obj < 0
+                ax.scatter(px["u"][rows[bg]], px["v"][rows[bg]], c="0.7", s=point_size, linewidths=0)
+                ax.scatter(
+                    px["u"][rows[~bg]], px["v"][rows[~bg]], c=obj[~bg] % 20, s=2 * point_size, cmap="tab20",
+                    vmin=0, vmax=19, linewidths=0,
+                )  # fmt: skip
+            ax.set_xlim(0, W)
+            ax.set_ylim(H, 0)
+            ax.set_title(f"{names[n]}  ({int((cam == n).sum()):,} points)", fontsize=9)
+    if sc is not None:
+        fig.colorbar(sc, ax=axes, shrink=0.6, label="depth (m)")
+    fig.suptitle(title or f"lidar_px: {len(depth):,} projected LiDAR points, coloured by {color_by}")
+    return fig
+
+
+def nearest_occupied_cell(count: np.ndarray, grid: GridSpec, xy) -> tuple[int, int]:
+    """``(iy, ix)`` of the cell with pooled points (``count (H, W) > 0``) nearest to the metric point ``xy``."""
+    iy, ix = np.nonzero(count > 0)
+    if iy.size == 0:
+        raise ValueError("the count map is empty: no cell has pooled points")
+    centres = grid.cell_centres()[iy, ix]  # (n, 2)
+    k = int(np.argmin(np.linalg.norm(centres - np.asarray(xy, dtype=np.float64)[:2], axis=1)))
+    return int(iy[k]), int(ix[k])
+
+
+def feature_similarity(feat: np.ndarray, count: np.ndarray, cell: tuple[int, int], center: bool = False) -> np.ndarray:
+    """Cosine similarity ``(H, W)`` of every cell's feature in ``feat (C, H, W)`` to the one at ``cell = (iy, ix)``.
+
+    NaN where ``count (H, W)`` is 0 (no pooled feature). The query cell itself has similarity 1.
+    ``center`` subtracts the mean feature of the occupied cells first, removing the component all
+    cells share (large for a randomly initialised encoder), so that the map shows the differences.
+    """
+    C, H, W = feat.shape
+    assert count.shape == (H, W), f"count {count.shape} does not match feat {feat.shape}"
+    x = feat.reshape(C, -1).astype(np.float64)  # (C, H*W)
+    occupied = count.reshape(-1) > 0
+    if not occupied[cell[0] * W + cell[1]]:
+        raise ValueError(f"cell {cell} has no feature (count 0); pick an occupied cell")
+    if center:
+        x = x - x[:, occupied].mean(1, keepdims=True)
+    q = x[:, cell[0] * W + cell[1]]  # (C,)
+    norm = np.linalg.norm(x, axis=0) * np.linalg.norm(q)
+    sim = (q @ x) / np.maximum(norm, 1e-12)
+    sim[~occupied] = np.nan
+    return sim.reshape(H, W)
+
+
+def query_cell_for_class(
+    boxes: np.ndarray, classes, count: np.ndarray, grid: GridSpec, wanted: str = "car"
+) -> tuple[tuple[int, int], int | None]:
+    """A query cell for :func:`feature_similarity`: the occupied cell nearest a box of class ``wanted``.
+
+    ``boxes (M, >=2)`` with per-box ``classes`` (e.g. ``frame.boxes.detection_class``); of the boxes of
+    that class whose centre lies in the grid, the one nearest the ego is taken. Returns
+    ``((iy, ix), box index)``; when there is no such box, the occupied cell nearest the ego and ``None``.
+    """
+    boxes = np.asarray(boxes, dtype=np.float64)
+    if boxes.size:
+        inside = grid.cell_index(boxes[:, :2])[2]
+        order = np.argsort(np.linalg.norm(boxes[:, :2], axis=1))  # nearest to the ego first
+        cand = [int(i) for i in order if classes[i] == wanted and inside[i]]
+        if cand:
+            return nearest_occupied_cell(count, grid, boxes[cand[0], :2]), cand[0]
+    return nearest_occupied_cell(count, grid, (0.0, 0.0)), None
+
+
+def similarity_figure(
+    feat: np.ndarray,
+    count: np.ndarray,
+    grid: GridSpec,
+    cell: tuple[int, int],
+    boxes: np.ndarray | None = None,
+    center: bool = False,
+    title: str = "",
+):
+    """Two panels: PCA-RGB of ``feat (C, H, W)`` and the cosine similarity of every cell to ``cell = (iy, ix)``.
+
+    The query cell is marked on both; ``boxes (M, >=7)`` are drawn when given. Empty cells are grey.
+    ``center``: see :func:`feature_similarity`.
+    """
+    plt = _plt()
+    sim = feature_similarity(feat, count, cell, center=center)
+    ext = extent(grid)
+    q = grid.cell_to_metric(np.array([cell[1] + 0.5, cell[0] + 0.5]))
+    fig, axes = plt.subplots(1, 2, figsize=(10.6, 5.2), constrained_layout=True)
+    axes[0].imshow(pca_rgb(feat, count > 0), origin="lower", extent=ext, interpolation="nearest")
+    axes[0].set_title("dino/feat: PCA -> RGB")
+    cmap = plt.get_cmap("viridis").copy()
+    cmap.set_bad("0.25")
+    im = axes[1].imshow(sim, origin="lower", extent=ext, cmap=cmap, vmin=-1, vmax=1, interpolation="nearest")
+    fig.colorbar(im, ax=axes[1], shrink=0.7, label="cosine similarity to the query cell")
+    kind = "centred cosine" if center else "cosine"
+    axes[1].set_title(f"{kind} similarity to cell (iy={cell[0]}, ix={cell[1]}) at ({q[0]:.1f}, {q[1]:.1f}) m")
+    for ax in axes:
+        if boxes is not None:
+            draw_boxes_bev(ax, boxes, color="w", lw=0.5)
+        ax.plot(q[0], q[1], marker="x", color="red", ms=9, mew=2)
+        ax.set_xlim(ext[0], ext[1])
+        ax.set_ylim(ext[2], ext[3])
+        ax.set_xlabel("ego x (m, forward)")
+        ax.set_ylabel("ego y (m, left)")
+    if title:
+        fig.suptitle(title)
+    return fig

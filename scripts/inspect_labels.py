@@ -50,16 +50,14 @@ def main(argv: list[str]) -> Path:
     cfg = store.attrs.get("config") or {}
     adapter = (cfg.get("dataset") or {}).get("adapter")
     if adapter:
-        from bevlabels.lidar.accumulate import AccumulationConfig, accumulate_scene
+        from bevlabels.viz import reaccumulate
         from pipelines.labels import get_dataset
 
         ds = get_dataset(adapter)
         frame = ds.frame(token)
         boxes = frame.boxes.boxes
         if args["points"].lower() in ("1", "true", "yes"):
-            acc = AccumulationConfig(**cfg["accumulation"])
-            frames = ds.keyframes(frame.scene)
-            cloud = next(c for c in accumulate_scene(ds, frame.scene, acc, frames=frames) if c.frame.token == token)
+            cloud = reaccumulate(ds, frame, cfg["accumulation"])
             points, dynamic = cloud.points, cloud.box_index >= 0
     fig = label_sheet(
         feat, count, store.grid, boxes=boxes, points=points, point_is_dynamic=dynamic,
