@@ -198,7 +198,15 @@ def ensure_dataset(ds_cfg: dict) -> None:
     gen = ds_cfg.get("generate", {})
     preset, seed = gen.get("preset", "small"), int(gen.get("seed", 0))
     log.warning("synthetic world not found at %s: generating it (preset=%s seed=%s) first", root, preset, seed)
-    generate(SynthConfig.from_preset(preset, seed=seed), root, log=log.info)
+    from pipelines.synth import dask_map
+
+    workers = int(gen.get("workers", 2))
+    generate(
+        SynthConfig.from_preset(preset, seed=seed),
+        root,
+        map_fn=dask_map(workers) if workers > 1 else None,
+        log=log.info,
+    )
 
 
 def plan(ds, split: str | None, scenes: list[str] | None, limit_scenes: int | None):
