@@ -1,0 +1,195 @@
+"""Train camera detectors for a fixed wall-time budget each, evaluate them, and compare: ``make bench-train``.
+
+    python scripts/bench_train.py                              # bevdepth vs bevdepth_dino, 1 h each, small world
+    python scripts/bench_train.py --budget 00:00:05:00         # a short version
+    python scripts/bench_train.py --experiments bevdepth_dino --budget 00:00:10:00 --out outputs/demo   # make demo
+    python scripts/bench_train.py --model full                 # the configs' own model (ResNet-18 at 256x704)
+
+Steps (each a command line of the project, run as a subprocess, so what is measured is what a user runs):
+
+1. the synthetic world (``--preset``, seed 0) under ``data/synthetic/<preset>-seed0``, generated when missing;
+2. its label store on ``--grid`` (default: ``default``, BEVDepth's 102.4 m square) at ``--store``, made or
+   finished by ``pipelines.labels`` unless complete (default features: DINOv2-S, random-init
+   without local weights, which the store records and this script prints);
+3. per experiment, ``trainer.train experiment=<name>`` with the same ``--seed``, ``trainer.max_time``
+   = ``--budget`` (epochs unbounded), validation every ``--val-every`` epochs;
+4. ``trainer.evaluate`` of each run's ``last.ckpt`` on the val split (``DetectionEval`` + the
+   foreground depth metrics of ``extra_eval``);
+5. a comparison table (NDS, mAP, TP errors, foreground depth, steps, wall time), printed and written
+   as ``comparison.md`` and ``comparison.json`` under ``--out``.
+
+``--model cpu`` (the default) shrinks the model for CPU runs, the same way for every experiment
+(:data:`CPU_MODEL`, :data:`CPU_DEPTH`): ResNet-18 at half width on 128x352 images, one-metre depth
+bins over the grid's reach, a half-width BEV encoder, a quarter-width head. With a GPU, use ``--model full
+--device gpu``.
+
+The default store is ``make labels``' default output (``data/labels/synthetic.zarr``: the small
+world on the default grid) when ``--preset small --grid default``, so ``make labels`` then
+``make bench-train`` labels once; other presets and grids get a store of their own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+#: the shrunk camera model of CPU benchmarks and the demo (overrides of conf/model/bevdepth.yaml)
+CPU_MODEL = [
+    "data.image_aug.final_hw=[128,352]",
+    "model.detector.backbone.hidden_sizes=[32,64,128,256]",
+    "model.detector.backbone.embedding_size=32",
+    "model.detector.neck.in_channels=[64,128,256]",
+    "model.detector.neck.out_channels=64",
+    "model.detector.depth_net.mid_channels=64",
+    "model.detector.depth_net.context_channels=32",
+    "model.detector.bev_encoder.channels=[32,64,128]",
+    "model.detector.bev_encoder.out_channels=64",
+    "model.detector.head.share_conv_channels=32",
+    "model.detector.head.head_channels=16",  # six tasks x five heads at every BEV cell: the CPU bottleneck
+]
+#: one-metre depth bins over each grid's reach (BEVDepth's 2-58 m for the default 51.2 m grid)
+CPU_DEPTH = {
+    "default": ["model.detector.lift_splat.dbound=[2.0,58.0,1.0]", "model.detector.depth_net.depth_bins=56"],
+    "near": ["model.detector.lift_splat.dbound=[1.0,45.0,1.0]", "model.detector.depth_net.depth_bins=44"],
+}
+
+
+def run(cmd: list[str], log_path: Path) -> float:
+    """Run ``cmd`` with its output teed to ``log_path``; return its wall time; exit with its code on failure."""
+    print("$ " + " ".join(cmd), flush=True)
+    t0 = time.perf_counter()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for line in proc.stdout:
+            log.write(line)
+            if not line.lstrip("\r").startswith(("Epoch", "Validation", "Predicting")):  # progress bars: log only
+                sys.stdout.write(line)
+        proc.wait()
+    if proc.returncode:
+        raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}\n  log: {log_path}")
+    return time.perf_counter() - t0
+
+
+def store_complete(store: Path) -> bool:
+    if not (store / "zarr.json").is_file():
+        return False
+    from bevlabels.cache import LabelStoreReader
+
+    return bool(LabelStoreReader(store).done.all())
+
+
+def row_of(name: str, run_dir: Path, wall: float) -> dict:
+    """One table row from a run's evaluation files and its CSV log."""
+    ev = run_dir / "eval"
+    summary = json.loads((ev / "metrics_summary.json").read_text())
+    extra = json.loads((ev / "extra_metrics.json").read_text()) if (ev / "extra_metrics.json").is_file() else {}
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    import torch
+
+    meta = torch.load(ckpt, map_location="cpu", weights_only=False)
+    tp = summary["tp_errors"]
+    return {
+        "experiment": name,
+        "NDS": summary["nd_score"],
+        "mAP": summary["mean_ap"],
+        "mATE": tp["trans_err"],
+        "mASE": tp["scale_err"],
+        "mAOE": tp["orient_err"],
+        "mAVE": tp["vel_err"],
+        "fg SILog": extra.get("fg_depth/silog"),
+        "fg AbsRel": extra.get("fg_depth/abs_rel"),
+        "fg RMSE": extra.get("fg_depth/rmse"),
+        "steps": int(meta.get("global_step", -1)),
+        "epochs": int(meta.get("epoch", -1)) + 1,
+        "train s": f"{wall:.1f}",
+    }
+
+
+def markdown(rows: list[dict]) -> str:
+    cols = list(rows[0])
+    fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731 (wall times are rounded to 0.1 s)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(fmt(r[c]) for c in cols) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--experiments", nargs="+", default=["bevdepth", "bevdepth_dino"])
+    p.add_argument("--budget", default="00:01:00:00", help="trainer.max_time per experiment, DD:HH:MM:SS")
+    p.add_argument("--preset", default="small", help="synthetic world preset (conf/preset)")
+    p.add_argument("--grid", default="default", help="conf/grid of the store and the models")
+    p.add_argument("--store", default=None, help="label store (default: see the module docstring)")
+    p.add_argument("--out", default=None, help="output folder (default outputs/bench_train/<time>)")
+    p.add_argument("--seed", type=int, default=12345)
+    p.add_argument("--model", choices=["cpu", "full"], default="cpu")
+    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--num-workers", type=int, default=1)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--val-every", type=int, default=5, help="validate every n epochs (time counts in the budget)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
+    p.add_argument("extra", nargs="*", help="more Hydra overrides for every training run")
+    a = p.parse_args(argv)
+
+    py = sys.executable
+    out = Path(a.out or REPO / "outputs" / "bench_train" / time.strftime("%Y-%m-%d_%H-%M-%S"))
+    out.mkdir(parents=True, exist_ok=True)
+    data = Path(os.environ.get("BEVLABELS_DATA", REPO / "data"))
+    root = data / "synthetic" / f"{a.preset}-seed0"
+    own = "synthetic.zarr" if (a.preset, a.grid) == ("small", "default") else f"bench-{a.preset}-{a.grid}.zarr"
+    store = Path(a.store or data / "labels" / own)
+    dataset = [f"dataset.root={root}", f"dataset.generate.preset={a.preset}"]
+
+    if not (root / "v1.0-mini").is_dir() and not (root / "v1.0-trainval").is_dir():
+        run([py, "-m", "pipelines.synth", f"preset={a.preset}", "seed=0", f"out={root}"], out / "synth.log")
+    if store_complete(store):
+        print(f"label store {store} is complete; reusing it", flush=True)
+    else:
+        run([py, "-m", "pipelines.labels", *dataset, f"grid={a.grid}", f"out={store}"], out / "labels.log")
+    from bevlabels.cache import LabelStoreReader
+
+    fm = LabelStoreReader(store).attrs.get("feature_model", {})
+    print(f"store features: {fm.get('name')} ({fm.get('weights')})", flush=True)
+
+    rows = []
+    for name in a.experiments:
+        run_dir = out / name
+        cmd = [py, "-m", "trainer.train", f"experiment={name}", *dataset, f"grid={a.grid}"]
+        # hydra.run.dir: the run folder holds the checkpoints, logs and the composed config (.hydra/) alike
+        cmd += [f"data.label_store={store}", f"hydra.run.dir={run_dir}", f"seed={a.seed}", f"threads={a.threads}"]
+        cmd += [f"data.batch_size={a.batch_size}", f"data.num_workers={a.num_workers}"]
+        cmd += [
+            f"trainer.max_time={a.budget}",
+            "trainer.max_epochs=100000",
+            "trainer.min_epochs=0",  # else a budget shorter than an epoch is stretched to one epoch
+            f"trainer.check_val_every_n_epoch={a.val_every}",
+        ]
+        cmd += [f"trainer={a.device}", "callbacks.progress_bar.refresh_rate=50"]  # conf/trainer/{cpu,gpu}.yaml
+        cmd += (CPU_MODEL + CPU_DEPTH.get(a.grid, []) if a.model == "cpu" else []) + list(a.extra)
+        wall = run(cmd, out / f"{name}.train.log")
+        ckpt = run_dir / "checkpoints" / "last.ckpt"
+        ev = run_dir / "eval"
+        run([py, "-m", "trainer.evaluate", f"ckpt={ckpt}", f"out={ev}", f"hydra.run.dir={ev}", f"threads={a.threads}",
+             f"device={a.device}", "num_workers=0"], out / f"{name}.eval.log")  # fmt: skip
+        rows.append(row_of(name, run_dir, wall))
+
+    table = markdown(rows)
+    (out / "comparison.md").write_text(
+        f"budget {a.budget} per experiment, seed {a.seed}, {a.preset} world, grid {a.grid}, model {a.model}, "
+        f"features {fm.get('name')} ({fm.get('weights')})\n\n{table}\n"
+    )
+    (out / "comparison.json").write_text(json.dumps(rows, indent=2))
+    print(f"\n{table}\n\ncomparison: {out / 'comparison.md'}", flush=True)
+    for name in a.experiments:
+        print(f"{name}: checkpoint {out / name / 'checkpoints' / 'last.ckpt'}, evaluation {out / name / 'eval'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,514 @@
+"""Camera keyframes with their cached labels: the data module of the camera students (BEVDepth and successors).
+
+A sample is a keyframe's N camera images, augmented, with everything expressed in the frames the
+model sees, and the label store's grids and depth targets brought into the same frames.
+
+Image augmentation (BEVDepth's ``sample_ida_augmentation``, resize then crop then flip) is one
+3x3 ``aug_from_img`` per camera, folded into the intrinsics: ``K_aug = aug_from_img @ K``
+(``bevlabels.geometry``). The images are resized to fit ``final_hw`` (the larger of the two
+ratios, times a random factor in training), cropped to ``final_hw`` (bottom-anchored: the sky goes
+first, as BEVDepth; horizontally random in training, centred otherwise) and, in training,
+mirrored with probability ``flip_prob``. One draw per keyframe, shared by its cameras (as BEVDepth).
+
+BEV augmentation (rotation, scale, mirror flips) is one ``aug_from_ego (4, 4)``
+(:func:`trainer.data.common.sample_bev_aug`), applied alike to
+
+- the GT boxes (centres, sizes, heading, velocity: :func:`trainer.data.common.augment_boxes`);
+- the cameras: ``ego_from_cam = aug_from_ego @ key_ego_from_cam``, so lift-splat places the
+  unchanged images' features into the augmented world (the images themselves do not change);
+- the cached grids ``dino/feat`` and ``dino/count``, resampled over metric coordinates
+  (:func:`resample_bev`): each augmented cell centre is moved back to the ego frame and read there,
+  ``count`` with nearest-neighbour sampling, ``feat`` nearest by default or bilinearly over occupied
+  cells only (``dino_interp``).
+
+Depth targets are rasterised from the store's ``lidar_px`` after the image augmentation
+(:func:`depth_targets`): each LiDAR pixel moved by its camera's ``aug_from_img``, dropped if it
+leaves the crop, and the *minimum* depth kept per feature-stride cell (BEVDepth's
+``get_downsampled_gt_depth``), 0 where a cell has none. The model turns them into one-hot bins.
+
+The sample / batch keys (beyond the common ones of :mod:`trainer.data.common`):
+
+==================  =============================  ===============================================================
+key                 batch type / shape             meaning
+==================  =============================  ===============================================================
+``images``          ``(B, N, 3, H_i, W_i)`` uint8  the augmented images (the model normalises them)
+``K``               ``(B, N, 3, 3)`` float32       intrinsics of the augmented images, ``aug_from_img @ K``
+``aug_from_img``    ``(B, N, 3, 3)`` float32       the image augmentation of each camera
+``ego_from_cam``    ``(B, N, 4, 4)`` float32       camera to the (BEV-augmented) keyframe ego frame
+``depth_map``       ``(B, N, h, w)`` float32       min LiDAR depth per feature cell (m), 0 where none; h = H_i / s
+``fg_px``           ``list[(R_b, 5)]`` float32     foreground LiDAR pixels (``obj >= 0``) in the augmented
+                                                   images: ``cam, u, v, depth, obj`` (depth metrics, inner depth)
+``dino_feat``       ``(B, C, H, W)`` float16       the store's DINOv2 grid in the augmented BEV frame (``load_dino``)
+``dino_count``      ``(B, H, W)`` int32            its pooled-point counts (``load_dino``)
+``frame_index``     ``(B,)`` int64                 the keyframe's position in its scene (0 starts a scene)
+``prev_global_from_ego``  ``(B, 4, 4)`` float64    the previous keyframe's ego pose (its own at a scene's start)
+==================  =============================  ===============================================================
+
+Streaming scenes (DESIGN.md, "Tracking"): with ``sequential_scenes=true`` the training loader
+uses :class:`SceneStreamBatchSampler`: each of the B batch slots walks its scenes' keyframes in
+time order, so a tracker can carry state from one batch to the next per slot.
+
+Shape letters: B batch, N cameras, H_i/W_i image rows/columns (after augmentation), h/w feature-map
+rows/columns (image / ``depth_stride``), C DINOv2 channels, H/W BEV rows (ego y) / columns (ego x),
+R LiDAR pixels.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Sampler
+
+from bevlabels.datasets.base import DatasetError, Frame
+from bevlabels.geometry import image_aug_matrix
+from bevlabels.grid import GridSpec
+from trainer.data.common import (
+    LIST_KEYS,
+    FrameDataModule,
+    KeyframeDataset,
+    augment_boxes,
+    collate,
+    gt_for_frame,
+    sample_bev_aug,
+)
+
+#: keys the camera batch keeps as per-sample lists (ragged), beyond the common ones
+CAMERA_LIST_KEYS = (*LIST_KEYS, "fg_px")
+
+
+# ---------------------------------------------------------------------------------------------
+# Image augmentation
+
+
+def sample_image_aug(
+    image_wh: tuple[int, int],
+    final_hw: Sequence[int],
+    train: bool,
+    resize_range: Sequence[float] = (1.0, 1.0),
+    bottom_crop_range: Sequence[float] = (0.0, 0.0),
+    flip_prob: float = 0.0,
+    rng: random.Random | None = None,
+) -> dict[str, Any]:
+    """One image augmentation: ``{"resize_wh", "crop_xy", "flip", "aug_from_img" (3, 3)}`` for an image ``(W, H)``.
+
+    The fit scale ``max(H_f / H, W_f / W)`` makes the image cover ``final_hw``; in training it is
+    multiplied by a factor uniform in ``resize_range``. The crop is ``final_hw`` large, its top at
+    ``(1 - b) * H_resized - H_f`` with ``b`` uniform in ``bottom_crop_range`` (BEVDepth's
+    ``bot_pct_lim``; ``b = 0`` keeps the image's bottom), its left uniform (training) or centred.
+    A crop reaching outside the resized image reads zeros there.
+    """
+    rng = rng or random
+    W, H = image_wh
+    fH, fW = (int(v) for v in final_hw)
+    scale = max(fH / H, fW / W)
+    if train:
+        scale *= rng.uniform(*resize_range)
+        b = rng.uniform(*bottom_crop_range)
+    else:
+        b = float(np.mean(bottom_crop_range))
+    new_w, new_h = int(round(W * scale)), int(round(H * scale))
+    crop_y = int((1 - b) * new_h) - fH
+    crop_x = int(rng.uniform(0, max(0, new_w - fW))) if train else int(max(0, new_w - fW) / 2)
+    flip = train and rng.random() < flip_prob
+    # The exact per-axis scale of the integer-sized resize, so K_aug matches the pixels.
+    aug = image_aug_matrix((new_w / W, new_h / H), (crop_x, crop_y), flip=flip, out_width=fW)
+    return {"resize_wh": (new_w, new_h), "crop_xy": (crop_x, crop_y), "flip": flip, "aug_from_img": aug}
+
+
+def apply_image_aug(image, aug: Mapping[str, Any], final_hw: Sequence[int]) -> np.ndarray:
+    """The augmented image ``(H_f, W_f, 3)`` uint8 of a PIL image: resize, crop, flip as :func:`sample_image_aug` drew."""
+    from PIL import Image
+
+    fH, fW = (int(v) for v in final_hw)
+    x0, y0 = aug["crop_xy"]
+    im = image.resize(aug["resize_wh"], Image.BILINEAR).crop((x0, y0, x0 + fW, y0 + fH))
+    if aug["flip"]:
+        im = im.transpose(Image.FLIP_LEFT_RIGHT)
+    return np.asarray(im, dtype=np.uint8)
+
+
+def load_image(path: Path):
+    """The RGB PIL image at ``path``, or :class:`DatasetError` naming the file."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (OSError, ValueError) as e:
+        raise DatasetError(f"cannot read image {path}: {e}") from e
+
+
+# ---------------------------------------------------------------------------------------------
+# Depth targets
+
+
+def depth_targets(
+    lidar_px: Mapping[str, np.ndarray],
+    aug_from_img: np.ndarray,
+    image_hw: Sequence[int],
+    stride: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dense depth targets ``(N, h, w)`` float32 and the foreground pixels ``(R_fg, 5)`` of one keyframe, after augmentation.
+
+    Args:
+        lidar_px: the store's table (``cam, u, v, depth, obj``, each ``(R,)``, original resolution).
+        aug_from_img: ``(N, 3, 3)`` each camera's image augmentation.
+        image_hw: ``(H_i, W_i)`` of the augmented images.
+        stride: feature-map stride; ``h, w = H_i / stride, W_i / stride``.
+
+    Returns the min depth of the LiDAR pixels in each stride x stride cell (0 where none), and the
+    pixels with ``obj >= 0`` as rows ``cam, u, v, depth, obj`` in augmented-image coordinates.
+    """
+    N = len(aug_from_img)
+    Hi, Wi = (int(v) for v in image_hw)
+    assert Hi % stride == 0 and Wi % stride == 0, f"image {Hi}x{Wi} is not a whole number of {stride}-pixel cells"
+    h, w = Hi // stride, Wi // stride
+    cam = lidar_px["cam"].astype(np.int64)
+    A = np.asarray(aug_from_img, dtype=np.float64)  # (N, 3, 3)
+    # One affine map per camera, applied to all rows at once by indexing the matrices by row.
+    Ar = A[np.clip(cam, 0, N - 1)]  # (R, 3, 3)
+    u = Ar[:, 0, 0] * lidar_px["u"] + Ar[:, 0, 1] * lidar_px["v"] + Ar[:, 0, 2]
+    v = Ar[:, 1, 0] * lidar_px["u"] + Ar[:, 1, 1] * lidar_px["v"] + Ar[:, 1, 2]
+    depth = lidar_px["depth"].astype(np.float64)
+    keep = (cam < N) & (u >= 0) & (u < Wi) & (v >= 0) & (v < Hi) & (depth > 0)
+    cam, u, v, depth, obj = cam[keep], u[keep], v[keep], depth[keep], lidar_px["obj"][keep]
+    flat = (cam * h + np.floor(v / stride).astype(np.int64)) * w + np.floor(u / stride).astype(np.int64)
+    dmap = torch.full((N * h * w,), float("inf"), dtype=torch.float32)
+    dmap.scatter_reduce_(0, torch.from_numpy(flat), torch.from_numpy(depth.astype(np.float32)), reduce="amin")
+    dmap = torch.where(torch.isinf(dmap), torch.zeros_like(dmap), dmap).view(N, h, w)
+    fg = obj >= 0
+    fg_px = np.stack([cam[fg], u[fg], v[fg], depth[fg], obj[fg]], 1).astype(np.float32)  # (R_fg, 5)
+    return dmap, torch.from_numpy(fg_px.reshape(-1, 5))
+
+
+# ---------------------------------------------------------------------------------------------
+# BEV grids under the BEV augmentation
+
+
+def resample_bev(bev: torch.Tensor, aug_from_ego: torch.Tensor, grid: GridSpec, mode: str = "nearest") -> torch.Tensor:
+    """A BEV map ``(C, H, W)`` on ``grid`` in the ego frame, resampled into the augmented frame ``(C, H, W)``.
+
+    Output cell centre ``p`` (augmented metric x, y) reads the input at ``ego_from_aug @ p``
+    (``grid_sample``, ``align_corners=False`` so normalised -1/+1 are the grid's outer edges);
+    outside the input grid reads 0. ``mode``: ``"nearest"`` or ``"bilinear"``.
+    """
+    assert bev.ndim == 3 and bev.shape[-2:] == grid.shape, (
+        f"bev must be (C, {grid.ny}, {grid.nx}); got {tuple(bev.shape)}"
+    )
+    A = aug_from_ego[:3, :3].double()
+    if torch.equal(A, torch.eye(3, dtype=A.dtype)) and not aug_from_ego[:3, 3].any():
+        return bev
+    # Only x, y matter: the augmentation rotates about z, scales, and mirrors x or y.
+    ego_from_aug = torch.linalg.inv(aug_from_ego.double())
+    centres = torch.from_numpy(grid.cell_centres())  # (H, W, 2) metric x, y in the augmented frame
+    xy = centres @ ego_from_aug[:2, :2].T + ego_from_aug[:2, 3]  # (H, W, 2) in the ego frame
+    lo = torch.tensor([grid.xbound[0], grid.ybound[0]], dtype=torch.float64)
+    hi = torch.tensor([grid.xbound[1], grid.ybound[1]], dtype=torch.float64)
+    norm = (2 * (xy - lo) / (hi - lo) - 1).float()  # (H, W, 2): x -> columns, y -> rows, as grid_sample wants
+    out = F.grid_sample(bev[None].float(), norm[None], mode=mode, padding_mode="zeros", align_corners=False)
+    return out[0].to(bev.dtype)  # (C, H, W)
+
+
+def resample_dino(
+    feat: torch.Tensor, count: torch.Tensor, aug_from_ego: torch.Tensor, grid: GridSpec, mode: str = "nearest"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``dino/feat (C, H, W)`` and ``dino/count (H, W)`` in the augmented BEV frame.
+
+    Count is always nearest-neighbour (a count is not interpolable). ``mode="bilinear"`` averages the
+    features of the occupied neighbours only (weights renormalised by occupancy), so empty cells'
+    zeros do not shrink the features; a cell is then a target where its nearest source cell is.
+    """
+    count_aug = resample_bev(count[None].float(), aug_from_ego, grid, "nearest")[0]
+    if mode == "nearest":
+        return resample_bev(feat, aug_from_ego, grid, "nearest"), count_aug.round().to(count.dtype)
+    if mode != "bilinear":
+        raise ValueError(f"dino_interp must be 'nearest' or 'bilinear'; got {mode!r}")
+    occ = (count > 0).float()[None]  # (1, H, W)
+    both = resample_bev(torch.cat([feat.float() * occ, occ]), aug_from_ego, grid, "bilinear")  # (C+1, H, W)
+    feat_aug = both[:-1] / both[-1:].clamp(min=1e-6)
+    feat_aug = torch.where(count_aug[None] > 0, feat_aug, torch.zeros_like(feat_aug))
+    return feat_aug.to(feat.dtype), count_aug.round().to(count.dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# The dataset
+
+
+class CameraDataset(KeyframeDataset):
+    """Keyframes as camera samples (see the module docstring for the keys); picklable for workers.
+
+    Args:
+        frames, adapter_cfg, train: as :class:`~trainer.data.common.KeyframeDataset`.
+        grid, class_names, min_lidar_points: GT selection (:func:`~trainer.data.common.gt_for_frame`).
+        label_store: path of the label store (``lidar_px``, and ``dino/*`` with ``load_dino``).
+        image_aug: ``final_hw``, ``resize_range``, ``bottom_crop_range``, ``flip_prob`` (:func:`sample_image_aug`).
+        bev_aug: ``rot_range``, ``scale_range``, ``flip_x_prob``, ``flip_y_prob``
+            (:func:`~trainer.data.common.sample_bev_aug`), or ``None``; used in training only.
+        depth_stride: feature stride of the depth targets (the model's lift-splat ``downsample``).
+        load_dino: read ``dino/feat`` and ``dino/count``.
+        dino_interp: ``"nearest"`` or ``"bilinear"`` (see :func:`resample_dino`).
+    """
+
+    def __init__(
+        self,
+        frames: Sequence[Frame],
+        adapter_cfg: Mapping,
+        train: bool,
+        grid: GridSpec,
+        class_names: Sequence[str],
+        label_store: str,
+        image_aug: Mapping[str, Any],
+        bev_aug: Mapping[str, Any] | None,
+        depth_stride: int,
+        load_dino: bool,
+        dino_interp: str = "nearest",
+        min_lidar_points: int = 1,
+    ):
+        super().__init__(frames, adapter_cfg, train)
+        from bevlabels.cache import LabelStoreReader
+
+        self.grid = grid
+        self.class_names = tuple(class_names)
+        self.reader = LabelStoreReader(label_store)  # pickles as its path; opens per process
+        self.image_aug = dict(image_aug)
+        self.bev_aug = dict(bev_aug) if bev_aug else None
+        self.depth_stride = int(depth_stride)
+        self.load_dino = bool(load_dino)
+        self.dino_interp = dino_interp
+        self.min_lidar_points = int(min_lidar_points)
+        self._prev = {}  # token -> previous keyframe of the same scene in this list
+        for prev, cur in zip(self.frames[:-1], self.frames[1:]):
+            if prev.scene == cur.scene and prev.index + 1 == cur.index:
+                self._prev[cur.token] = prev
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        frame = self.frames[i]
+        final_hw = tuple(int(v) for v in self.image_aug["final_hw"])
+        # Python's RNG: Lightning's seed_everything(workers=True) seeds it in every worker too.
+        cam0 = frame.cameras[0]
+        aug = sample_image_aug(
+            (cam0.width, cam0.height),
+            final_hw,
+            self.train,
+            resize_range=self.image_aug.get("resize_range", (1.0, 1.0)),
+            bottom_crop_range=self.image_aug.get("bottom_crop_range", (0.0, 0.0)),
+            flip_prob=float(self.image_aug.get("flip_prob", 0.0)),
+        )
+        images, aug_from_img, K, key_ego_from_cam = [], [], [], []
+        for n, cam in enumerate(frame.cameras):
+            if (cam.width, cam.height) != (cam0.width, cam0.height):
+                # Per-camera sizes would need one draw per camera; every supported dataset has one size.
+                raise DatasetError(
+                    f"keyframe {frame.token}: camera {cam.name} is {cam.width}x{cam.height}, {cam0.name} "
+                    f"{cam0.width}x{cam0.height}; the camera data module needs one image size"
+                )
+            if not cam.has_image:
+                raise DatasetError(f"missing image for {cam.name} of keyframe {frame.token}: {cam.image_path}")
+            images.append(apply_image_aug(load_image(cam.image_path), aug, final_hw))
+            aug_from_img.append(aug["aug_from_img"])
+            K.append(aug["aug_from_img"] @ cam.K)
+            key_ego_from_cam.append(frame.key_ego_from_cam(n))
+        aug_from_img = np.stack(aug_from_img)  # (N, 3, 3)
+
+        if self.train and self.bev_aug is not None:
+            aug_from_ego = sample_bev_aug(**self.bev_aug)  # (4, 4) float32
+        else:
+            aug_from_ego = torch.eye(4)
+        ego_from_cam = aug_from_ego.double() @ torch.as_tensor(np.stack(key_ego_from_cam))  # (N, 4, 4)
+
+        boxes, labels = gt_for_frame(frame, self.class_names, self.grid, self.min_lidar_points)
+        s = self.reader.index_of(frame.token)
+        depth_map, fg_px = depth_targets(self.reader.lidar_px(s), aug_from_img, final_hw, self.depth_stride)
+        prev = self._prev.get(frame.token, frame)
+        sample = {
+            **self.common_sample(frame),
+            "gt_boxes": augment_boxes(boxes, aug_from_ego),
+            "gt_labels": labels,
+            "aug_from_ego": aug_from_ego.float(),
+            "images": torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(),  # (N, 3, H_i, W_i)
+            "K": torch.as_tensor(np.stack(K), dtype=torch.float32),
+            "aug_from_img": torch.as_tensor(aug_from_img, dtype=torch.float32),
+            "ego_from_cam": ego_from_cam.float(),
+            "depth_map": depth_map,
+            "fg_px": fg_px,
+            "frame_index": torch.tensor(frame.index, dtype=torch.int64),
+            "prev_global_from_ego": torch.as_tensor(prev.global_from_ego, dtype=torch.float64),
+        }
+        if self.load_dino:
+            feat = torch.from_numpy(np.asarray(self.reader.dino_feat(s)))  # (C, H, W) float16
+            count = torch.from_numpy(np.asarray(self.reader.dino_count(s)).astype(np.int32))  # (H, W)
+            sample["dino_feat"], sample["dino_count"] = resample_dino(
+                feat, count, aug_from_ego, self.grid, self.dino_interp
+            )
+        return sample
+
+
+# ---------------------------------------------------------------------------------------------
+# Streaming scenes
+
+
+class SceneStreamBatchSampler(Sampler[list[int]]):
+    """Batches of dataset indices where slot b of every batch walks its own scenes' keyframes in time order.
+
+    Scenes (runs of equal ``scenes[i]`` in the dataset's order, which is scene by scene in time
+    order) are dealt to ``batch_size`` slots, longest first to the shortest slot; batch t holds the
+    t-th keyframe of every slot that still has one (the last batches may be smaller). With
+    ``shuffle``, the scene order is reshuffled each epoch (:meth:`set_epoch`, which Lightning calls).
+    """
+
+    def __init__(self, scenes: Sequence[str], batch_size: int, shuffle: bool = False, seed: int = 0):
+        self.batch_size, self.shuffle, self.seed, self.epoch = int(batch_size), bool(shuffle), int(seed), 0
+        self.runs: list[list[int]] = []
+        for i, s in enumerate(scenes):
+            if self.runs and scenes[self.runs[-1][-1]] == s:
+                self.runs[-1].append(i)
+            else:
+                self.runs.append([i])
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def streams(self) -> list[list[int]]:
+        """The ``batch_size`` slots' index streams of this epoch."""
+        runs = list(self.runs)
+        if self.shuffle:
+            random.Random(self.seed + self.epoch).shuffle(runs)
+        slots: list[list[int]] = [[] for _ in range(min(self.batch_size, len(runs)))]
+        for run in sorted(runs, key=len, reverse=True):  # stable: equal lengths keep the (shuffled) order
+            min(slots, key=len).extend(run)
+        return slots
+
+    def __iter__(self) -> Iterator[list[int]]:
+        slots = self.streams()
+        for t in range(max((len(s) for s in slots), default=0)):
+            yield [s[t] for s in slots if t < len(s)]
+
+    def __len__(self) -> int:
+        return max((len(s) for s in self.streams()), default=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# The data module
+
+
+class CameraDataModule(FrameDataModule):
+    """Camera keyframes + a label store (see the module docstring); arguments beyond :class:`FrameDataModule`'s:
+
+    Args:
+        image_aug: ``final_hw`` (H_i, W_i), ``resize_range``, ``bottom_crop_range``, ``flip_prob``.
+        bev_aug: ``rot_range``, ``scale_range``, ``flip_x_prob``, ``flip_y_prob``; ``None``: none.
+        depth_stride: the model's feature stride (``lift_splat.downsample``) for the depth targets.
+        load_dino: read the DINOv2 grids (the distillation needs them).
+        dino_interp: resampling of ``dino/feat`` under BEV augmentation, ``nearest`` or ``bilinear``.
+        sequential_scenes: train batches stream scenes in order (:class:`SceneStreamBatchSampler`).
+    """
+
+    def __init__(
+        self,
+        dataset: Mapping,
+        grid: Mapping,
+        class_names: Sequence[str],
+        label_store: str | None,
+        image_aug: Mapping[str, Any],
+        bev_aug: Mapping[str, Any] | None = None,
+        depth_stride: int = 16,
+        load_dino: bool = False,
+        dino_interp: str = "nearest",
+        sequential_scenes: bool = False,
+        **kwargs: Any,
+    ):
+        super().__init__(dataset, grid, class_names, label_store=label_store, store_stages=("labels",), **kwargs)
+        self.image_aug = _plain_dict(image_aug)
+        self.bev_aug = _plain_dict(bev_aug) if bev_aug else None
+        self.depth_stride = int(depth_stride)
+        fH, fW = (int(v) for v in self.image_aug["final_hw"])
+        if fH % self.depth_stride or fW % self.depth_stride:
+            raise ValueError(
+                f"data.image_aug.final_hw {[fH, fW]} must be a multiple of data.depth_stride {self.depth_stride}"
+            )
+        self.load_dino = bool(load_dino)
+        if dino_interp not in ("nearest", "bilinear"):
+            raise ValueError(f"data.dino_interp must be 'nearest' or 'bilinear'; got {dino_interp!r}")
+        self.dino_interp = dino_interp
+        self.sequential_scenes = bool(sequential_scenes)
+
+    # -- the label store ---------------------------------------------------------------------------
+    def check_inputs(self) -> None:
+        """Refuse a missing label store (saying to run ``make labels``), or one of another grid or keyframes."""
+        if not self.label_store or not (Path(self.label_store) / "zarr.json").is_file():
+            raise FileNotFoundError(
+                f"label store {self.label_store} not found: run `make labels` first (it writes "
+                f'{self.label_store} for the default dataset), or `make labels ARGS="dataset=... grid=... '
+                f'out={self.label_store}"`, or point data.label_store at an existing store'
+            )
+        super().check_inputs()
+
+    @property
+    def dino_channels(self) -> int:
+        """C of the store's ``dino/feat``."""
+        from bevlabels.cache import LabelStoreReader
+
+        return int(LabelStoreReader(self.label_store).stages["labels"]["dims"]["C"])
+
+    # -- datasets and loaders ----------------------------------------------------------------------
+    def make_dataset(self, frames: Sequence[Frame], train: bool) -> CameraDataset:
+        return CameraDataset(
+            frames,
+            self.dataset_cfg["adapter"],
+            train=train,
+            grid=self.grid,
+            class_names=self.class_names,
+            label_store=self.label_store,
+            image_aug=self.image_aug,
+            bev_aug=self.bev_aug,
+            depth_stride=self.depth_stride,
+            load_dino=self.load_dino,
+            dino_interp=self.dino_interp,
+            min_lidar_points=self.min_lidar_points,
+        )
+
+    def collate_fn(self, samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        return collate(samples, list_keys=CAMERA_LIST_KEYS)
+
+    def train_dataloader(self) -> DataLoader:
+        if not self.sequential_scenes:
+            return super().train_dataloader()
+        frames = self.frames("train")
+        return DataLoader(
+            self.make_dataset(frames, train=True),
+            batch_sampler=SceneStreamBatchSampler([f.scene for f in frames], self.batch_size, shuffle=True),
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+            collate_fn=self.collate_fn,
+        )
+
+
+def _plain_dict(cfg: Any) -> dict:
+    try:
+        from omegaconf import DictConfig, OmegaConf
+
+        if isinstance(cfg, DictConfig):
+            return OmegaConf.to_container(cfg, resolve=True)
+    except ImportError:  # pragma: no cover
+        pass
+    return dict(cfg)
+
+
+__all__ = [
+    "CAMERA_LIST_KEYS",
+    "CameraDataModule",
+    "CameraDataset",
+    "SceneStreamBatchSampler",
+    "apply_image_aug",
+    "depth_targets",
+    "resample_bev",
+    "resample_dino",
+    "sample_image_aug",
+]

@@ -1,0 +1,226 @@
+"""The camera student as a LightningModule: :class:`BEVDepthModule` wraps a :class:`~trainer.models.bevdepth.BEVDepth`.
+
+It reads the camera batch of :mod:`trainer.data.camera` (``images, K, ego_from_cam``; the targets
+``gt_boxes, gt_labels, depth_map`` and, for the distillation, ``dino_feat, dino_count``), trains on
+the detection + depth (+ DINOv2 distillation) losses of :meth:`BEVDepth.loss` weighted by ``loss``,
+and decodes boxes back into the keyframe's un-augmented ego frame.
+
+Evaluation (``python -m trainer.evaluate``): while predicting, the module also gathers foreground
+depth metrics (:mod:`trainer.metrics_depth`) from the same forward pass, and :meth:`extra_eval`
+returns them (TiG-BEV's Table 6: SILog, AbsRel, SqRel, log10, RMSE on LiDAR pixels inside GT
+boxes). Validation logs two of them per epoch (``val/fg_abs_rel``, ``val/fg_rmse``).
+
+Shape letters: B batch, N cameras, h/w feature-map rows/columns, M boxes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from trainer.data.common import augment_boxes
+from trainer.lit_base import DetectionModule
+from trainer.metrics_depth import DepthMetrics, pixel_pairs
+from trainer.models.bevdepth import BEVDepth
+from trainer.models.components.center_head import NUSCENES_CLASSES
+
+log = logging.getLogger(__name__)
+
+#: BEVDepth's depth_loss_factor; DualViewDistill's best distillation weight is 7.0 (off by default)
+DEFAULT_LOSS = {"depth_weight": 3.0, "distill_weight": 0.0}
+
+
+class BEVDepthModule(DetectionModule):
+    """BEVDepth trained with Lightning (optimizer/scheduler partials as :class:`~trainer.lit_base.DetectionModule`).
+
+    Args:
+        detector: the BEVDepth model; its head's ``class_names`` must equal ``class_names``.
+        loss: ``depth_weight`` (BEVDepth: 3.0) and ``distill_weight`` (DualViewDistill: 7.0; 0 turns
+            the distillation off). A positive ``distill_weight`` needs ``detector.distill_channels``.
+    """
+
+    use_camera = True
+
+    def __init__(
+        self,
+        detector: BEVDepth,
+        optimizer,
+        scheduler=None,
+        class_names: Sequence[str] = NUSCENES_CLASSES,
+        scheduler_interval: str = "step",
+        loss: Mapping[str, float] | None = None,
+    ):
+        super().__init__(optimizer, scheduler, class_names, scheduler_interval)
+        if tuple(detector.head.class_names) != self.class_names:
+            raise ValueError(
+                f"model.class_names {list(self.class_names)} differ from the head's class_names "
+                f"{list(detector.head.class_names)}"
+            )
+        weights = dict(DEFAULT_LOSS)
+        weights.update({str(k): float(v) for k, v in (loss or {}).items()})
+        unknown = sorted(set(weights) - set(DEFAULT_LOSS))
+        if unknown:
+            raise ValueError(f"model.loss has unknown keys {unknown}; known: {sorted(DEFAULT_LOSS)}")
+        if weights["distill_weight"] > 0 and detector.distill is None:
+            raise ValueError(
+                f"model.loss.distill_weight={weights['distill_weight']} needs a distillation projection: set "
+                "model.detector.distill_channels to the label store's feature channels (384 for dinov2-small)"
+            )
+        self.loss_weights = weights
+        self.detector = detector
+        self.depth_metrics = DepthMetrics()  # foreground depth of the current predict / validation pass
+        self._depth_tokens: set[str] = set()
+
+    @property
+    def distilling(self) -> bool:
+        return self.loss_weights["distill_weight"] > 0
+
+    # -- checks against the data ---------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        """Refuse, before the first step, data that does not fit the model (stride, distillation inputs)."""
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is None:
+            return
+        stride = getattr(dm, "depth_stride", None)
+        if stride is not None and int(stride) != self.detector.downsample:
+            raise ValueError(
+                f"data.depth_stride={stride} but the model lifts features of stride {self.detector.downsample} "
+                "(model.detector.lift_splat.downsample): set them equal"
+            )
+        if self.distilling and stage == "fit":
+            if not getattr(dm, "load_dino", False):
+                raise ValueError("model.loss.distill_weight > 0 needs the DINOv2 grids: set data.load_dino=true")
+            channels = dm.dino_channels
+            if channels != self.detector.distill_channels:
+                raise ValueError(
+                    f"the label store {dm.label_store} holds {channels}-channel features; the model projects to "
+                    f"{self.detector.distill_channels}: set model.detector.distill_channels={channels}"
+                )
+
+    # -- the hooks of DetectionModule ----------------------------------------------------------------
+    def forward(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+        """:meth:`BEVDepth.forward` of ``images (B, N, 3, H, W)``, ``K (B, N, 3, 3)``, ``ego_from_cam (B, N, 4, 4)``."""
+        return self.detector(batch["images"], batch["K"], batch["ego_from_cam"])
+
+    def compute_loss(self, outputs: Mapping[str, Any], batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        depth_map = batch.get("depth_map")
+        if depth_map is not None and depth_map.shape[-2:] != outputs["depth_logits"].shape[-2:]:
+            raise ValueError(
+                f"depth targets {tuple(depth_map.shape[-2:])} do not match the feature map "
+                f"{tuple(outputs['depth_logits'].shape[-2:])}: data.depth_stride must equal the model's downsample"
+            )
+        if self.distilling and "dino_feat" not in batch:
+            raise KeyError("the distillation needs batch['dino_feat'] and ['dino_count']: set data.load_dino=true")
+        return self.detector.loss(
+            outputs,
+            batch["gt_boxes"],
+            batch["gt_labels"],
+            depth_map=depth_map,
+            dino_feat=batch.get("dino_feat") if self.distilling else None,
+            dino_count=batch.get("dino_count") if self.distilling else None,
+            depth_weight=self.loss_weights["depth_weight"],
+            distill_weight=self.loss_weights["distill_weight"],
+        )
+
+    def decode(self, outputs: Mapping[str, Any], batch: Mapping[str, Any]) -> list[dict[str, torch.Tensor]]:
+        """Per sample ``{"boxes": (M, 9), "scores", "labels"}`` in the keyframe's ego frame (the BEV augmentation undone)."""
+        dets = self.detector.decode(outputs)
+        aug = batch.get("aug_from_ego")
+        if aug is None:
+            return dets
+        eye = torch.eye(4, dtype=aug.dtype, device=aug.device)
+        for b, d in enumerate(dets):
+            if not torch.allclose(aug[b], eye):
+                ego_from_aug = torch.linalg.inv(aug[b].double()).to(d["boxes"].dtype)
+                d["boxes"] = augment_boxes(d["boxes"], ego_from_aug)
+        return dets
+
+    # -- depth metrics during validation and prediction ----------------------------------------------
+    def _update_depth_metrics(self, outputs: Mapping[str, Any], batch: Mapping[str, Any]) -> None:
+        if "fg_px" not in batch:
+            return
+        bins = self.detector.bins
+        pred, gt = pixel_pairs(
+            self.detector.expected_depth(outputs["depth_logits"]),
+            batch["fg_px"],
+            self.detector.downsample,
+            (bins.d_min, bins.d_max),
+        )
+        self.depth_metrics.update(pred, gt)
+        self._depth_tokens.update(batch["sample_token"])
+
+    def on_validation_epoch_start(self) -> None:
+        self.depth_metrics.reset()
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
+        outputs = self(batch)
+        losses = self.compute_loss(outputs, batch)
+        self._log_losses("val", losses, self.batch_size_of(batch))
+        self._update_depth_metrics(outputs, batch)
+        return losses["loss"]
+
+    def on_validation_epoch_end(self) -> None:
+        m = self.depth_metrics.compute()
+        if m["pixels"]:
+            self.log("val/fg_abs_rel", m["abs_rel"], sync_dist=True)
+            self.log("val/fg_rmse", m["rmse"], sync_dist=True)
+
+    def on_predict_epoch_start(self) -> None:
+        self.depth_metrics.reset()
+        self._depth_tokens = set()
+
+    def predict_step(self, batch: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
+        """As :meth:`DetectionModule.predict_step`, and the foreground depth metrics from the same forward pass."""
+        outputs = self(batch)
+        self._update_depth_metrics(outputs, batch)
+        dets = self.decode(outputs, batch)
+        return [
+            {
+                "sample_token": tok,
+                "boxes": d["boxes"].detach().float().cpu(),
+                "scores": d["scores"].detach().float().cpu(),
+                "labels": d["labels"].detach().long().cpu(),
+            }
+            for tok, d in zip(batch["sample_token"], dets)
+        ]
+
+    # -- the evaluator's hook ------------------------------------------------------------------------
+    @torch.no_grad()
+    def extra_eval(self, predictions: Sequence[Mapping[str, Any]], datamodule) -> dict[str, float]:
+        """Foreground depth metrics (``fg_depth/silog``, ``/abs_rel``, ``/sq_rel``, ``/log10``, ``/rmse``, ``/pixels``).
+
+        Taken from the prediction pass that made ``predictions``; if that pass did not gather them
+        (predictions made elsewhere), the keyframes are run again here.
+        """
+        tokens = {str(p["sample_token"]) for p in predictions}
+        if not tokens <= self._depth_tokens:
+            self._depth_pass(tokens, datamodule)
+        return {f"fg_depth/{k}": v for k, v in self.depth_metrics.compute().items()}
+
+    def _depth_pass(self, tokens: set[str], datamodule) -> None:
+        """Forward the keyframes ``tokens`` (of the data module's val or train split) to gather the depth metrics."""
+        from torch.utils.data import DataLoader
+
+        for split in ("val", "train"):
+            frames = [f for f in datamodule.frames(split) if f.token in tokens]
+            if len(frames) == len(tokens):
+                break
+        else:
+            raise KeyError(f"extra_eval: {len(tokens)} predicted keyframes are not all in one split of {datamodule}")
+        loader = DataLoader(
+            datamodule.make_dataset(frames, train=False),
+            batch_size=datamodule.batch_size,
+            num_workers=datamodule.num_workers,
+            collate_fn=datamodule.collate_fn,
+        )
+        self.depth_metrics.reset()
+        self._depth_tokens = set()
+        was_training = self.training
+        self.eval()
+        for batch in loader:
+            batch = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            self._update_depth_metrics(self(batch), batch)
+        self.train(was_training)

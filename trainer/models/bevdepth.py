@@ -1,0 +1,213 @@
+"""BEVDepth (Li et al., 2022), the camera student: images to a BEV map, CenterPoint's head on it, and its losses.
+
+``images -> ResNetBackbone -> FPN -> DepthNet (camera-aware) -> LiftSplat -> BEVEncoder -> CenterHead``
+                                                                            ``└-> 1x1 conv (DINOv2 distillation)``
+
+Every part is its own ``nn.Module`` built from its own ``_target_`` config, with channel counts
+passed explicitly; the constructor checks that they chain. The BEV map (``bev``) lies on the store's
+grid, cell for cell, so the CenterHead's targets and the cached ``dino/feat`` grids line up with it.
+
+Losses (:meth:`BEVDepth.loss`), as in the papers:
+
+- detection: the CenterHead's Gaussian focal loss plus weighted L1 (CenterPoint);
+- depth: BEVDepth's binary cross-entropy between the predicted depth distribution and the one-hot
+  bin of the LiDAR depth, on the feature cells that have LiDAR (:func:`depth_loss`), weighted by
+  ``depth_weight`` (BEVDepth's ``depth_loss_factor`` 3.0);
+- DINOv2 distillation (DualViewDistill): a linear 1x1 projection of ``bev`` to the store's feature
+  channels, ``1 - cos`` per cell against ``dino/feat``, averaged over the cells with
+  ``dino/count > 0`` (:func:`distill_cosine_loss`), weighted by ``distill_weight`` (the paper's
+  best, 7.0). The projection exists only when ``distill_channels`` is set.
+
+The weights are arguments of :meth:`BEVDepth.loss`; the LightningModule holds them (``model.loss``).
+
+Shape letters: B batch, N cameras, D depth bins, C channels, h/w feature-map rows/columns, H/W BEV
+grid rows (ego y) / columns (ego x), K_t classes of a head task.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trainer.models.components.bev_encoder import BEVEncoder
+from trainer.models.components.center_head import CenterHead
+from trainer.models.components.depth_net import DepthNet
+from trainer.models.components.fpn import FPN
+from trainer.models.components.image_backbone import ResNetBackbone
+from trainer.models.components.lift_splat import DepthBins, LiftSplat
+
+
+def depth_onehot(depth_map: torch.Tensor, bins: DepthBins) -> tuple[torch.Tensor, torch.Tensor]:
+    """One-hot bin targets ``(..., D)`` of a depth map ``(...)`` (metres, 0 = no LiDAR) and its valid mask ``(...)``."""
+    k, valid = bins.index(depth_map)
+    return F.one_hot(k, bins.num).to(depth_map.dtype) * valid[..., None], valid
+
+
+def depth_loss(depth_logits: torch.Tensor, depth_map: torch.Tensor, bins: DepthBins) -> torch.Tensor:
+    """BEVDepth's depth loss (a scalar): BCE of the softmax depth distribution against one-hot bins, over valid cells.
+
+    ``depth_logits (B, N, D, h, w)``; ``depth_map (B, N, h, w)`` the min LiDAR depth per feature cell
+    (0 where none). BEVDepth sums the BCE over bins and divides by the number of cells with a
+    target (``max(1, n)``); the same is done here, computed from log-probabilities so no
+    probability is clamped.
+    """
+    B, N, D, h, w = depth_logits.shape
+    assert depth_map.shape == (B, N, h, w), f"depth_map must be ({B}, {N}, {h}, {w}); got {tuple(depth_map.shape)}"
+    assert D == bins.num, f"depth_logits have {D} bins; dbound gives {bins.num}"
+    target, valid = depth_onehot(depth_map.float(), bins)  # (B, N, h, w, D), (B, N, h, w)
+    if not valid.any():
+        return depth_logits.sum() * 0.0  # keeps the graph (DDP) with a zero gradient
+    logp = F.log_softmax(depth_logits.float(), dim=2).permute(0, 1, 3, 4, 2)[valid]  # (n, D)
+    log1mp = torch.log1p(-logp.exp().clamp(max=1 - 1e-6))  # log(1 - p), p < 1 keeps it finite
+    t = target[valid]  # (n, D)
+    bce = -(t * logp + (1 - t) * log1mp).sum()
+    return bce / valid.sum().clamp(min=1)
+
+
+def distill_cosine_loss(pred: torch.Tensor, target: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """DualViewDistill's per-cell cosine loss (a scalar): mean of ``1 - cos(pred, target)`` over cells with ``count > 0``.
+
+    ``pred (B, C, H, W)`` the projected BEV map, ``target (B, C, H, W)`` the cached DINOv2 grid,
+    ``count (B, H, W)`` its pooled-point counts. Zero (with a graph) when no cell has a target.
+    """
+    assert pred.shape == target.shape, f"distill pred {tuple(pred.shape)} and target {tuple(target.shape)} differ"
+    assert count.shape == (pred.shape[0], *pred.shape[2:]), f"count must be (B, H, W); got {tuple(count.shape)}"
+    mask = count > 0  # (B, H, W)
+    if not mask.any():
+        return pred.sum() * 0.0
+    cos = F.cosine_similarity(pred.float(), target.float(), dim=1, eps=1e-6)  # (B, H, W)
+    return (1.0 - cos)[mask].mean()
+
+
+class BEVDepth(nn.Module):
+    """Camera BEV detector: ``forward(images, K, ego_from_cam) -> {"bev", "preds", "depth_logits"[, "distill"]}``.
+
+    Args:
+        backbone, neck, depth_net, lift_splat, bev_encoder, head: the components.
+        distill_channels: C of the store's ``dino/feat``; adds the 1x1 distillation projection
+            (``None``: no projection, no distillation loss).
+
+    Attributes:
+        grid: the BEV grid of ``bev`` and of the head's maps (lift-splat's).
+        bins: the depth bins.
+    """
+
+    def __init__(
+        self,
+        backbone: ResNetBackbone,
+        neck: FPN,
+        depth_net: DepthNet,
+        lift_splat: LiftSplat,
+        bev_encoder: BEVEncoder,
+        head: CenterHead,
+        distill_channels: int | None = None,
+    ):
+        super().__init__()
+        checks = [
+            (neck.in_channels == list(backbone.out_channels), f"neck.in_channels {neck.in_channels} != backbone.out_channels {backbone.out_channels}"),
+            (neck.out_strides == list(backbone.out_strides), f"neck.in_strides {neck.out_strides} != backbone.out_strides {backbone.out_strides}"),
+            (depth_net.in_channels == neck.out_channels, f"depth_net.in_channels {depth_net.in_channels} != neck.out_channels {neck.out_channels}"),
+            (depth_net.depth_bins == lift_splat.depth_bins, f"depth_net.depth_bins {depth_net.depth_bins} != {lift_splat.depth_bins} bins of dbound {lift_splat.bins}"),
+            (bev_encoder.in_channels == lift_splat.nz * depth_net.context_channels, f"bev_encoder.in_channels {bev_encoder.in_channels} != z slabs {lift_splat.nz} x depth_net.context_channels {depth_net.context_channels}"),
+            (head.in_channels == bev_encoder.out_channels, f"head.in_channels {head.in_channels} != bev_encoder.out_channels {bev_encoder.out_channels}"),
+        ]  # fmt: skip
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(f"BEVDepth: {msg}")
+        self.level = neck.level_of_stride(lift_splat.downsample)  # the FPN level lift-splat reads
+        self.backbone, self.neck, self.depth_net = backbone, neck, depth_net
+        self.lift_splat, self.bev_encoder, self.head = lift_splat, bev_encoder, head
+        self.distill_channels = int(distill_channels) if distill_channels else None
+        self.distill = nn.Conv2d(bev_encoder.out_channels, self.distill_channels, 1) if self.distill_channels else None
+
+    @property
+    def grid(self):
+        return self.lift_splat.grid
+
+    @property
+    def bins(self) -> DepthBins:
+        return self.lift_splat.bins
+
+    @property
+    def downsample(self) -> int:
+        return self.lift_splat.downsample
+
+    def forward(self, images: torch.Tensor, K: torch.Tensor, ego_from_cam: torch.Tensor) -> dict[str, Any]:
+        """Outputs of a batch of N-camera images ``(B, N, 3, H, W)`` (uint8 or [0, 255] floats).
+
+        ``K (B, N, 3, 3)`` are the intrinsics of the images as given (augmentation folded in) and
+        ``ego_from_cam (B, N, 4, 4)`` the cameras' poses in the (BEV-augmented) ego frame.
+
+        Returns ``bev (B, C, H, W)``, ``preds`` (the CenterHead's per-task maps), ``depth_logits
+        (B, N, D, h, w)`` and, with a distillation projection, ``distill (B, C_dino, H, W)``.
+        """
+        assert images.ndim == 5 and images.shape[2] == 3, f"images must be (B, N, 3, H, W); got {tuple(images.shape)}"
+        B, N = images.shape[:2]
+        assert K.shape == (B, N, 3, 3) and ego_from_cam.shape == (B, N, 4, 4), (
+            f"K must be ({B}, {N}, 3, 3), ego_from_cam ({B}, {N}, 4, 4); got {tuple(K.shape)}, {tuple(ego_from_cam.shape)}"
+        )
+        feats = self.neck(self.backbone(images.flatten(0, 1)))[self.level]  # (B*N, C_fpn, h, w)
+        h, w = feats.shape[-2:]
+        depth_logits, context = self.depth_net(feats, K.flatten(0, 1).float(), ego_from_cam.flatten(0, 1).float())
+        depth_logits = depth_logits.view(B, N, -1, h, w)  # (B, N, D, h, w)
+        context = context.view(B, N, -1, h, w)  # (B, N, C_ctx, h, w)
+        bev = self.lift_splat(depth_logits.softmax(2), context, K, ego_from_cam)  # (B, Z*C_ctx, H, W)
+        bev = self.bev_encoder(bev)  # (B, C, H, W)
+        out: dict[str, Any] = {"bev": bev, "preds": self.head(bev), "depth_logits": depth_logits}
+        if self.distill is not None:
+            out["distill"] = self.distill(bev)  # (B, C_dino, H, W)
+        return out
+
+    def loss(
+        self,
+        outputs: dict[str, Any],
+        gt_boxes: Sequence[torch.Tensor],
+        gt_labels: Sequence[torch.Tensor],
+        depth_map: torch.Tensor | None = None,
+        dino_feat: torch.Tensor | None = None,
+        dino_count: torch.Tensor | None = None,
+        depth_weight: float = 3.0,
+        distill_weight: float = 7.0,
+    ) -> dict[str, torch.Tensor]:
+        """Losses of :meth:`forward`'s outputs: ``loss`` (the weighted total) and its parts.
+
+        ``loss = det + depth_weight * depth + distill_weight * distill`` (BEVDepth's depth factor 3.0,
+        DualViewDistill's best distillation weight 7.0); a zero weight skips its term.
+
+        ``det`` (the CenterHead's total, its parts prefixed ``det.``), ``depth`` (unweighted; skipped
+        without ``depth_map (B, N, h, w)``), ``distill`` (unweighted; only with a projection and
+        ``dino_feat (B, C, H, W)``, ``dino_count (B, H, W)``). ``gt_boxes`` are B ``(M_b, 9)`` in
+        the (augmented) ego frame of the batch, ``gt_labels`` B ``(M_b,)``.
+        """
+        det = self.head.loss(outputs["preds"], self.head.targets(gt_boxes, gt_labels, self.grid))
+        out = {f"det.{k}": v for k, v in det.items() if k != "loss"}
+        out["det"] = det["loss"]
+        total = det["loss"]
+        if depth_map is not None and depth_weight > 0:
+            out["depth"] = depth_loss(outputs["depth_logits"], depth_map, self.bins)
+            total = total + depth_weight * out["depth"]
+        if self.distill is not None and dino_feat is not None and distill_weight > 0:
+            assert dino_count is not None, "the distillation loss needs dino_count with dino_feat"
+            if dino_feat.shape[1] != self.distill_channels:
+                raise ValueError(
+                    f"the store's dino/feat has {dino_feat.shape[1]} channels; the model projects to "
+                    f"{self.distill_channels}: set model.distill_channels={dino_feat.shape[1]}"
+                )
+            out["distill"] = distill_cosine_loss(outputs["distill"], dino_feat, dino_count)
+            total = total + distill_weight * out["distill"]
+        out["loss"] = total
+        return out
+
+    def decode(self, outputs: dict[str, Any]) -> list[dict[str, torch.Tensor]]:
+        """Per sample ``{"boxes": (M, 9), "scores": (M,), "labels": (M,)}`` in the frame of the batch's BEV map."""
+        return self.head.decode(outputs["preds"], self.grid)
+
+    @torch.no_grad()
+    def expected_depth(self, depth_logits: torch.Tensor) -> torch.Tensor:
+        """Expected depth ``(B, N, h, w)`` in metres (the bin centres weighted by the distribution) of ``(B, N, D, h, w)`` logits."""
+        centres = self.bins.centres(depth_logits.device, torch.float32)
+        return (depth_logits.float().softmax(2) * centres.view(1, 1, -1, 1, 1)).sum(2)
