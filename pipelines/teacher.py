@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.labels import SceneResult, _Timer, get_dataset, make_client
+from pipelines.labels import SceneResult, _plain, _Timer, get_dataset, make_client
 
 log = logging.getLogger("bevlabels.teacher")
 
@@ -189,12 +189,6 @@ def teacher_scene(job: TeacherJob, scene: str, indices: list[int], tokens: list[
 
 # ---------------------------------------------------------------------------------------------
 # The driver
-
-
-def _plain(cfg) -> dict:
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(cfg, resolve=True) if not isinstance(cfg, dict) else cfg
 
 
 def store_adapter(attrs: dict, ckpt_config: dict, dataset_root: str | None) -> dict:

@@ -132,6 +132,21 @@ def check_layout(root: Path, version: str) -> Path:
     return table_dir
 
 
+#: the ten detection classes of the devkit's DetectionEval, in its order (models index them so)
+NUSCENES_CLASSES = (
+    "car",
+    "truck",
+    "bus",
+    "trailer",
+    "construction_vehicle",
+    "pedestrian",
+    "motorcycle",
+    "bicycle",
+    "traffic_cone",
+    "barrier",
+)
+
+
 class NuScenesDataset(DriveDataset):
     """nuScenes (any version: mini, trainval, test, or a dataset written in its format).
 
@@ -145,18 +160,7 @@ class NuScenesDataset(DriveDataset):
     """
 
     name = "nuscenes"
-    classes = (
-        "car",
-        "truck",
-        "bus",
-        "trailer",
-        "construction_vehicle",
-        "pedestrian",
-        "motorcycle",
-        "bicycle",
-        "traffic_cone",
-        "barrier",
-    )
+    classes = NUSCENES_CLASSES
 
     def __init__(
         self,

@@ -48,22 +48,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bevlabels.datasets.nuscenes import NUSCENES_CLASSES
 from bevlabels.geometry import BOX_DIM, VX, VY, YAW, H, L, W, X, Y, Z
 from bevlabels.grid import GridSpec
-
-#: the ten nuScenes detection classes, in the order of ``NuScenesDataset.classes``
-NUSCENES_CLASSES = (
-    "car",
-    "truck",
-    "bus",
-    "trailer",
-    "construction_vehicle",
-    "pedestrian",
-    "motorcycle",
-    "bicycle",
-    "traffic_cone",
-    "barrier",
-)
 
 #: CenterPoint's six nuScenes task groups
 CENTERPOINT_TASKS = (
