@@ -184,3 +184,31 @@ def test_a_result_without_boxes_scores_zero_where_the_devkit_would_raise():
     assert math.isnan(summary["label_tp_errors"]["traffic_cone"]["vel_err"])  # skipped for cones, as the devkit does
     assert len(details) == 40  # 10 classes x 4 distance thresholds
     assert "NDS   0.0000" in format_table(summary)
+
+
+def test_gt_for_frame_keeps_boxes_the_bev_augmentation_rotates_onto_the_grid():
+    from types import SimpleNamespace
+
+    from trainer.data.common import gt_for_frame
+
+    grid = GridSpec.from_dict({"xbound": [-51.2, 51.2, 0.8], "ybound": [-51.2, 51.2, 0.8], "zbound": [-5, 3, 8]})
+    boxes = np.zeros((4, 9))
+    boxes[:, 3:6] = [4.0, 2.0, 1.5]
+    boxes[:, :2] = [[55.0, 0.0], [10.0, 0.0], [0.0, 50.0], [20.0, 20.0]]  # beyond, inside, inside, inside
+    frame = SimpleNamespace(
+        boxes=SimpleNamespace(
+            boxes=boxes,
+            detection_class=["car", "car", "pedestrian", None],  # None: a class the benchmark ignores
+            num_lidar_pts=np.array([5, 5, 5, 5]),
+        )
+    )
+    b, lab = gt_for_frame(frame, ["car", "pedestrian"], grid)
+    assert b[:, :2].tolist() == [[10.0, 0.0], [0.0, 50.0]] and lab.tolist() == [0, 1]
+    aug = bev_aug_matrix(rot=math.pi / 4)  # (55, 0) -> (38.9, 38.9): on the grid; (0, 50) -> (-35.4, 35.4)
+    b, lab = gt_for_frame(frame, ["car", "pedestrian"], grid, aug_from_ego=aug)
+    expected = augment_boxes(torch.as_tensor(boxes[:3], dtype=torch.float32), aug)
+    torch.testing.assert_close(b, expected)
+    assert lab.tolist() == [0, 0, 1]
+    aug = bev_aug_matrix(scale=1.1)  # (50 * 1.1 = 55): the pedestrian leaves the grid, the car stays out
+    b, lab = gt_for_frame(frame, ["car", "pedestrian"], grid, aug_from_ego=aug)
+    assert lab.tolist() == [0] and math.isclose(float(b[0, 0]), 11.0, rel_tol=1e-6)

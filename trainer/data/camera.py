@@ -72,7 +72,6 @@ from trainer.data.common import (
     LIST_KEYS,
     FrameDataModule,
     KeyframeDataset,
-    augment_boxes,
     collate,
     gt_for_frame,
     sample_bev_aug,
@@ -322,13 +321,15 @@ class CameraDataset(KeyframeDataset):
             aug_from_ego = torch.eye(4)
         ego_from_cam = aug_from_ego.double() @ torch.as_tensor(np.stack(key_ego_from_cam))  # (N, 4, 4)
 
-        boxes, labels = gt_for_frame(frame, self.class_names, self.grid, self.min_lidar_points)
+        boxes, labels = gt_for_frame(
+            frame, self.class_names, self.grid, self.min_lidar_points, aug_from_ego=aug_from_ego
+        )
         s = self.reader.index_of(frame.token)
         depth_map, fg_px = depth_targets(self.reader.lidar_px(s), aug_from_img, final_hw, self.depth_stride)
         prev = self._prev.get(frame.token, frame)
         sample = {
             **self.common_sample(frame),
-            "gt_boxes": augment_boxes(boxes, aug_from_ego),
+            "gt_boxes": boxes,
             "gt_labels": labels,
             "aug_from_ego": aug_from_ego.float(),
             "images": torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(),  # (N, 3, H_i, W_i)

@@ -131,29 +131,39 @@ def as_grid(grid: GridSpec | Mapping) -> GridSpec:
 
 
 def gt_for_frame(
-    frame: Frame, class_names: Sequence[str], grid: GridSpec | Mapping, min_lidar_points: int = 1
+    frame: Frame,
+    class_names: Sequence[str],
+    grid: GridSpec | Mapping,
+    min_lidar_points: int = 1,
+    aug_from_ego: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The keyframe's training GT: boxes ``(M, 9)`` float32 (ego frame) and labels ``(M,)`` int64.
 
     Keeps a box when its detection class is in ``class_names`` (``None``, the classes a benchmark
-    ignores, never is), its centre lies inside the grid's x/y bounds, and it holds at least
-    ``min_lidar_points`` LiDAR points (``0`` keeps boxes without points; the nuScenes evaluation
-    drops such GT, so training on them teaches the model to hallucinate).
+    ignores, never is), it holds at least ``min_lidar_points`` LiDAR points (``0`` keeps boxes
+    without points; the nuScenes evaluation drops such GT, so training on them teaches the model to
+    hallucinate), and its centre lies inside the grid's x/y bounds. With ``aug_from_ego`` (a BEV
+    augmentation, :func:`bev_aug_matrix`) the boxes are moved first and the grid test applies to
+    the moved centres: a rotation brings boxes from beyond the grid's edges into it, and those
+    must be targets too, or the model learns to ignore objects it can see.
     """
     grid = as_grid(grid)
     index = {c: i for i, c in enumerate(class_names)}
     b = frame.boxes
     labels = np.array([index.get(c, -1) if c is not None else -1 for c in b.detection_class], dtype=np.int64)
-    xy = b.boxes[:, :2]
+    keep = (labels >= 0) & (b.num_lidar_pts >= min_lidar_points)
+    boxes = torch.as_tensor(b.boxes[keep], dtype=torch.float32).reshape(-1, BOX_DIM)
+    labels = torch.as_tensor(labels[keep], dtype=torch.int64)
+    if aug_from_ego is not None:
+        boxes = augment_boxes(boxes, aug_from_ego)
+    xy = boxes[:, :2]
     inside = (
         (xy[:, 0] >= grid.xbound[0])
         & (xy[:, 0] < grid.xbound[1])
         & (xy[:, 1] >= grid.ybound[0])
         & (xy[:, 1] < grid.ybound[1])
     )
-    keep = (labels >= 0) & inside & (b.num_lidar_pts >= min_lidar_points)
-    boxes = torch.as_tensor(b.boxes[keep], dtype=torch.float32).reshape(-1, BOX_DIM)
-    return boxes, torch.as_tensor(labels[keep], dtype=torch.int64)
+    return boxes[inside], labels[inside]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -32,7 +32,6 @@ from bevlabels.grid import GridSpec
 from trainer.data.common import (
     FrameDataModule,
     KeyframeDataset,
-    augment_boxes,
     augment_points,
     gt_for_frame,
     sample_bev_aug,
@@ -107,22 +106,12 @@ class LidarKeyframes(KeyframeDataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         frame = self.frames[i]
         points = torch.from_numpy(load_sweeps(self.adapter, frame, self.n_sweeps, self.min_range))  # (P, 5)
-        boxes, labels = gt_for_frame(frame, self.class_names, self.grid, self.min_lidar_points)
         aug = torch.eye(4)
         if self.train and self.augment:
             aug = sample_bev_aug(**self.augment)
             points = augment_points(points, aug)
-            boxes = augment_boxes(boxes, aug)
-            # Boxes the augmentation moved off the grid have no target cell; points off it are never pillars.
-            xy = boxes[:, :2]
-            g = self.grid
-            on = (
-                (xy[:, 0] >= g.xbound[0])
-                & (xy[:, 0] < g.xbound[1])
-                & (xy[:, 1] >= g.ybound[0])
-                & (xy[:, 1] < g.ybound[1])
-            )
-            boxes, labels = boxes[on], labels[on]
+        # Boxes are moved, then kept when their centre is on the grid; points off it are never pillars.
+        boxes, labels = gt_for_frame(frame, self.class_names, self.grid, self.min_lidar_points, aug_from_ego=aug)
         points = crop_to_grid(points, self.grid)
         return {
             **self.common_sample(frame),
