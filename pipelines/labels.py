@@ -19,35 +19,16 @@ import logging
 import os
 import sys
 import time
-import traceback
-from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+
+from pipelines.scenes import SceneResult, Timer, get_dataset, plain, run_scene_tasks, scene_task, summary_lines, tally
 
 log = logging.getLogger("bevlabels.labels")
 
 TIMERS = ("read", "accumulate", "decode", "features", "project_pool", "lidar_px", "write")
-
-
-# ---------------------------------------------------------------------------------------------
-# Per-process caches: a dask worker builds its dataset adapter and its encoder once, not per task.
-
-_DATASETS: dict[str, Any] = {}
-
-
-def get_dataset(adapter_cfg: dict):
-    """The dataset adapter for this config, built once per process (``_target_`` + kwargs)."""
-    import importlib
-
-    key = repr(sorted(adapter_cfg.items()))
-    if key not in _DATASETS:
-        cfg = dict(adapter_cfg)
-        module, _, name = cfg.pop("_target_").rpartition(".")
-        _DATASETS[key] = getattr(importlib.import_module(module), name)(**cfg)
-    return _DATASETS[key]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -65,28 +46,6 @@ class LabelJob:
     accumulation: dict
     visibility: dict
     lidar_px_min_depth: float = 1.0
-
-
-@dataclass
-class SceneResult:
-    scene: str
-    done: int = 0
-    skipped: int = 0
-    failed: int = 0
-    error: str | None = None
-    seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
-    peak_rss_mb: float = 0.0
-
-
-class _Timer:
-    def __init__(self, seconds: dict, key: str):
-        self.seconds, self.key = seconds, key
-
-    def __enter__(self):
-        self.t0 = time.perf_counter()
-
-    def __exit__(self, *exc):
-        self.seconds[self.key] += time.perf_counter() - self.t0
 
 
 def load_images(frame) -> np.ndarray:
@@ -120,8 +79,6 @@ def label_scene(job: LabelJob, scene: str, indices: list[int], tokens: list[str]
     ``tokens[i]`` is the sample token expected at store row ``indices[i]``; keyframes already
     ``done`` in the store are skipped (the scene is still accumulated once if any remain).
     """
-    import resource
-
     import torch
 
     from bevlabels.cache import LabelStoreWriter
@@ -131,14 +88,14 @@ def label_scene(job: LabelJob, scene: str, indices: list[int], tokens: list[str]
     from bevlabels.lidar.project import CameraSet, VisibilityConfig, lidar_pixels, pool_bev
 
     res = SceneResult(scene)
-    try:
+    with scene_task(res, len(indices), log):
         store = LabelStoreWriter.open_for_task(job.store)
         done = store.done_mask()
         todo = {tok: s for s, tok in zip(indices, tokens) if not done[s]}
         res.skipped = len(indices) - len(todo)
         if not todo:
             return res
-        with _Timer(res.seconds, "read"):
+        with Timer(res.seconds, "read"):
             ds = get_dataset(job.adapter)
             frames = ds.keyframes(scene)
         missing = set(todo) - {f.token for f in frames}
@@ -149,43 +106,31 @@ def label_scene(job: LabelJob, scene: str, indices: list[int], tokens: list[str]
         vis = VisibilityConfig(**job.visibility)
         clouds = accumulate_scene(ds, scene, AccumulationConfig(**job.accumulation), frames=frames)
         while True:
-            with _Timer(res.seconds, "accumulate"):
+            with Timer(res.seconds, "accumulate"):
                 cloud = next(clouds, None)
             if cloud is None:
                 break
             frame = cloud.frame
             if frame.token not in todo:
                 continue
-            with _Timer(res.seconds, "decode"):
+            with Timer(res.seconds, "decode"):
                 images = torch.from_numpy(load_images(frame)).permute(0, 3, 1, 2)  # (N, 3, H, W) uint8
-            with _Timer(res.seconds, "features"):
+            with Timer(res.seconds, "features"):
                 feats = extractor(images.to(extractor.device))  # (N, C, h, w)
-            with _Timer(res.seconds, "project_pool"):
+            with Timer(res.seconds, "project_pool"):
                 pooled = pool_bev(cloud.points, feats, CameraSet.from_frame(frame), grid, vis)
                 feat = pooled.feat.cpu().numpy().astype(np.float16)
                 count = pooled.count.clamp(max=np.iinfo(np.uint16).max).cpu().numpy().astype(np.uint16)
-            with _Timer(res.seconds, "lidar_px"):
+            with Timer(res.seconds, "lidar_px"):
                 px = lidar_pixels(frame, ds.load_points(frame.lidar), min_depth=job.lidar_px_min_depth)
-            with _Timer(res.seconds, "write"):
+            with Timer(res.seconds, "write"):
                 store.write_keyframe(todo[frame.token], dino_feat=feat, dino_count=count, lidar_px=px)
             res.done += 1
-    except Exception as e:  # a scene's failure is recorded; the other scenes go on
-        res.error = f"{type(e).__name__}: {e}"
-        res.failed = len(indices) - res.done - res.skipped
-        log.error("scene %s failed: %s\n%s", scene, res.error, traceback.format_exc())
-    res.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    res.seconds = dict(res.seconds)
     return res
 
 
 # ---------------------------------------------------------------------------------------------
 # The driver
-
-
-def _plain(cfg) -> dict:
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(cfg, resolve=True) if not isinstance(cfg, dict) else cfg
 
 
 def ensure_dataset(ds_cfg: dict) -> None:
@@ -228,33 +173,13 @@ def plan(ds, split: str | None, scenes: list[str] | None, limit_scenes: int | No
     return tokens, scene_of, per_scene
 
 
-def make_client(cluster_cfg: dict):
-    """A dask client: attach to ``cluster.address`` if given, else start a LocalCluster."""
-    from dask.distributed import Client, LocalCluster
-
-    logging.getLogger("distributed").setLevel(logging.WARNING)  # its INFO chatter hides the progress bar
-    if cluster_cfg.get("address"):
-        log.info("attaching to dask scheduler %s", cluster_cfg["address"])
-        return Client(cluster_cfg["address"]), None
-    cluster = LocalCluster(
-        n_workers=int(cluster_cfg.get("n_workers", 2)),
-        threads_per_worker=int(cluster_cfg.get("threads_per_worker", 1)),
-        processes=bool(cluster_cfg.get("processes", True)),
-        memory_limit=cluster_cfg.get("memory_limit", "auto"),
-        dashboard_address=cluster_cfg.get("dashboard_address", None),
-    )
-    return Client(cluster), cluster
-
-
 def run(cfg) -> dict:
     """Run the label stage for a resolved config; return the summary (also printed)."""
-    from tqdm.auto import tqdm
-
     from bevlabels.cache import LabelStoreWriter
     from bevlabels.features import get_extractor
     from bevlabels.grid import GridSpec
 
-    cfg = _plain(cfg)
+    cfg = plain(cfg)
     t_start = time.perf_counter()
     ds_cfg = cfg["dataset"]
     ensure_dataset(ds_cfg)
@@ -287,34 +212,22 @@ def run(cfg) -> dict:
         visibility=cfg["visibility"],
         lidar_px_min_depth=float(cfg["lidar_px"]["min_depth"]),
     )
-    results: list[SceneResult] = []
     with writer:  # create_or_open took the store's lock; it is released on exit, errors included
-        todo = writer.todo_indices()
+        todo = set(int(t) for t in writer.todo_indices())
         log.info("%d keyframes in %d scenes; %d to do, store %s", len(tokens), len(per_scene), len(todo), out)
-        client, cluster = make_client(cfg["cluster"])
-        try:
-            from dask.distributed import as_completed
-
-            todo_set = set(int(t) for t in todo)
-            submit = {s: v for s, v in per_scene.items() if todo_set.intersection(v[0])}
-            skipped_scenes = sum(len(rows) for s, (rows, _) in per_scene.items() if s not in submit)
-            futures = [
-                client.submit(label_scene, job, s, rows, toks, key=f"label-{s}", pure=False)
-                for s, (rows, toks) in submit.items()
-            ]
-            with tqdm(total=len(tokens), initial=len(tokens) - len(todo), unit="kf", desc="labels") as bar:
-                for fut in as_completed(futures):
-                    r = fut.result()
-                    results.append(r)
-                    bar.update(r.done + r.failed)
-                    if r.error:
-                        tqdm.write(f"scene {r.scene} FAILED: {r.error}")
-        finally:
-            client.close()
-            if cluster is not None:
-                cluster.close()
-        failures = {r.scene: r.error for r in results if r.error}
-        writer.record_failures(failures)
+        submit = {s: v for s, v in per_scene.items() if todo.intersection(v[0])}
+        skipped_scenes = sum(len(rows) for s, (rows, _) in per_scene.items() if s not in submit)
+        results = run_scene_tasks(
+            cfg["cluster"],
+            label_scene,
+            job,
+            submit,
+            total=len(tokens),
+            initial=len(tokens) - len(todo),
+            desc="labels",
+            progress=lambda: int(writer.done_mask().sum()),
+        )
+        writer.record_failures({r.scene: r.error for r in results if r.error})
         summary = summarize(writer, results, time.perf_counter() - t_start, out, skipped_scenes)
     print_summary(summary)
     return summary
@@ -323,44 +236,22 @@ def run(cfg) -> dict:
 def summarize(writer, results: list[SceneResult], wall: float, out: Path, skipped_scenes: int = 0) -> dict:
     """Counts, coverage, throughput and the per-part time breakdown of a run."""
     store_summary = writer.summary()
-    seconds = defaultdict(float)
-    for r in results:
-        for k, v in r.seconds.items():
-            seconds[k] += v
-    done_now = sum(r.done for r in results)
     return {
         "store": str(out),
         "keyframes_total": store_summary["total"],
-        "keyframes_done_now": done_now,
         "keyframes_done_total": store_summary["done"],
-        "keyframes_skipped": sum(r.skipped for r in results) + skipped_scenes,
-        "keyframes_failed": sum(r.failed for r in results),
-        "failures": {r.scene: r.error for r in results if r.error},
         "coverage": store_summary.get("coverage"),
-        "wall_s": wall,
-        "keyframes_per_s": done_now / wall if wall > 0 else 0.0,
-        "seconds": dict(seconds),
-        "peak_rss_mb_per_worker": max((r.peak_rss_mb for r in results), default=0.0),
+        **tally(results, wall, skipped_scenes),
     }
 
 
 def print_summary(s: dict) -> None:
-    lines = [
-        "",
-        "label stage summary",
-        f"  store        {s['store']}",
-        f"  keyframes    {s['keyframes_done_now']} done now, {s['keyframes_skipped']} skipped (already done), "
-        f"{s['keyframes_failed']} failed; {s['keyframes_done_total']}/{s['keyframes_total']} done in the store",
+    lines = ["", "label stage summary", f"  store        {s['store']}"]
+    lines += summary_lines(s)
+    lines.insert(
+        4,
         f"  coverage     {100 * (s['coverage'] or 0):.1f}% of BEV cells have pooled points (mean over done keyframes)",
-        f"  wall time    {s['wall_s']:.1f} s, {s['keyframes_per_s']:.3f} keyframes/s",
-    ]
-    if s["seconds"]:
-        total = sum(s["seconds"].values()) or 1.0
-        parts = ", ".join(f"{k} {v:.1f}s ({100 * v / total:.0f}%)" for k, v in s["seconds"].items())
-        lines.append(f"  task time    {parts}")
-        lines.append(f"  peak RSS     {s['peak_rss_mb_per_worker']:.0f} MB per worker")
-    for scene, err in s["failures"].items():
-        lines.append(f"  FAILED       {scene}: {err}")
+    )
     print("\n".join(lines), flush=True)
 
 

@@ -17,7 +17,7 @@ the store's, the map is written as is. Otherwise the run stops, naming both grid
 ``F.grid_sample`` (``resample_mode`` bilinear or nearest, zeros outside the teacher's extent,
 :func:`resample_bev`), and that choice is recorded in the stage's identity.
 
-Bookkeeping as the label stage's (:mod:`pipelines.labels`): the driver holds the store's lock,
+Bookkeeping as the label stage's (both run on :mod:`pipelines.scenes`): the driver holds the store's lock,
 adds the ``teacher`` stage (its identity: checkpoint path, SHA-256 of its state dict, the teacher's
 grid, the resampling, the LiDAR settings; a rerun with another identity is refused unless
 ``overwrite=true``), and submits one task per scene with keyframes to do; tasks write only their
@@ -31,15 +31,13 @@ import logging
 import os
 import sys
 import time
-import traceback
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pipelines.labels import SceneResult, _plain, _Timer, get_dataset, make_client
+from pipelines.scenes import SceneResult, Timer, get_dataset, plain, run_scene_tasks, scene_task, summary_lines, tally
 
 log = logging.getLogger("bevlabels.teacher")
 
@@ -132,8 +130,6 @@ class TeacherJob:
 
 def teacher_scene(job: TeacherJob, scene: str, indices: list[int], tokens: list[str]) -> SceneResult:
     """Write ``teacher/bev`` of the keyframes ``indices`` (store rows) of one scene; never raises, reports instead."""
-    import resource
-
     import torch
 
     from bevlabels.cache import LabelStoreWriter
@@ -141,7 +137,7 @@ def teacher_scene(job: TeacherJob, scene: str, indices: list[int], tokens: list[
     from trainer.data.lidar import crop_to_grid, load_sweeps
 
     res = SceneResult(scene)
-    try:
+    with scene_task(res, len(indices), log):
         if job.threads:
             torch.set_num_threads(int(job.threads))
         store = LabelStoreWriter.open_for_task(job.store, stage="teacher")
@@ -150,21 +146,21 @@ def teacher_scene(job: TeacherJob, scene: str, indices: list[int], tokens: list[
         res.skipped = len(indices) - len(todo)
         if not todo:
             return res
-        with _Timer(res.seconds, "read"):
+        with Timer(res.seconds, "read"):
             ds = get_dataset(job.adapter)
             frames = {f.token: f for f in ds.keyframes(scene)}
         missing = sorted(set(todo) - set(frames))
         if missing:
             raise KeyError(f"store rows name keyframes the dataset's scene {scene} lacks: {missing[:3]}")
-        with _Timer(res.seconds, "model"):
+        with Timer(res.seconds, "model"):
             model = get_teacher(job.ckpt, job.sha256).to(job.device)
         teacher_grid, store_grid = model.out_grid, GridSpec.from_dict(job.store_grid)
         for tok, s in todo.items():
             frame = frames[tok]
-            with _Timer(res.seconds, "points"):
+            with Timer(res.seconds, "points"):
                 pts = torch.from_numpy(crop_to_grid(load_sweeps(ds, frame, job.n_sweeps, job.min_range), teacher_grid))
                 points = torch.cat([pts.new_zeros(len(pts), 1), pts], 1).to(job.device)  # (P, 1+5), batch index 0
-            with _Timer(res.seconds, "forward"), torch.no_grad():
+            with Timer(res.seconds, "forward"), torch.no_grad():
                 bev = model({"points": points, "sample_token": [tok]})["bev"].float()  # (1, C_t, H, W)
                 if job.resample_mode:
                     bev = resample_bev(bev, teacher_grid, store_grid, job.resample_mode)
@@ -175,15 +171,9 @@ def teacher_scene(job: TeacherJob, scene: str, indices: list[int], tokens: list[
                     f"teacher/bev of keyframe {s} ({tok}): max |value| {peak:g} is not finite or beyond float16's "
                     f"{FLOAT16_MAX:g}; the checkpoint's weights are broken"
                 )
-            with _Timer(res.seconds, "write"):
+            with Timer(res.seconds, "write"):
                 store.write_keyframe_arrays(s, {"teacher/bev": bev.astype(np.float16)})
             res.done += 1
-    except Exception as e:  # a scene's failure is recorded; the other scenes go on
-        res.error = f"{type(e).__name__}: {e}"
-        res.failed = len(indices) - res.done - res.skipped
-        log.error("scene %s failed: %s\n%s", scene, res.error, traceback.format_exc())
-    res.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    res.seconds = dict(res.seconds)
     return res
 
 
@@ -239,12 +229,10 @@ def plan_store(ds, sample_tokens: list[str], scenes: list[str]) -> dict[str, tup
 
 def run(cfg) -> dict:
     """Run the teacher stage for a resolved config; return the summary (also printed)."""
-    from tqdm.auto import tqdm
-
     from bevlabels.cache import TEACHER, LabelStoreReader, LabelStoreWriter, StoreMismatchError
     from trainer.lit_base import load_checkpoint
 
-    cfg = _plain(cfg)
+    cfg = plain(cfg)
     t_start = time.perf_counter()
     store_path = Path(cfg["store"])
     if not (store_path / "zarr.json").is_file():
@@ -316,7 +304,6 @@ def run(cfg) -> dict:
         device=str(cfg.get("device", "cpu")),
         threads=cfg["cluster"].get("threads_per_worker"),
     )
-    results: list[SceneResult] = []
     with LabelStoreWriter.open(store_path) as writer:  # the store's lock, released on exit, errors included
         try:
             writer.add_stage(TEACHER, dims=dims, identity=identity, overwrite=bool(cfg.get("overwrite", False)))
@@ -335,26 +322,16 @@ def run(cfg) -> dict:
         log.info("%d keyframes in %d scenes; %d to do, store %s", len(tokens), len(per_scene), len(todo), store_path)
         submit = {s: v for s, v in per_scene.items() if todo.intersection(v[0])}
         skipped = sum(len(rows) for s, (rows, _) in per_scene.items() if s not in submit)
-        if submit:
-            client, cluster = make_client(cfg["cluster"])
-            try:
-                from dask.distributed import as_completed
-
-                futures = [
-                    client.submit(teacher_scene, job, s, rows, toks, key=f"teacher-{s}", pure=False)
-                    for s, (rows, toks) in submit.items()
-                ]
-                with tqdm(total=len(tokens), initial=len(tokens) - len(todo), unit="kf", desc="teacher") as bar:
-                    for fut in as_completed(futures):
-                        r = fut.result()
-                        results.append(r)
-                        bar.update(r.done + r.failed)
-                        if r.error:
-                            tqdm.write(f"scene {r.scene} FAILED: {r.error}")
-            finally:
-                client.close()
-                if cluster is not None:
-                    cluster.close()
+        results = run_scene_tasks(
+            cfg["cluster"],
+            teacher_scene,
+            job,
+            submit,
+            total=len(tokens),
+            initial=len(tokens) - len(todo),
+            desc="teacher",
+            progress=lambda: int(writer.done_mask(TEACHER.name).sum()),
+        )
         writer.record_failures({r.scene: r.error for r in results if r.error}, stage=TEACHER.name)
         store_summary = writer.summary(TEACHER.name, coverage=False)
     summary = summarize(store_summary, results, time.perf_counter() - t_start, store_path, skipped, identity, dims)
@@ -364,25 +341,14 @@ def run(cfg) -> dict:
 
 def summarize(store_summary: dict, results, wall: float, out: Path, skipped_scenes: int, identity, dims) -> dict:
     """Counts, throughput and the per-part time breakdown of a run."""
-    seconds: dict[str, float] = defaultdict(float)
-    for r in results:
-        for k, v in r.seconds.items():
-            seconds[k] += v
-    done_now = sum(r.done for r in results)
     return {
         "store": str(out),
         "checkpoint": identity["checkpoint"],
         "resample": identity["resample"],
         "dims": dims,
         "keyframes_total": store_summary["total"],
-        "keyframes_done_now": done_now,
         "keyframes_done_total": store_summary["done"],
-        "keyframes_skipped": sum(r.skipped for r in results) + skipped_scenes,
-        "keyframes_failed": sum(r.failed for r in results),
-        "failures": {r.scene: r.error for r in results if r.error},
-        "wall_s": wall,
-        "keyframes_per_s": done_now / wall if wall > 0 else 0.0,
-        "seconds": dict(seconds),
+        **tally(results, wall, skipped_scenes),
     }
 
 
@@ -392,18 +358,8 @@ def print_summary(s: dict) -> None:
         "teacher stage summary",
         f"  store        {s['store']}  (teacher/bev: C_t={s['dims']['C_t']}, {s['dims']['H_t']}x{s['dims']['W_t']})",
         f"  checkpoint   {s['checkpoint']}" + (f"  (resampled: {s['resample']['mode']})" if s["resample"] else ""),
-        f"  keyframes    {s['keyframes_done_now']} done now, {s['keyframes_skipped']} skipped (already done), "
-        f"{s['keyframes_failed']} failed; {s['keyframes_done_total']}/{s['keyframes_total']} done in the store",
-        f"  wall time    {s['wall_s']:.1f} s, {s['keyframes_per_s']:.3f} keyframes/s",
     ]
-    if s["seconds"]:
-        total = sum(s["seconds"].values()) or 1.0
-        lines.append(
-            "  task time    " + ", ".join(f"{k} {v:.1f}s ({100 * v / total:.0f}%)" for k, v in s["seconds"].items())
-        )
-    for scene, err in s["failures"].items():
-        lines.append(f"  FAILED       {scene}: {err}")
-    print("\n".join(lines), flush=True)
+    print("\n".join(lines + summary_lines(s)), flush=True)
 
 
 def main() -> None:
