@@ -119,8 +119,13 @@ class DetectionModule(pl.LightningModule):
         return losses["loss"]
 
     def predict_step(self, batch: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
-        """Per sample ``{"sample_token": str, "boxes": (M, 9), "scores": (M,), "labels": (M,)}`` on the CPU."""
-        dets = self.decode(self(batch), batch)
+        """Per sample ``{"sample_token": str, "boxes": (M, 9), "scores": (M,), "labels": (M,)}`` on the CPU.
+
+        Subclasses that gather more from the same forward pass override :meth:`on_predict_outputs`.
+        """
+        outputs = self(batch)
+        self.on_predict_outputs(outputs, batch)
+        dets = self.decode(outputs, batch)
         tokens = batch["sample_token"]
         assert len(dets) == len(tokens), f"decode returned {len(dets)} samples for a batch of {len(tokens)}"
         return [
@@ -132,6 +137,9 @@ class DetectionModule(pl.LightningModule):
             }
             for tok, d in zip(tokens, dets)
         ]
+
+    def on_predict_outputs(self, outputs: Mapping[str, Any], batch: Mapping[str, Any]) -> None:
+        """A hook: the model's outputs of a prediction batch, before decoding (default: nothing)."""
 
     # -- optimisation -----------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:

@@ -172,20 +172,9 @@ class BEVDepthModule(DetectionModule):
         self.depth_metrics.reset()
         self._depth_tokens = set()
 
-    def predict_step(self, batch: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
-        """As :meth:`DetectionModule.predict_step`, and the foreground depth metrics from the same forward pass."""
-        outputs = self(batch)
+    def on_predict_outputs(self, outputs: Mapping[str, Any], batch: Mapping[str, Any]) -> None:
+        """The foreground depth metrics, from the prediction pass's own forward (no second pass)."""
         self._update_depth_metrics(outputs, batch)
-        dets = self.decode(outputs, batch)
-        return [
-            {
-                "sample_token": tok,
-                "boxes": d["boxes"].detach().float().cpu(),
-                "scores": d["scores"].detach().float().cpu(),
-                "labels": d["labels"].detach().long().cpu(),
-            }
-            for tok, d in zip(batch["sample_token"], dets)
-        ]
 
     # -- the evaluator's hook ------------------------------------------------------------------------
     @torch.no_grad()
