@@ -12,7 +12,10 @@ Steps (each a command line of the project, run as a subprocess, so what is measu
    finished by ``pipelines.labels`` unless complete (default features: DINOv2-S, random-init
    without local weights, which the store records and this script prints);
 3. per experiment, ``trainer.train experiment=<name>`` with the same ``--seed``, ``trainer.max_time``
-   = ``--budget`` (epochs unbounded), validation every ``--val-every`` epochs;
+   = ``--budget`` (epochs unbounded), validation every ``--val-every`` epochs. With ``--steps N`` the run
+   is N optimiser steps under a one-cycle schedule (``--lr`` peak, warm-up over 30%), so the schedule
+   finishes inside the budget, which then only guards the wall time; without it the configs' own
+   epoch-based schedule runs until the budget stops it;
 4. ``trainer.evaluate`` of each run's ``last.ckpt`` on the val split (``DetectionEval`` + the
    foreground depth metrics of ``extra_eval``);
 5. a comparison table (NDS, mAP, TP errors, foreground depth, steps, wall time), printed and written
@@ -59,6 +62,12 @@ CPU_DEPTH = {
     "default": ["model.detector.lift_splat.dbound=[2.0,58.0,1.0]", "model.detector.depth_net.depth_bins=56"],
     "near": ["model.detector.lift_splat.dbound=[1.0,45.0,1.0]", "model.detector.depth_net.depth_bins=44"],
 }
+
+#: the --steps schedule (replaces the configs' MultiStepLR; total_steps comes from trainer.max_steps)
+ONE_CYCLE = (
+    "++model.scheduler={_target_:torch.optim.lr_scheduler.OneCycleLR,_partial_:true,"
+    "max_lr:${model.optimizer.lr},pct_start:0.3,div_factor:10.0,final_div_factor:100.0}"
+)
 
 
 def run(cmd: list[str], log_path: Path) -> float:
@@ -134,6 +143,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--num-workers", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--val-every", type=int, default=5, help="validate every n epochs (time counts in the budget)")
+    p.add_argument("--steps", type=int, default=None, help="optimiser steps per run under a one-cycle schedule")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of the --steps one-cycle schedule")
     p.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
     p.add_argument("extra", nargs="*", help="more Hydra overrides for every training run")
     a = p.parse_args(argv)
@@ -171,6 +182,9 @@ def main(argv: list[str] | None = None) -> None:
             "trainer.min_epochs=0",  # else a budget shorter than an epoch is stretched to one epoch
             f"trainer.check_val_every_n_epoch={a.val_every}",
         ]
+        if a.steps:  # the schedule must know the run's length: a step count, with the budget as a guard
+            cmd += [f"trainer.max_steps={a.steps}", "model.scheduler_interval=step", "model.scheduler=null"]
+            cmd += [f"model.optimizer.lr={a.lr}", ONE_CYCLE]
         cmd += [f"trainer={a.device}", "callbacks.progress_bar.refresh_rate=50"]  # conf/trainer/{cpu,gpu}.yaml
         cmd += (CPU_MODEL + CPU_DEPTH.get(a.grid, []) if a.model == "cpu" else []) + list(a.extra)
         wall = run(cmd, out / f"{name}.train.log")
@@ -182,7 +196,9 @@ def main(argv: list[str] | None = None) -> None:
 
     table = markdown(rows)
     (out / "comparison.md").write_text(
-        f"budget {a.budget} per experiment, seed {a.seed}, {a.preset} world, grid {a.grid}, model {a.model}, "
+        f"budget {a.budget} per experiment"
+        + (f", {a.steps} steps one-cycle to lr {a.lr}" if a.steps else "")
+        + f", seed {a.seed}, {a.preset} world, grid {a.grid}, model {a.model}, "
         f"features {fm.get('name')} ({fm.get('weights')})\n\n{table}\n"
     )
     (out / "comparison.json").write_text(json.dumps(rows, indent=2))
