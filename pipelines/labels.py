@@ -16,15 +16,23 @@ then exits non-zero. Rerunning skips finished keyframes.
 from __future__ import annotations
 
 import logging
-import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from pipelines.scenes import SceneResult, Timer, get_dataset, plain, run_scene_tasks, scene_task, summary_lines, tally
+from pipelines.scenes import (
+    SceneResult,
+    Timer,
+    get_dataset,
+    plain,
+    run_stage,
+    scene_task,
+    stage_main,
+    summary_lines,
+    tally,
+)
 
 log = logging.getLogger("bevlabels.labels")
 
@@ -213,21 +221,7 @@ def run(cfg) -> dict:
         lidar_px_min_depth=float(cfg["lidar_px"]["min_depth"]),
     )
     with writer:  # create_or_open took the store's lock; it is released on exit, errors included
-        todo = set(int(t) for t in writer.todo_indices())
-        log.info("%d keyframes in %d scenes; %d to do, store %s", len(tokens), len(per_scene), len(todo), out)
-        submit = {s: v for s, v in per_scene.items() if todo.intersection(v[0])}
-        skipped_scenes = sum(len(rows) for s, (rows, _) in per_scene.items() if s not in submit)
-        results = run_scene_tasks(
-            cfg["cluster"],
-            label_scene,
-            job,
-            submit,
-            total=len(tokens),
-            initial=len(tokens) - len(todo),
-            desc="labels",
-            progress=lambda: int(writer.done_mask().sum()),
-        )
-        writer.record_failures({r.scene: r.error for r in results if r.error})
+        results, skipped_scenes = run_stage(writer, "labels", cfg["cluster"], label_scene, job, per_scene, "labels")
         summary = summarize(writer, results, time.perf_counter() - t_start, out, skipped_scenes)
     print_summary(summary)
     return summary
@@ -256,19 +250,8 @@ def print_summary(s: dict) -> None:
 
 
 def main() -> None:
-    import hydra
-
-    @hydra.main(
-        config_path=str(Path(__file__).resolve().parent.parent / "conf"), config_name="labels", version_base="1.3"
-    )
-    def _main(cfg) -> None:
-        summary = run(cfg)
-        if summary["failures"]:
-            sys.exit(1)
-
-    _main()
+    stage_main("labels", run)
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     main()

@@ -159,6 +159,54 @@ def run_scene_tasks(
     return results
 
 
+def run_stage(
+    writer, stage: str, cluster_cfg: dict, fn: Callable[..., SceneResult], job: Any, per_scene: dict, desc: str
+) -> tuple[list[SceneResult], int]:
+    """A stage's keyframes still to do, as scene tasks on the cluster: ``(results, keyframes of skipped scenes)``.
+
+    ``writer`` is the store's locked :class:`~bevlabels.cache.LabelStoreWriter`; ``per_scene`` is
+    ``{scene: (store rows, tokens)}``. Scenes with every keyframe done are not submitted; the bar
+    follows the stage's ``done`` flags; failed scenes are recorded in the store under ``stage``.
+    """
+    todo = set(int(t) for t in writer.todo_indices(stage))
+    total = sum(len(rows) for rows, _ in per_scene.values())
+    log.info("%s: %d keyframes in %d scenes; %d to do, store %s", stage, total, len(per_scene), len(todo), writer.path)
+    submit = {s: v for s, v in per_scene.items() if todo.intersection(v[0])}
+    skipped = sum(len(rows) for s, (rows, _) in per_scene.items() if s not in submit)
+    results = run_scene_tasks(
+        cluster_cfg,
+        fn,
+        job,
+        submit,
+        total=total,
+        initial=total - len(todo),
+        desc=desc,
+        progress=lambda: int(writer.done_mask(stage).sum()),
+    )
+    writer.record_failures({r.scene: r.error for r in results if r.error}, stage=stage)
+    return results, skipped
+
+
+def stage_main(config_name: str, run: Callable[[Any], dict]) -> None:
+    """The Hydra entry point of a stage (``conf/<config_name>.yaml``); exits 1 when a scene failed."""
+    import os
+    import sys
+    from pathlib import Path
+
+    import hydra
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+    @hydra.main(
+        config_path=str(Path(__file__).resolve().parent.parent / "conf"), config_name=config_name, version_base="1.3"
+    )
+    def _main(cfg) -> None:
+        if run(cfg)["failures"]:
+            sys.exit(1)
+
+    _main()
+
+
 def tally(results: list[SceneResult], wall: float, skipped_scenes: int = 0) -> dict:
     """Keyframe counts, failures, throughput, summed seconds per part and peak RSS over a run's scene results."""
     seconds: dict[str, float] = defaultdict(float)

@@ -28,8 +28,6 @@ exits non-zero; a rerun skips finished keyframes.
 from __future__ import annotations
 
 import logging
-import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +35,17 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.scenes import SceneResult, Timer, get_dataset, plain, run_scene_tasks, scene_task, summary_lines, tally
+from pipelines.scenes import (
+    SceneResult,
+    Timer,
+    get_dataset,
+    plain,
+    run_stage,
+    scene_task,
+    stage_main,
+    summary_lines,
+    tally,
+)
 
 log = logging.getLogger("bevlabels.teacher")
 
@@ -318,21 +326,7 @@ def run(cfg) -> dict:
                 f"teacher is {identity['checkpoint']} (sha256 {identity['state_dict_sha256'][:12]}, dims {dims}). "
                 "Pass overwrite=true to replace them",
             ) from e
-        todo = set(int(t) for t in writer.todo_indices(TEACHER.name))
-        log.info("%d keyframes in %d scenes; %d to do, store %s", len(tokens), len(per_scene), len(todo), store_path)
-        submit = {s: v for s, v in per_scene.items() if todo.intersection(v[0])}
-        skipped = sum(len(rows) for s, (rows, _) in per_scene.items() if s not in submit)
-        results = run_scene_tasks(
-            cfg["cluster"],
-            teacher_scene,
-            job,
-            submit,
-            total=len(tokens),
-            initial=len(tokens) - len(todo),
-            desc="teacher",
-            progress=lambda: int(writer.done_mask(TEACHER.name).sum()),
-        )
-        writer.record_failures({r.scene: r.error for r in results if r.error}, stage=TEACHER.name)
+        results, skipped = run_stage(writer, TEACHER.name, cfg["cluster"], teacher_scene, job, per_scene, "teacher")
         store_summary = writer.summary(TEACHER.name, coverage=False)
     summary = summarize(store_summary, results, time.perf_counter() - t_start, store_path, skipped, identity, dims)
     print_summary(summary)
@@ -363,17 +357,8 @@ def print_summary(s: dict) -> None:
 
 
 def main() -> None:
-    import hydra
-
-    @hydra.main(config_path=str(CONF_DIR), config_name="teacher", version_base="1.3")
-    def _main(cfg) -> None:
-        summary = run(cfg)
-        if summary["failures"]:
-            sys.exit(1)
-
-    _main()
+    stage_main("teacher", run)
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     main()
