@@ -75,6 +75,26 @@ def test_depth_targets_keep_the_nearest_point_per_cell_and_drop_pixels_outside_t
     assert fg[:, 4].tolist() == [2.0, 0.0]  # obj >= 0 rows that stayed: cam, u, v, depth, obj
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_resample_bev_nearest_gather_equals_grid_sample(seed):
+    """The nearest path (a gather in the map's dtype) reads the very cells F.grid_sample's nearest mode reads."""
+    grid = GridSpec(**{k: tuple(v) for k, v in NEAR.items()})
+    rng = np.random.default_rng(seed)
+    aug = bev_aug_matrix(rng.uniform(-0.6, 0.6), rng.uniform(0.9, 1.1), bool(seed % 2), bool(seed // 3))
+    aug[:2, 3] = torch.tensor(rng.uniform(6, 8, 2) * rng.choice([-1, 1], 2))  # and a shift: cells from outside
+    bev = torch.randn(3, *grid.shape, generator=torch.Generator().manual_seed(seed))
+    ego_from_aug = torch.linalg.inv(aug.double())
+    xy = torch.from_numpy(grid.cell_centres()) @ ego_from_aug[:2, :2].T + ego_from_aug[:2, 3]
+    lo = torch.tensor([grid.xbound[0], grid.ybound[0]], dtype=torch.float64)
+    hi = torch.tensor([grid.xbound[1], grid.ybound[1]], dtype=torch.float64)
+    norm = (2 * (xy - lo) / (hi - lo) - 1).float()
+    ref = torch.nn.functional.grid_sample(bev[None], norm[None], mode="nearest", align_corners=False)[0]
+    out = resample_bev(bev, aug, grid, "nearest")
+    assert torch.equal(out, ref) and (out == 0).any()  # some cells come from outside the grid
+    half = resample_bev(bev.half(), aug, grid, "nearest")
+    assert half.dtype == torch.float16 and torch.equal(half, ref.half())
+
+
 def test_resample_bev_moves_a_marked_cell_with_the_augmentation():
     """A one-cell blob at ego point p is found, after augmentation, at the cell of aug_from_ego @ p."""
     grid = GridSpec(**{k: tuple(v) for k, v in NEAR.items()})

@@ -167,6 +167,28 @@ def test_distill_cosine_loss_averages_one_minus_cos_over_occupied_cells():
     assert distill_cosine_loss(pred, target, torch.zeros_like(count)).item() == 0.0
 
 
+def test_distill_cell_loss_equals_the_full_map_loss_in_value_and_gradients():
+    """Projecting only the occupied cells gives the loss, and the gradients, of projecting the whole map."""
+    from trainer.models.bevdepth import distill_cell_loss, distill_cosine_loss
+
+    torch.manual_seed(0)
+    proj = torch.nn.Conv2d(6, 5, 1)
+    target = torch.randn(2, 5, 4, 3)
+    count = (torch.rand(2, 4, 3) < 0.4).to(torch.int32) * 3
+    count[0, 0, 0] = 1  # at least one target
+    bev_a = torch.randn(2, 6, 4, 3, requires_grad=True)
+    bev_b = bev_a.detach().clone().requires_grad_(True)
+    full = distill_cosine_loss(proj(bev_a), target, count)
+    grads_full = torch.autograd.grad(full, [bev_a, proj.weight, proj.bias])
+    cells = distill_cell_loss(bev_b, proj, target, count)
+    grads_cells = torch.autograd.grad(cells, [bev_b, proj.weight, proj.bias])
+    assert torch.allclose(full, cells, atol=1e-6)
+    for g_full, g_cells in zip(grads_full, grads_cells):
+        assert torch.allclose(g_full, g_cells, atol=1e-6)
+    empty = distill_cell_loss(bev_b, proj, target, torch.zeros_like(count))
+    assert empty.item() == 0.0 and empty.requires_grad
+
+
 def test_depth_metrics_hand_case():
     """Predicting twice the LiDAR depth everywhere: AbsRel 1, log10 = log10(2), SILog 0 (a constant log ratio)."""
     from trainer.metrics_depth import DepthMetrics, pixel_pairs
@@ -210,11 +232,32 @@ def test_bevdepth_forward_shapes_and_channel_checks():
     K, ego_from_cam = cameras()
     images = torch.randint(0, 255, (2, 2, 3, *IMAGE_HW), dtype=torch.uint8)
     out = model(images, K.float(), ego_from_cam.float())
-    assert out["bev"].shape == (2, 8, 16, 16) and out["distill"].shape == (2, 5, 16, 16)
+    assert out["bev"].shape == (2, 8, 16, 16) and model.distill_map(out["bev"]).shape == (2, 5, 16, 16)
     assert out["depth_logits"].shape == (2, 2, 4, 2, 3)  # stride 16 on 32 x 48 images
     assert out["preds"][0]["hm"].shape == (2, 1, 16, 16)
     with pytest.raises(ValueError, match="bev_encoder.in_channels"):
         tiny_bevdepth(context=6)
+
+
+def test_bevdepth_channels_last_computes_the_same_outputs_and_survives_a_state_dict():
+    torch.manual_seed(0)
+    plain = tiny_bevdepth(distill=5).eval()
+    torch.manual_seed(1)
+    fast = tiny_bevdepth(distill=5)
+    fast = type(fast)(
+        fast.backbone, fast.neck, fast.depth_net, fast.lift_splat, fast.bev_encoder, fast.head, 5, channels_last=True
+    ).eval()
+    fast.load_state_dict(plain.state_dict())
+    conv = fast.backbone.resnet.embedder.embedder.convolution.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last)  # loading kept the format
+    K, ego_from_cam = cameras()
+    images = torch.randint(0, 255, (2, 2, 3, *IMAGE_HW), dtype=torch.uint8)
+    with torch.no_grad():
+        a, b = plain(images, K.float(), ego_from_cam.float()), fast(images, K.float(), ego_from_cam.float())
+    assert torch.allclose(a["bev"], b["bev"], atol=1e-4) and torch.allclose(
+        a["depth_logits"], b["depth_logits"], atol=1e-4
+    )
+    assert torch.allclose(a["preds"][0]["hm"], b["preds"][0]["hm"], atol=1e-4)
 
 
 def test_resnet_backbone_loads_a_local_save_pretrained_directory(tmp_path):

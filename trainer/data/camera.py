@@ -210,6 +210,15 @@ def resample_bev(bev: torch.Tensor, aug_from_ego: torch.Tensor, grid: GridSpec, 
     lo = torch.tensor([grid.xbound[0], grid.ybound[0]], dtype=torch.float64)
     hi = torch.tensor([grid.xbound[1], grid.ybound[1]], dtype=torch.float64)
     norm = (2 * (xy - lo) / (hi - lo) - 1).float()  # (H, W, 2): x -> columns, y -> rows, as grid_sample wants
+    if mode == "nearest":
+        # grid_sample's nearest lookup as a gather in the map's own dtype: the same cells (its
+        # un-normalisation and round-half-even), without a float32 copy of a many-channel map
+        size = torch.tensor([grid.nx, grid.ny], dtype=torch.float32)
+        src = torch.round(((norm + 1) * size - 1) / 2).long()  # (H, W, 2) source column, row
+        inside = (src >= 0).all(-1) & (src[..., 0] < grid.nx) & (src[..., 1] < grid.ny)  # (H, W)
+        flat = (src[..., 1].clamp(0, grid.ny - 1) * grid.nx + src[..., 0].clamp(0, grid.nx - 1)).flatten()
+        out = bev.flatten(1)[:, flat].view_as(bev)  # (C, H, W)
+        return out.masked_fill(~inside, 0)
     out = F.grid_sample(bev[None].float(), norm[None], mode=mode, padding_mode="zeros", align_corners=False)
     return out[0].to(bev.dtype)  # (C, H, W)
 

@@ -49,6 +49,8 @@ class BEVEncoder(nn.Module):
         num_blocks: residual blocks of each stage.
         strides: stride of each stage's first block, relative to the previous stage.
         out_channels: channels of the fused output.
+        fuse_kernel: kernel size of the conv that fuses the upsampled stages (3, or 1 for a cheaper
+            fusion: at full BEV resolution it is the encoder's costliest layer).
     """
 
     def __init__(
@@ -58,6 +60,7 @@ class BEVEncoder(nn.Module):
         num_blocks: Sequence[int] = (2, 2, 2),
         strides: Sequence[int] = (1, 2, 2),
         out_channels: int = 128,
+        fuse_kernel: int = 3,
     ):
         super().__init__()
         if not len(channels) == len(num_blocks) == len(strides) or not channels:
@@ -65,6 +68,8 @@ class BEVEncoder(nn.Module):
                 f"BEVEncoder: channels {list(channels)}, num_blocks {list(num_blocks)}, strides {list(strides)} "
                 "must be non-empty and of equal length"
             )
+        if fuse_kernel not in (1, 3):
+            raise ValueError(f"BEVEncoder: fuse_kernel must be 1 or 3; got {fuse_kernel}")
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
         stages, c = [], self.in_channels
         for width, n, stride in zip(channels, num_blocks, strides):
@@ -75,7 +80,9 @@ class BEVEncoder(nn.Module):
             c = int(width)
         self.stages = nn.ModuleList(stages)
         self.fuse = nn.Sequential(
-            nn.Conv2d(sum(int(w) for w in channels), self.out_channels, 3, padding=1, bias=False),
+            nn.Conv2d(
+                sum(int(w) for w in channels), self.out_channels, fuse_kernel, padding=fuse_kernel // 2, bias=False
+            ),
             nn.BatchNorm2d(self.out_channels),
             nn.ReLU(inplace=True),
         )
