@@ -4,7 +4,9 @@ A stage is one pure function per scene, ``fn(job, scene, rows, tokens) -> SceneR
 to dask. The function never raises: :func:`scene_task` turns an exception into the scene's
 ``error`` (the keyframes it had not finished count as failed) and records the worker's peak RSS.
 :func:`run_scene_tasks` starts or attaches to the cluster, submits the scenes and drives the
-progress bar; :func:`tally` and :func:`summary_lines` turn the results into a run summary.
+progress bar; :func:`run_stage` does that for a stage's unfinished scenes of a store, and
+:func:`stage_main` is a stage's Hydra entry point; :func:`tally` and :func:`summary_lines` turn the
+results into a run summary.
 """
 
 from __future__ import annotations

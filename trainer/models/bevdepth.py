@@ -72,6 +72,8 @@ def depth_loss(depth_logits: torch.Tensor, depth_map: torch.Tensor, bins: DepthB
 def distill_cosine_loss(pred: torch.Tensor, target: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
     """DualViewDistill's per-cell cosine loss (a scalar): mean of ``1 - cos(pred, target)`` over cells with ``count > 0``.
 
+    The definition on whole maps; training computes it with :func:`distill_cell_loss`, which is tested against it.
+
     ``pred (B, C, H, W)`` the projected BEV map, ``target (B, C, H, W)`` the cached DINOv2 grid,
     ``count (B, H, W)`` its pooled-point counts. Zero (with a graph) when no cell has a target.
     """
@@ -105,7 +107,7 @@ def distill_cell_loss(bev: torch.Tensor, proj: nn.Conv2d, target: torch.Tensor, 
 
 
 class BEVDepth(nn.Module):
-    """Camera BEV detector: ``forward(images, K, ego_from_cam) -> {"bev", "preds", "depth_logits"[, "distill"]}``.
+    """Camera BEV detector: ``forward(images, K, ego_from_cam) -> {"bev", "preds", "depth_logits"}``.
 
     Args:
         backbone, neck, depth_net, lift_splat, bev_encoder, head: the components.
