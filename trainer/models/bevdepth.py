@@ -114,7 +114,11 @@ class BEVDepth(nn.Module):
         distill_channels: C of the store's ``dino/feat``; adds the 1x1 distillation projection
             (``None``: no projection, no distillation loss).
         channels_last: keep the weights, and run the convolutions, in the channels-last memory format
-            (the same numbers; faster oneDNN convolutions on CPU, and tensor-core layouts on GPU).
+            (the same numbers; faster oneDNN convolutions on CPU, and tensor-core layouts on GPU). The
+            layout is this setting's alone: the images and the splatted BEV map are put in it
+            explicitly, whatever layout lift-splat's scatter happens to produce. Every 1x1 convolution
+            runs as a GEMM on the CPU in either layout (``components/pointwise.py``: oneDNN's AVX-512
+            1x1 kernel corrupts the heap for some channels-last shapes).
 
     Attributes:
         grid: the BEV grid of ``bev`` and of the head's maps (lift-splat's).
@@ -135,7 +139,8 @@ class BEVDepth(nn.Module):
         super().__init__()
         checks = [
             (neck.in_channels == list(backbone.out_channels), f"neck.in_channels {neck.in_channels} != backbone.out_channels {backbone.out_channels}"),
-            (neck.out_strides == list(backbone.out_strides), f"neck.in_strides {neck.out_strides} != backbone.out_strides {backbone.out_strides}"),
+            (neck.in_strides == list(backbone.out_strides), f"neck.in_strides {neck.in_strides} != backbone.out_strides {backbone.out_strides}"),
+            (neck.out_strides == [lift_splat.downsample], f"neck.out_strides {neck.out_strides} != [{lift_splat.downsample}] (lift_splat.downsample): BEVDepth reads that one level, and a level no loss reaches breaks DDP"),
             (depth_net.in_channels == neck.out_channels, f"depth_net.in_channels {depth_net.in_channels} != neck.out_channels {neck.out_channels}"),
             (depth_net.depth_bins == lift_splat.depth_bins, f"depth_net.depth_bins {depth_net.depth_bins} != {lift_splat.depth_bins} bins of dbound {lift_splat.bins}"),
             (bev_encoder.in_channels == lift_splat.nz * depth_net.context_channels, f"bev_encoder.in_channels {bev_encoder.in_channels} != z slabs {lift_splat.nz} x depth_net.context_channels {depth_net.context_channels}"),
@@ -152,6 +157,11 @@ class BEVDepth(nn.Module):
         self.channels_last = bool(channels_last)
         if self.channels_last:  # load_state_dict copies into these parameters, so the format survives loading
             self.to(memory_format=torch.channels_last)
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        """The layout of the images and BEV maps the convolutions see (the ``channels_last`` setting)."""
+        return torch.channels_last if self.channels_last else torch.contiguous_format
 
     @property
     def grid(self):
@@ -180,16 +190,14 @@ class BEVDepth(nn.Module):
         assert K.shape == (B, N, 3, 3) and ego_from_cam.shape == (B, N, 4, 4), (
             f"K must be ({B}, {N}, 3, 3), ego_from_cam ({B}, {N}, 4, 4); got {tuple(K.shape)}, {tuple(ego_from_cam.shape)}"
         )
-        x = images.flatten(0, 1)  # (B*N, 3, H, W)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = images.flatten(0, 1).contiguous(memory_format=self.memory_format)  # (B*N, 3, H, W)
         feats = self.neck(self.backbone(x))[self.level]  # (B*N, C_fpn, h, w)
         h, w = feats.shape[-2:]
         depth_logits, context = self.depth_net(feats, K.flatten(0, 1).float(), ego_from_cam.flatten(0, 1).float())
         depth_logits = depth_logits.view(B, N, -1, h, w)  # (B, N, D, h, w)
         context = context.view(B, N, -1, h, w)  # (B, N, C_ctx, h, w)
         bev = self.lift_splat(depth_logits.softmax(2), context, K, ego_from_cam)  # (B, Z*C_ctx, H, W)
-        bev = self.bev_encoder(bev)  # (B, C, H, W)
+        bev = self.bev_encoder(bev.contiguous(memory_format=self.memory_format))  # (B, C, H, W)
         return {"bev": bev, "preds": self.head(bev), "depth_logits": depth_logits}
 
     def distill_map(self, bev: torch.Tensor) -> torch.Tensor:

@@ -26,6 +26,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from trainer.models.components.pointwise import pointwise_as_gemm
+
 # BatchNorm eps/momentum of mmdet3d's SECOND/SECONDFPN in the CenterPoint configs.
 BN_EPS, BN_MOMENTUM = 1e-3, 0.01
 
@@ -119,6 +121,7 @@ class BEVBackbone(nn.Module):
         self.deblocks = nn.ModuleList(deblocks)
         self.in_channels = int(in_channels)
         self.out_channels = sum(int(c) for c in upsample_channels)
+        pointwise_as_gemm(self)  # a 1x1 (stride-1) deblock, if configured, off oneDNN's 1x1 kernels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The neck's map ``(B, out_channels, H / out_stride, W / out_stride)`` of ``x (B, C_in, H, W)``."""

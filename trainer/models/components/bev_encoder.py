@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainer.models.components.pointwise import PointwiseConv2d, pointwise_as_gemm
+
 
 class ResBlock(nn.Module):
     """Basic residual block ``(B, C_in, H, W) -> (B, C_out, H / stride, W / stride)``."""
@@ -32,7 +34,7 @@ class ResBlock(nn.Module):
         self.shortcut = (
             nn.Identity()
             if stride == 1 and c_in == c_out
-            else nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out))
+            else nn.Sequential(PointwiseConv2d(c_in, c_out, stride=stride, bias=False), nn.BatchNorm2d(c_out))
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -86,6 +88,7 @@ class BEVEncoder(nn.Module):
             nn.BatchNorm2d(self.out_channels),
             nn.ReLU(inplace=True),
         )
+        pointwise_as_gemm(self)  # the 1x1 shortcuts (and fusion), off oneDNN's 1x1 kernels: components/pointwise.py
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         assert x.ndim == 4 and x.shape[1] == self.in_channels, (

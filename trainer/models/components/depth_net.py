@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainer.models.components.pointwise import pointwise_as_gemm
+
 #: length of the camera vector: fx, fy, cx, cy, then ego_from_cam[:3, :4] row by row
 CAMERA_PARAMS = 16
 
@@ -150,6 +152,7 @@ class DepthNet(nn.Module):
             nn.Conv2d(mid_channels, depth_bins, 1),
         ]
         self.depth_conv = nn.Sequential(*layers)
+        pointwise_as_gemm(self)  # every 1x1 conv here, off oneDNN's 1x1 kernels: components/pointwise.py
 
     def forward(
         self, x: torch.Tensor, K: torch.Tensor, ego_from_cam: torch.Tensor

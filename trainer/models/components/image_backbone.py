@@ -27,6 +27,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from trainer.models.components.pointwise import pointwise_as_gemm
+
 #: ImageNet statistics in [0, 255] units (the pretrained ResNets' input normalisation)
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
@@ -93,6 +95,9 @@ class ResNetBackbone(nn.Module):
         self.out_strides = [strides[s - 1] for s in self.out_stages]
         # The pooler (global average) is never used: drop it so its absence is explicit.
         self.resnet.pooler = nn.Identity()
+        # Stages after the last returned one would be parameters no loss reaches (DDP refuses those): drop them.
+        self.resnet.encoder.stages = self.resnet.encoder.stages[: self.out_stages[-1]]
+        pointwise_as_gemm(self.resnet)  # its 1x1 shortcuts, off oneDNN's 1x1 kernels (components/pointwise.py)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.frozen_stages = int(frozen_stages)
@@ -122,6 +127,4 @@ class ResNetBackbone(nn.Module):
             x = stage(x)  # (B*N, C_i, H/s_i, W/s_i)
             if i in self.out_stages:
                 out.append(x)
-            if i == self.out_stages[-1]:
-                break  # later stages would be computed for nothing
         return out
