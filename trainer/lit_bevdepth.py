@@ -39,7 +39,8 @@ class BEVDepthModule(DetectionModule):
     Args:
         detector: the BEVDepth model; its head's ``class_names`` must equal ``class_names``.
         loss: ``depth_weight`` (BEVDepth: 3.0) and ``distill_weight`` (DualViewDistill: 7.0; 0 turns
-            the distillation off). A positive ``distill_weight`` needs ``detector.distill_channels``.
+            the distillation off and removes the detector's projection, so no parameter goes unused).
+            A positive ``distill_weight`` needs ``detector.distill_channels``.
     """
 
     use_camera = True
@@ -69,6 +70,10 @@ class BEVDepthModule(DetectionModule):
                 f"model.loss.distill_weight={weights['distill_weight']} needs a distillation projection: set "
                 "model.detector.distill_channels to the label store's feature channels (384 for dinov2-small)"
             )
+        if weights["distill_weight"] == 0 and detector.distill is not None:
+            # A projection no loss reaches is an unused parameter, which DDP refuses: a weight of 0 removes it.
+            log.info("model.loss.distill_weight=0: the distillation projection is not built")
+            detector.distill, detector.distill_channels = None, None
         self.loss_weights = weights
         self.detector = detector
         self.depth_metrics = DepthMetrics()  # foreground depth of the current predict / validation pass

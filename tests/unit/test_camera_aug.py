@@ -134,6 +134,41 @@ def test_scene_stream_batch_sampler_keeps_each_slot_in_scene_order():
                 assert idx == sorted(idx) and idx == list(range(idx[0], idx[0] + len(idx)))  # contiguous, in order
 
 
+@pytest.mark.parametrize("epoch", [0, 1, 2])
+def test_scene_stream_batch_sampler_gives_each_rank_whole_scenes_each_once_in_lockstep(epoch):
+    from torch.utils.data import BatchSampler, DistributedSampler
+
+    lengths = [5, 3, 4, 4, 2, 6, 3]  # seven scenes of unequal length
+    scenes = [f"s{i}" for i, n in enumerate(lengths) for _ in range(n)]
+    ranks = [SceneStreamBatchSampler(scenes, 2, shuffle=True, seed=7, num_replicas=2, rank=r) for r in (0, 1)]
+    assert isinstance(ranks[0], BatchSampler)  # so Lightning rebuilds it under DDP instead of refusing it
+    for r in ranks:
+        r.set_epoch(epoch)
+    batches = [list(r) for r in ranks]
+    assert len(batches[0]) == len(batches[1]) == len(ranks[0]) == len(ranks[1]) > 0  # lockstep: no DDP hang
+    seen = [[i for b in rank for i in b] for rank in batches]
+    scenes_of = [{scenes[i] for i in idx} for idx in seen]
+    assert not scenes_of[0] & scenes_of[1], "a scene went to both ranks"
+    flat = seen[0] + seen[1]
+    assert len(flat) == len(set(flat)), "a keyframe was read twice in one epoch"
+    assert len(flat) + ranks[0].dropped() == len(scenes) and ranks[0].dropped() < max(lengths)
+    for rank in ranks:  # every slot walks whole scenes from their first keyframe, in order
+        for slot in rank.streams():
+            for sc in {scenes[i] for i in slot}:
+                idx = [i for i in slot if scenes[i] == sc]
+                assert idx == list(range(idx[0], idx[0] + len(idx))) and scenes.index(sc) == idx[0]
+    # Lightning's DistributedSampler hands over the rank and world size; one rank drops nothing.
+    ds = list(range(len(scenes)))
+    via = SceneStreamBatchSampler(scenes, 2, True, 7, sampler=DistributedSampler(ds, num_replicas=2, rank=1))
+    via.set_epoch(epoch)
+    assert list(via) == batches[1]
+    one = SceneStreamBatchSampler(scenes, 2, shuffle=True, seed=7)
+    one.set_epoch(epoch)
+    assert sorted(i for b in one for i in b) == list(range(len(scenes))) and one.dropped() == 0
+    with pytest.raises(ValueError, match="3 ranks"):
+        SceneStreamBatchSampler(["a", "b"], 1, num_replicas=3, rank=0)
+
+
 # -- on the tiny synthetic world ----------------------------------------------------------------------
 
 

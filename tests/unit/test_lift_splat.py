@@ -215,10 +215,10 @@ def tiny_bevdepth(context: int = 8, distill: int | None = None):
     from trainer.models.components.fpn import FPN
     from trainer.models.components.image_backbone import ResNetBackbone
 
-    backbone = ResNetBackbone(depths=(1, 1, 1, 1), hidden_sizes=(8, 16, 32, 64), embedding_size=8)
+    backbone = ResNetBackbone(depths=(1, 1, 1, 1), hidden_sizes=(8, 16, 32, 64), embedding_size=8, out_stages=(3, 4))
     return BEVDepth(
         backbone,
-        FPN(backbone.out_channels, 16, backbone.out_strides),
+        FPN(backbone.out_channels, 16, backbone.out_strides, out_strides=[DOWNSAMPLE * 2]),
         DepthNet(16, 16, context, depth_bins=4, num_res_blocks=1, aspp=False),
         LiftSplat(GRID, DBOUND, DOWNSAMPLE * 2),
         BEVEncoder(8 * 2, channels=(8,), num_blocks=(1,), strides=(1,), out_channels=8),  # two z slabs x 8
@@ -237,6 +237,45 @@ def test_bevdepth_forward_shapes_and_channel_checks():
     assert out["preds"][0]["hm"].shape == (2, 1, 16, 16)
     with pytest.raises(ValueError, match="bev_encoder.in_channels"):
         tiny_bevdepth(context=6)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_bevdepth_lays_out_the_bev_map_by_its_own_setting(channels_last):
+    """The BEV map the encoder sees follows ``channels_last``, whatever layout lift-splat's scatter produces
+    (a ``(B, H, W, C)`` buffer permuted: channels-last strides), so the setting alone picks the kernels."""
+    m = tiny_bevdepth()
+    m = type(m)(m.backbone, m.neck, m.depth_net, m.lift_splat, m.bev_encoder, m.head, channels_last=channels_last)
+    seen = []
+    m.bev_encoder.register_forward_pre_hook(lambda mod, args: seen.append(args[0]))
+    K, ego_from_cam = cameras()
+    m(torch.randint(0, 255, (2, 2, 3, *IMAGE_HW), dtype=torch.uint8), K.float(), ego_from_cam.float())
+    assert seen[0].is_contiguous(memory_format=torch.channels_last) == channels_last
+    assert seen[0].is_contiguous() == (not channels_last)
+
+
+def test_fpn_returns_only_the_levels_asked_for_and_refuses_a_lateral_nothing_reads():
+    from trainer.models.components.fpn import FPN
+
+    fpn = FPN([8, 16, 32], 4, [8, 16, 32], out_strides=[8, 32])
+    feats = [torch.randn(1, c, 32 // (2**i), 32 // (2**i)) for i, c in enumerate([8, 16, 32])]
+    out = fpn(feats)
+    assert [o.shape[-1] for o in out] == [32, 8] and fpn.level_of_stride(32) == 1
+    sum(o.sum() for o in out).backward()
+    assert all(p.grad is not None for p in fpn.parameters()), "a parameter of the FPN is unused"
+    with pytest.raises(ValueError, match=r"stride \[8\] are finer"):
+        FPN([8, 16], 4, [8, 16], out_strides=[16])
+    with pytest.raises(ValueError, match="out_strides"):
+        tiny = tiny_bevdepth()
+        from trainer.models.bevdepth import BEVDepth
+
+        BEVDepth(
+            tiny.backbone,
+            FPN(tiny.backbone.out_channels, 16, tiny.backbone.out_strides),  # returns strides 16 and 32
+            tiny.depth_net,
+            tiny.lift_splat,
+            tiny.bev_encoder,
+            tiny.head,
+        )
 
 
 def test_bevdepth_channels_last_computes_the_same_outputs_and_survives_a_state_dict():

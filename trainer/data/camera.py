@@ -63,7 +63,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import BatchSampler, DataLoader, Sampler
 
 from bevlabels.datasets.base import DatasetError, Frame
 from bevlabels.geometry import image_aug_matrix
@@ -363,44 +363,99 @@ class CameraDataset(KeyframeDataset):
 # Streaming scenes
 
 
-class SceneStreamBatchSampler(Sampler[list[int]]):
+class SceneStreamBatchSampler(BatchSampler):
     """Batches of dataset indices where slot b of every batch walks its own scenes' keyframes in time order.
 
     Scenes (runs of equal ``scenes[i]`` in the dataset's order, which is scene by scene in time
-    order) are dealt to ``batch_size`` slots, longest first to the shortest slot; batch t holds the
-    t-th keyframe of every slot that still has one (the last batches may be smaller). With
-    ``shuffle``, the scene order is reshuffled each epoch (:meth:`set_epoch`, which Lightning calls).
+    order) are dealt to ``R * batch_size`` streams, R the number of ranks (processes), longest
+    first to the shortest stream; rank r reads streams ``r, r + R, ...`` as its slots. Batch t of a
+    rank holds the t-th keyframe of every slot of that rank that still has one (the last batches may
+    be smaller). With ``shuffle`` the scene order is reshuffled each epoch (:meth:`set_epoch`, which
+    Lightning calls) from ``seed + epoch``, the same on every rank.
+
+    Under DDP each rank gets whole scenes, and each scene goes to one rank once per epoch. Ranks
+    must run the same number of batches (DDP's collectives would hang otherwise), so with R > 1 an
+    epoch is as long as the rank whose longest slot is shortest: the keyframes past that point at the
+    end of the other ranks' longest slots are left out of this epoch, as ``DistributedSampler``'s
+    ``drop_last`` does (:meth:`dropped` counts them; balanced dealing keeps it below one scene per
+    rank, and the shuffle changes which each epoch). With one rank nothing is dropped.
+
+    The ranks: ``num_replicas`` / ``rank`` if given; else those of ``sampler`` when it is a
+    ``DistributedSampler`` (Lightning, which knows this class is a ``BatchSampler``, rebuilds it with
+    its ``DistributedSampler`` under DDP; only that sampler's rank, world size and seed are read,
+    never its indices); else ``torch.distributed``'s when initialised; else one rank.
     """
 
-    def __init__(self, scenes: Sequence[str], batch_size: int, shuffle: bool = False, seed: int = 0):
-        self.batch_size, self.shuffle, self.seed, self.epoch = int(batch_size), bool(shuffle), int(seed), 0
+    def __init__(
+        self,
+        scenes: Sequence[str],
+        batch_size: int,
+        shuffle: bool = False,
+        seed: int = 0,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+        sampler: Sampler | None = None,
+        drop_last: bool = False,
+    ):
+        from torch.utils.data import DistributedSampler
+
+        self.scenes = list(scenes)
+        super().__init__(range(len(self.scenes)), int(batch_size), bool(drop_last))
+        self.shuffle, self.seed, self.epoch = bool(shuffle), int(seed), 0
+        if num_replicas is None and isinstance(sampler, DistributedSampler):
+            num_replicas, rank = sampler.num_replicas, sampler.rank
+        elif num_replicas is None and torch.distributed.is_available() and torch.distributed.is_initialized():
+            num_replicas, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
+        self.num_replicas, self.rank = int(num_replicas or 1), int(rank or 0)
+        if not 0 <= self.rank < self.num_replicas:
+            raise ValueError(f"SceneStreamBatchSampler: rank {self.rank} is not in [0, {self.num_replicas})")
         self.runs: list[list[int]] = []
-        for i, s in enumerate(scenes):
-            if self.runs and scenes[self.runs[-1][-1]] == s:
+        for i, s in enumerate(self.scenes):
+            if self.runs and self.scenes[self.runs[-1][-1]] == s:
                 self.runs[-1].append(i)
             else:
                 self.runs.append([i])
+        if len(self.runs) < self.num_replicas:
+            raise ValueError(
+                f"SceneStreamBatchSampler: {len(self.runs)} scenes cannot give each of {self.num_replicas} ranks a "
+                "whole scene: use fewer processes (trainer.devices) or more scenes"
+            )
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
-    def streams(self) -> list[list[int]]:
-        """The ``batch_size`` slots' index streams of this epoch."""
+    def _all_streams(self) -> list[list[int]]:
+        """Every rank's slots of this epoch: ``R * batch_size`` index streams (rank r owns ``r::R``)."""
         runs = list(self.runs)
         if self.shuffle:
             random.Random(self.seed + self.epoch).shuffle(runs)
-        slots: list[list[int]] = [[] for _ in range(min(self.batch_size, len(runs)))]
+        n = self.num_replicas * self.batch_size
+        streams: list[list[int]] = [[] for _ in range(min(n, len(runs)))]
         for run in sorted(runs, key=len, reverse=True):  # stable: equal lengths keep the (shuffled) order
-            min(slots, key=len).extend(run)
-        return slots
+            min(streams, key=len).extend(run)
+        return streams + [[] for _ in range(n - len(streams))]
+
+    def _steps(self, streams: list[list[int]]) -> int:
+        per_rank = [max(len(s) for s in streams[r :: self.num_replicas]) for r in range(self.num_replicas)]
+        return min(per_rank)
+
+    def streams(self) -> list[list[int]]:
+        """This rank's ``batch_size`` slots' index streams of this epoch (empty slots dropped)."""
+        return [s for s in self._all_streams()[self.rank :: self.num_replicas] if s]
+
+    def dropped(self) -> int:
+        """Keyframes of this epoch no rank reads (0 with one rank)."""
+        streams = self._all_streams()
+        t = self._steps(streams)
+        return sum(max(0, len(s) - t) for s in streams)
 
     def __iter__(self) -> Iterator[list[int]]:
         slots = self.streams()
-        for t in range(max((len(s) for s in slots), default=0)):
+        for t in range(self._steps(self._all_streams())):
             yield [s[t] for s in slots if t < len(s)]
 
     def __len__(self) -> int:
-        return max((len(s) for s in self.streams()), default=0)
+        return self._steps(self._all_streams())
 
 
 # ---------------------------------------------------------------------------------------------
