@@ -9,13 +9,17 @@ Per scene (the unit of a task, because accumulation spans a scene): accumulate t
 (``bevlabels.lidar.accumulate``), and for each keyframe not yet done: run the frozen encoder on
 its cameras in one batch, pool visible features into the BEV grid (``bevlabels.lidar.project``),
 project the keyframe sweep into every camera (``lidar_px``), and write the keyframe's region of
-the store, its ``done`` flag last. A failing scene is reported, not fatal to the others; the run
-then exits non-zero. Rerunning skips finished keyframes.
+the store, its ``done`` flag last. A task reads only its own keyframes' ``done`` flags, and
+refuses to write features of another model than the store records (:func:`check_feature_model`:
+a worker without the weights would otherwise write random-init features into a ``pretrained``
+store). A failing scene is reported, not fatal to the others, a scene whose worker died included;
+the run then exits non-zero. Rerunning skips finished keyframes.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,6 +85,34 @@ def load_images(frame) -> np.ndarray:
     return np.stack(imgs)
 
 
+class FeatureModelMismatchError(RuntimeError):
+    """A worker built another feature model than the store records (e.g. random-init for pretrained)."""
+
+
+def check_feature_model(recorded: dict, extractor, store: str) -> None:
+    """Raise :class:`FeatureModelMismatchError` unless ``extractor`` is the feature model the store records.
+
+    ``recorded``: the store's ``attrs["feature_model"]`` (the driver's extractor's ``describe()``);
+    the worker's own ``describe()`` must equal it field for field. The classic cause: a worker
+    without the weights, where ``weights=auto`` falls back to a random network.
+    """
+    from bevlabels.cache.writer import feature_model_record
+
+    built = feature_model_record(extractor.describe(), extractor.out_channels)
+    if built == recorded:
+        return
+    keys = sorted(k for k in set(built) | set(recorded) if built.get(k) != recorded.get(k))
+    diff = "; ".join(f"{k}: store {recorded.get(k)!r}, worker {built.get(k)!r}" for k in keys)
+    raise FeatureModelMismatchError(
+        f"the worker on {socket.gethostname()} built the feature model {built.get('name')!r} with weights "
+        f"{built.get('weights')!r}, but the store {store} records weights {recorded.get('weights')!r} ({diff}). "
+        "Writing its features would mislabel them. Give every worker the driver's weights: "
+        "features.local_path=<a save_pretrained directory every worker can read> or the same Hugging Face "
+        "cache (HF_HUB_CACHE / HF_HOME); features.weights=pretrained makes a missing one an error; the same "
+        "features.device/dtype on driver and workers"
+    )
+
+
 def label_scene(job: LabelJob, scene: str, indices: list[int], tokens: list[str]) -> SceneResult:
     """Label the keyframes ``indices`` (store rows) of one scene; never raises, reports instead.
 
@@ -98,18 +130,19 @@ def label_scene(job: LabelJob, scene: str, indices: list[int], tokens: list[str]
     res = SceneResult(scene)
     with scene_task(res, len(indices), log):
         store = LabelStoreWriter.open_for_task(job.store)
-        done = store.done_mask()
-        todo = {tok: s for s, tok in zip(indices, tokens) if not done[s]}
+        done = store.done_rows(indices)  # (n,) this scene's flags only
+        todo = {tok: s for s, tok, d in zip(indices, tokens, done) if not d}
         res.skipped = len(indices) - len(todo)
         if not todo:
             return res
+        extractor = get_extractor(**job.features)
+        check_feature_model(store.attrs["feature_model"], extractor, job.store)
         with Timer(res.seconds, "read"):
             ds = get_dataset(job.adapter)
             frames = ds.keyframes(scene)
         missing = set(todo) - {f.token for f in frames}
         if missing:
             raise KeyError(f"store rows name keyframes the dataset's scene {scene} lacks: {sorted(missing)[:3]}")
-        extractor = get_extractor(**job.features)
         grid = GridSpec.from_dict(job.grid)
         vis = VisibilityConfig(**job.visibility)
         clouds = accumulate_scene(ds, scene, AccumulationConfig(**job.accumulation), frames=frames)
@@ -181,14 +214,17 @@ def plan(ds, split: str | None, scenes: list[str] | None, limit_scenes: int | No
     return tokens, scene_of, per_scene
 
 
-def run(cfg) -> dict:
-    """Run the label stage for a resolved config; return the summary (also printed)."""
+def prepare(cfg: dict):
+    """The store and the tasks of a run: ``(writer, job, per_scene)``, for a resolved plain-dict config.
+
+    ``writer``: the store's :class:`~bevlabels.cache.LabelStoreWriter`, its template written or
+    checked, locked (use it as a context manager to release the lock); ``job``: the tasks'
+    :class:`LabelJob`; ``per_scene``: ``{scene: (store rows, tokens)}`` in store order.
+    """
     from bevlabels.cache import LabelStoreWriter
     from bevlabels.features import get_extractor
     from bevlabels.grid import GridSpec
 
-    cfg = plain(cfg)
-    t_start = time.perf_counter()
     ds_cfg = cfg["dataset"]
     ensure_dataset(ds_cfg)
     ds = get_dataset(ds_cfg["adapter"])
@@ -220,6 +256,15 @@ def run(cfg) -> dict:
         visibility=cfg["visibility"],
         lidar_px_min_depth=float(cfg["lidar_px"]["min_depth"]),
     )
+    return writer, job, per_scene
+
+
+def run(cfg) -> dict:
+    """Run the label stage for a resolved config; return the summary (also printed)."""
+    cfg = plain(cfg)
+    t_start = time.perf_counter()
+    writer, job, per_scene = prepare(cfg)
+    out = Path(cfg["out"])
     with writer:  # create_or_open took the store's lock; it is released on exit, errors included
         results, skipped_scenes = run_stage(writer, "labels", cfg["cluster"], label_scene, job, per_scene, "labels")
         summary = summarize(writer, results, time.perf_counter() - t_start, out, skipped_scenes)

@@ -3,23 +3,29 @@
 A stage is one pure function per scene, ``fn(job, scene, rows, tokens) -> SceneResult``, submitted
 to dask. The function never raises: :func:`scene_task` turns an exception into the scene's
 ``error`` (the keyframes it had not finished count as failed) and records the worker's peak RSS.
-:func:`run_scene_tasks` starts or attaches to the cluster, submits the scenes and drives the
-progress bar; :func:`run_stage` does that for a stage's unfinished scenes of a store, and
+:func:`run_scene_tasks` starts or attaches to the cluster, submits the scenes as worker threads
+free up, turns a task that returns no result (its worker was killed: OOM, segfault) into that
+scene's failure, and drives the progress bar from the done flags of the running scenes alone;
+:func:`run_stage` does that for a stage's unfinished scenes of a store, and
 :func:`stage_main` is a stage's Hydra entry point; :func:`tally` and :func:`summary_lines` turn the
 results into a run summary.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import importlib
 import logging
 import time
 import traceback
-from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections import defaultdict, deque
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 log = logging.getLogger("bevlabels.stage")
 
@@ -90,22 +96,97 @@ def scene_task(res: SceneResult, n_keyframes: int, logger: logging.Logger = log)
         res.seconds = dict(res.seconds)
 
 
+#: ``cluster.allowed_failures`` when the config does not say: a scene whose worker dies fails at once
+ALLOWED_FAILURES = 0
+
+
 def make_client(cluster_cfg: dict):
-    """A dask client: attach to ``cluster.address`` if given, else start a LocalCluster."""
+    """A dask client: attach to ``cluster.address`` if given, else start a LocalCluster.
+
+    The LocalCluster's scheduler gives up on a scene after ``cluster.allowed_failures`` retries of a
+    worker dying under it (default 0: a scene that is OOM-killed or segfaults would most likely kill
+    every worker it is retried on; a rerun of the stage retries it). An attached cluster keeps its
+    scheduler's own ``distributed.scheduler.allowed-failures``.
+    """
+    import dask
     from dask.distributed import Client, LocalCluster
 
     logging.getLogger("distributed").setLevel(logging.WARNING)  # its INFO chatter hides the progress bar
     if cluster_cfg.get("address"):
         log.info("attaching to dask scheduler %s", cluster_cfg["address"])
         return Client(cluster_cfg["address"]), None
-    cluster = LocalCluster(
-        n_workers=int(cluster_cfg.get("n_workers", 2)),
-        threads_per_worker=int(cluster_cfg.get("threads_per_worker", 1)),
-        processes=bool(cluster_cfg.get("processes", True)),
-        memory_limit=cluster_cfg.get("memory_limit", "auto"),
-        dashboard_address=cluster_cfg.get("dashboard_address", None),
-    )
+    allowed = int(cluster_cfg.get("allowed_failures", ALLOWED_FAILURES))
+    if allowed < 0:
+        raise ValueError(f"cluster.allowed_failures must be >= 0, got {allowed}")
+    with dask.config.set({"distributed.scheduler.allowed-failures": allowed}):  # read when the scheduler starts
+        cluster = LocalCluster(
+            n_workers=int(cluster_cfg.get("n_workers", 2)),
+            threads_per_worker=int(cluster_cfg.get("threads_per_worker", 1)),
+            processes=bool(cluster_cfg.get("processes", True)),
+            memory_limit=cluster_cfg.get("memory_limit", "auto"),
+            dashboard_address=cluster_cfg.get("dashboard_address", None),
+        )
     return Client(cluster), cluster
+
+
+def lost_task_reason(exc: BaseException) -> str:
+    """Why a scene's task returned no result ``exc``: its worker died, the cluster lost it, or it raised."""
+    from distributed import KilledWorker
+    from distributed.comm import CommClosedError
+
+    what = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, KilledWorker):
+        return (
+            f"worker died ({what}): the process was killed, e.g. by the OOM killer, the nanny's memory limit "
+            "(cluster.memory_limit) or a segfault; see the worker's log. cluster.allowed_failures sets how "
+            "often a scene is retried on another worker"
+        )
+    if isinstance(exc, (asyncio.CancelledError, concurrent.futures.CancelledError, CommClosedError)):
+        return f"task lost ({what}): the cluster never returned the scene's result (did the scheduler die?)"
+    return (
+        f"task raised ({what}) outside the scene's own error handling, e.g. the worker could not "
+        "import or unpickle the stage's function or job"
+    )
+
+
+def lost_scene(scene: str, rows: list[int], todo: list[int], exc: BaseException, done_rows=None) -> SceneResult:
+    """The result of a scene whose task returned none (``exc``): its ``todo`` rows not done now count as failed.
+
+    ``rows``: the scene's store rows; ``todo``: those not done when the run started (the others are
+    ``skipped``); ``done_rows(rows) -> (n,) bool`` reads the stage's done flags (the task may have
+    finished some keyframes before it died). Without it every ``todo`` row counts as failed.
+    """
+    res = SceneResult(scene, skipped=len(rows) - len(todo), error=lost_task_reason(exc), seconds={})
+    if done_rows is not None and todo:
+        try:
+            res.done = int(np.count_nonzero(done_rows(todo)))
+        except Exception as e:  # the count is bookkeeping: never let it hide the scene's failure
+            log.warning("scene %s: cannot read its done flags (%s); counting its keyframes as failed", scene, e)
+    res.failed = len(todo) - res.done
+    return res
+
+
+def _poll_running(done_rows, pending: dict[str, deque], running: set[str]) -> int:
+    """Keyframes of the ``running`` scenes newly done; their rows leave the front of ``pending``.
+
+    Reads one done flag per running scene (its first row not yet seen done: a task writes its
+    scene's keyframes in row order), then again for the scenes whose flag was set: keyframes
+    finished since the last poll. A stage writing out of order only makes the bar lag until the
+    scene's result arrives.
+    """
+    new = 0
+    polled = [s for s in running if pending.get(s)]
+    while polled:
+        flags = done_rows([pending[s][0] for s in polled])  # (n,) one row per scene
+        advanced = []
+        for s, flag in zip(polled, flags):
+            if flag:
+                pending[s].popleft()
+                new += 1
+                if pending[s]:
+                    advanced.append(s)
+        polled = advanced
+    return new
 
 
 def run_scene_tasks(
@@ -117,16 +198,26 @@ def run_scene_tasks(
     total: int,
     initial: int,
     desc: str,
-    progress: Callable[[], int] | None = None,
+    done_rows: Callable[[list[int]], np.ndarray] | None = None,
+    todo: Collection[int] | None = None,
     poll_s: float = 2.0,
 ) -> list[SceneResult]:
     """``fn(job, scene, rows, tokens)`` for every scene of ``submit`` on a dask cluster, with a progress bar.
 
-    ``total`` and ``initial`` are the bar's keyframe counts (all, and already done). A scene is
-    one task and takes minutes, so the bar would move a scene at a time; with ``progress`` (the
-    number of keyframes done in the store, read every ``poll_s`` seconds: tasks set a keyframe's
-    ``done`` flag as they finish it) it moves a keyframe at a time. A failed scene is written above
-    the bar as it arrives; results come back in completion order.
+    ``submit``: ``{scene: (store rows, tokens)}``; ``total`` and ``initial`` are the bar's keyframe
+    counts (all, and already done); ``todo``: the store rows not done when the run started (default:
+    every row of ``submit``). Results come back in completion order; a failed scene is written
+    above the bar as it arrives.
+
+    Scenes are submitted as worker threads free up (never more running than the cluster has
+    threads), so the driver knows which scenes run and a dying worker takes down only the scenes
+    it was running. A task that returns no result (its worker was killed: ``KilledWorker``; or the
+    cluster lost it) becomes that scene's failure (:func:`lost_scene`); the other scenes go on.
+
+    Progress: a scene is one task of minutes, so with ``done_rows(rows) -> (n,) bool`` (the stage's
+    done flags of those store rows, read now) the bar moves a keyframe at a time. Every ``poll_s``
+    seconds it reads one flag per *running* scene (:func:`_poll_running`), never the whole store:
+    the reads per poll grow with the cluster's threads, not with the dataset's keyframes.
     """
     from dask.distributed import as_completed
     from tqdm.auto import tqdm
@@ -134,26 +225,56 @@ def run_scene_tasks(
     results: list[SceneResult] = []
     if not submit:
         return results
+    todo_set = None if todo is None else set(int(t) for t in todo)
+    pending = {s: deque(r for r in rows if todo_set is None or r in todo_set) for s, (rows, _) in submit.items()}
+    todo_of = {s: list(p) for s, p in pending.items()}
+    queue = deque(submit)
+    running: dict[str, str] = {}  # future key -> scene
+    seen = 0  # keyframes of running scenes seen done by polls
     client, cluster = make_client(cluster_cfg)
     try:
-        futures = [
-            client.submit(fn, job, s, rows, toks, key=f"{desc}-{s}", pure=False) for s, (rows, toks) in submit.items()
-        ]
-        finished = as_completed(futures)
+        finished = as_completed()
+
+        def top_up() -> None:
+            if not queue:
+                return
+            try:
+                threads = sum(client.nthreads().values())
+            except Exception:  # the scheduler is gone: let the running futures report it
+                threads = 0
+            while queue and len(running) < max(threads, 1):
+                s = queue.popleft()
+                rows, toks = submit[s]
+                fut = client.submit(fn, job, s, rows, toks, key=f"{desc}-{s}", pure=False)
+                running[fut.key] = s
+                finished.add(fut)
+
         with tqdm(total=total, initial=initial, unit="kf", desc=desc) as bar:
-            while len(results) < len(futures):
-                batch = finished.next_batch(block=progress is None)
+            while queue or running:
+                top_up()
+                batch = finished.next_batch(block=False)
                 for fut in batch:
-                    r = fut.result()
+                    scene = running.pop(fut.key)
+                    seen -= len(todo_of[scene]) - len(pending[scene])
+                    try:
+                        r = fut.result()
+                    except (Exception, asyncio.CancelledError) as e:  # the worker died, or the cluster lost it
+                        r = lost_scene(scene, submit[scene][0], todo_of[scene], e, done_rows)
                     results.append(r)
                     if r.error:
                         tqdm.write(f"scene {r.scene} FAILED: {r.error}")
-                done = progress() if progress is not None else initial + sum(r.done for r in results)
-                n = min(total, done + sum(r.failed for r in results))
+                if done_rows is not None and running:
+                    try:
+                        seen += _poll_running(done_rows, pending, set(running.values()))
+                    except Exception as e:  # the bar is cosmetic: a failed read waits for the next poll
+                        log.debug("progress poll failed: %s", e)
+                n = min(total, initial + seen + sum(r.done + r.failed for r in results))
                 if n > bar.n:
                     bar.update(n - bar.n)
-                if not batch and len(results) < len(futures):
-                    time.sleep(poll_s)
+                if not batch and running:  # until a scene finishes (submit the next at once) or poll_s passes
+                    deadline = time.monotonic() + poll_s
+                    while not finished.has_ready() and time.monotonic() < deadline:
+                        time.sleep(min(0.1, poll_s))
     finally:
         client.close()
         if cluster is not None:
@@ -168,9 +289,10 @@ def run_stage(
 
     ``writer`` is the store's locked :class:`~bevlabels.cache.LabelStoreWriter`; ``per_scene`` is
     ``{scene: (store rows, tokens)}``. Scenes with every keyframe done are not submitted; the bar
-    follows the stage's ``done`` flags; failed scenes are recorded in the store under ``stage``.
+    polls the done flags of the running scenes only; failed scenes (those whose worker died
+    included) are recorded in the store under ``stage``.
     """
-    todo = set(int(t) for t in writer.todo_indices(stage))
+    todo = set(int(t) for t in writer.todo_indices(stage))  # the one read of every done flag of a run
     total = sum(len(rows) for rows, _ in per_scene.values())
     log.info("%s: %d keyframes in %d scenes; %d to do, store %s", stage, total, len(per_scene), len(todo), writer.path)
     submit = {s: v for s, v in per_scene.items() if todo.intersection(v[0])}
@@ -183,7 +305,8 @@ def run_stage(
         total=total,
         initial=total - len(todo),
         desc=desc,
-        progress=lambda: int(writer.done_mask(stage).sum()),
+        done_rows=lambda rows: writer.done_rows(rows, stage),
+        todo=todo,
     )
     writer.record_failures({r.scene: r.error for r in results if r.error}, stage=stage)
     return results, skipped

@@ -108,8 +108,15 @@ _MODELS: dict[tuple[str, str], Any] = {}
 def get_teacher(ckpt: str, sha256: str):
     """The teacher model of ``ckpt``, loaded once per process; refuses a checkpoint changed since the driver read it."""
     if (ckpt, sha256) not in _MODELS:
+        import socket
+
         from trainer.lit_base import load_checkpoint
 
+        if not Path(ckpt).is_file():
+            raise FileNotFoundError(
+                f"the teacher checkpoint {ckpt} is not on the worker {socket.gethostname()}: put it where every "
+                "worker reads it at the same path (a shared filesystem), or run the stage on a LocalCluster"
+            )
         loaded = load_checkpoint(ckpt)
         if loaded.state_dict_sha256 != sha256:
             raise RuntimeError(
@@ -149,8 +156,8 @@ def teacher_scene(job: TeacherJob, scene: str, indices: list[int], tokens: list[
         if job.threads:
             torch.set_num_threads(int(job.threads))
         store = LabelStoreWriter.open_for_task(job.store, stage="teacher")
-        done = store.done_mask()
-        todo = {tok: s for s, tok in zip(indices, tokens) if not done[s]}
+        done = store.done_rows(indices)  # (n,) this scene's flags only
+        todo = {tok: s for s, tok, d in zip(indices, tokens, done) if not d}
         res.skipped = len(indices) - len(todo)
         if not todo:
             return res

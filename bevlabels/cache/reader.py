@@ -67,6 +67,23 @@ def check_template(path: Path, attrs: dict | None) -> None:
         )
 
 
+def read_rows(done: zarr.Array, rows, where: str = "done") -> np.ndarray:
+    """``(n,)`` bool: the flags ``done[rows]`` of the store rows ``rows`` ``(n,)``, in their order.
+
+    Reads only the chunks of those rows (a done array has one keyframe per chunk, so a scene's task
+    reads its own keyframes' flags, not one file per keyframe of the whole store). ``IndexError``
+    names ``where`` and the first row out of range.
+    """
+    idx = np.asarray(rows, dtype=np.int64).reshape(-1)  # (n,)
+    n = done.shape[0]
+    bad = idx[(idx < 0) | (idx >= n)]
+    if bad.size:
+        raise IndexError(f"{where}: keyframe index {int(bad[0])} out of range [0, {n})")
+    if not idx.size:
+        return np.zeros(0, dtype=bool)
+    return np.asarray(done.get_coordinate_selection(idx), dtype=bool)
+
+
 def _examples(tokens: Iterable[str]) -> str:
     tokens = list(tokens)
     more = f", ... ({len(tokens)} in all)" if len(tokens) > _SHOW else ""
@@ -211,6 +228,13 @@ class LabelStoreReader:
         if self._cache_done:
             self._done[stage] = mask
         return mask
+
+    def done_rows(self, rows, stage: str = "labels") -> np.ndarray:
+        """``(n,)`` bool: the stage's done flags of the keyframes ``rows`` ``(n,)``, read now (never cached).
+
+        Reads only those keyframes' chunks: what a stage's driver polls while its tasks run.
+        """
+        return read_rows(self._array(self._stage(stage)["done"]), rows, f"{self.path} {stage} done")
 
     @property
     def done(self) -> np.ndarray:

@@ -73,7 +73,7 @@ from bevlabels.cache._store import (
     sweep_tmp,
 )
 from bevlabels.cache.lock import LOCK_NAME, StoreLock
-from bevlabels.cache.reader import LabelStoreReader, _examples, check_template, template_state
+from bevlabels.cache.reader import LabelStoreReader, _examples, check_template, read_rows, template_state
 from bevlabels.cache.schema import (
     FLOAT32_EXACT_INT,
     LABELS,
@@ -108,6 +108,27 @@ def _library_versions() -> tuple[tuple[str, str], ...]:
 def library_versions() -> dict[str, str]:
     """``{distribution: version}`` of the libraries that shape a store's content, where installed."""
     return dict(_library_versions())
+
+
+def feature_model_record(feature_model: Mapping, channels: int) -> dict:
+    """``feature_model`` (an extractor's ``describe()``) as a store's attrs record it: JSON values, ``channels`` added.
+
+    Raises ``ValueError`` when ``name`` or ``weights`` is missing, ``weights`` is neither
+    ``"pretrained:<id>"`` nor ``"random-init"``, or ``channels`` is not a positive int (or disagrees
+    with a ``channels`` already given). A task compares its own extractor's record with the store's.
+    """
+    feature_model = jsonable(dict(feature_model), "feature_model")
+    for key in ("name", "weights"):
+        if key not in feature_model:
+            raise ValueError(f"feature_model needs name and weights; missing {key!r}")
+    weights = str(feature_model["weights"])
+    if not (weights.startswith("pretrained:") and len(weights) > len("pretrained:")) and weights != "random-init":
+        raise ValueError(f"feature_model.weights must be 'pretrained:<id>' or 'random-init', got {weights!r}")
+    if isinstance(channels, bool) or int(channels) != channels or channels <= 0:
+        raise ValueError(f"channels must be a positive int, got {channels!r}")
+    if feature_model.setdefault("channels", int(channels)) != int(channels):
+        raise ValueError(f"feature_model.channels = {feature_model['channels']} but channels = {channels}")
+    return feature_model
 
 
 def _mismatch(path: Path, field: str, stored, requested, what: str = "") -> StoreMismatchError:
@@ -338,18 +359,7 @@ class LabelStoreWriter(LabelStoreReader):
         missing = [k for k in ("name", "version") if k not in dataset]
         if missing:
             raise ValueError(f"dataset needs name and version (and root); missing {missing}")
-        feature_model = jsonable(dict(feature_model), "feature_model")
-        for key in ("name", "weights"):
-            if key not in feature_model:
-                raise ValueError(f"feature_model needs name and weights; missing {key!r}")
-        weights = str(feature_model["weights"])
-        if not (weights.startswith("pretrained:") and len(weights) > len("pretrained:")) and weights != "random-init":
-            raise ValueError(f"feature_model.weights must be 'pretrained:<id>' or 'random-init', got {weights!r}")
-        if isinstance(channels, bool) or int(channels) != channels or channels <= 0:
-            raise ValueError(f"channels must be a positive int, got {channels!r}")
-        if feature_model.setdefault("channels", int(channels)) != int(channels):
-            raise ValueError(f"feature_model.channels = {feature_model['channels']} but channels = {channels}")
-        return dataset, feature_model
+        return dataset, feature_model_record(feature_model, channels)
 
     @staticmethod
     def _write_template(path: Path, tokens, scene_names, dims, final_attrs: dict) -> None:
@@ -562,6 +572,7 @@ class KeyframeWriter:
 
     def _reset(self) -> None:
         self._root: zarr.Group | None = None
+        self._attrs: dict = {}
         self._entry: dict = {}
         self._arrays: dict[str, zarr.Array] = {}
         self._done: zarr.Array | None = None
@@ -587,12 +598,29 @@ class KeyframeWriter:
         root = open_root(self.path, writable=True)
         self._arrays = {name: root[name] for name in entry["arrays"]}
         self._done = root[entry["done"]]
-        self._entry, self._root = entry, root
+        self._attrs, self._entry, self._root = attrs, entry, root
+
+    @property
+    def attrs(self) -> dict:
+        """The store's root attributes as the task first read them (``feature_model``, ``grid``, ...)."""
+        self._open()
+        return json.loads(json.dumps(self._attrs))
 
     def done_mask(self) -> np.ndarray:
-        """``(S,)`` bool: which keyframes of the stage are written (read now, not cached)."""
+        """``(S,)`` bool: which keyframes of the stage are written (read now, not cached).
+
+        Reads one chunk file per keyframe of the store: a task reads :meth:`done_rows` of its own.
+        """
         self._open()
         return np.asarray(self._done[:], dtype=bool)
+
+    def done_rows(self, rows) -> np.ndarray:
+        """``(n,)`` bool: which of the keyframes ``rows`` ``(n,)`` of the stage are written (read now).
+
+        Reads only those keyframes' chunks of the done array.
+        """
+        self._open()
+        return read_rows(self._done, rows, f"{self.path} {self.stage} done")
 
     def is_done(self, s: int) -> bool:
         """True when keyframe ``s`` of the stage is written."""

@@ -204,3 +204,84 @@ def test_a_failing_scene_is_recorded_and_the_others_complete(synth_tiny, tmp_pat
         text=True,
     )
     assert res.returncode != 0 and bad_scene in res.stdout
+
+
+# -- what a scene's task reads and builds ---------------------------------------------------------
+
+
+def _prepared(compose_labels, overrides: list[str]):
+    from pipelines.labels import prepare
+    from pipelines.scenes import plain
+
+    return prepare(plain(compose_labels(overrides)))
+
+
+def test_a_scene_task_reads_only_its_own_done_flags(synth_tiny, tmp_path, compose_labels, monkeypatch):
+    """The task of one scene reads the done chunks of its own keyframes, none of the other scenes'."""
+    from zarr.storage import LocalStore
+
+    from pipelines.labels import label_scene
+
+    writer, job, per_scene = _prepared(compose_labels, label_overrides(synth_tiny, tmp_path / "labels.zarr"))
+    scene = list(per_scene)[1]
+    rows, tokens = per_scene[scene]
+    dims = writer.stages["labels"]["dims"]
+    kw = writer.keyframe_writer()
+    for s in rows[:-1]:  # done by an earlier run: the task labels the last keyframe only
+        kw.write_keyframe(
+            s,
+            dino_feat=np.zeros((dims["C"], dims["H"], dims["W"]), np.float16),
+            dino_count=np.zeros((dims["H"], dims["W"]), np.uint16),
+            lidar_px=np.zeros((0, 5), np.float32),
+        )
+    reads: list[str] = []
+    get = LocalStore.get
+
+    async def counting_get(self, key, *args, **kwargs):
+        reads.append(key)
+        return await get(self, key, *args, **kwargs)
+
+    monkeypatch.setattr(LocalStore, "get", counting_get)  # AtomicLocalStore, the tasks' store, inherits it
+    with writer:
+        res = label_scene(job, scene, rows, tokens)
+    assert res.error is None and (res.skipped, res.done) == (len(rows) - 1, 1)
+    done_chunks = {int(k.rsplit("/", 1)[1]) for k in reads if k.startswith("done/c/")}
+    assert done_chunks == set(rows), f"the task of rows {rows} read the done flags of rows {sorted(done_chunks)}"
+
+
+def test_a_worker_without_the_stores_weights_fails_its_scene(synth_tiny, tmp_path, compose_labels):
+    """The driver finds pretrained weights, a worker does not (weights=auto: random init): the scene fails."""
+    from bevlabels.cache import LabelStoreReader
+    from bevlabels.features import HFBackbone, clear_extractor_cache, get_extractor
+    from pipelines.labels import check_feature_model, label_scene
+
+    # The driver's machine: a tiny DINOv2 in a Hugging Face cache (refs/main -> snapshots/<sha>).
+    hub, sha = tmp_path / "hub", "0123456789abcdef0123456789abcdef01234567"
+    repo = hub / "models--facebook--dinov2-small"
+    tiny = {"num_hidden_layers": 1, "hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64}
+    HFBackbone(weights="random", config_overrides=tiny, device="cpu", seed=3).model.save_pretrained(
+        repo / "snapshots" / sha
+    )
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(sha)
+    overrides = [o for o in label_overrides(synth_tiny, tmp_path / "labels.zarr") if not o.startswith("features.")]
+    overrides += ["features.weights=auto", "features.image_height=56", f"+features.cache_dir={hub}"]
+    clear_extractor_cache()
+    try:
+        writer, job, per_scene = _prepared(compose_labels, overrides)
+        recorded = LabelStoreReader(tmp_path / "labels.zarr").attrs["feature_model"]
+        assert recorded["weights"] == "pretrained:facebook/dinov2-small" and recorded["revision"] == sha
+        check_feature_model(recorded, get_extractor(**job.features), job.store)  # the driver's own: accepted
+        # A worker without those weights: the same config, an empty cache.
+        hub.rename(tmp_path / "elsewhere")
+        clear_extractor_cache()
+        scene = list(per_scene)[0]
+        rows, tokens = per_scene[scene]
+        with writer:
+            res = label_scene(job, scene, rows, tokens)
+        assert res.error.startswith("FeatureModelMismatchError") and (res.done, res.failed) == (0, len(rows))
+        for text in ("'random-init'", "'pretrained:facebook/dinov2-small'", "features.local_path", str(job.store)):
+            assert text in res.error, f"{text} not in: {res.error}"
+        assert not LabelStoreReader(job.store).done_rows(rows).any()  # nothing written
+    finally:
+        clear_extractor_cache()
