@@ -2,18 +2,33 @@
 
     python -m trainer.evaluate ckpt=outputs/teacher_centerpoint/<run>/checkpoints/last.ckpt
     python -m trainer.evaluate ckpt=... split=train out=/tmp/eval num_workers=0 device=cuda
+    python -m trainer.evaluate ckpt=... limit_scenes=0     # the whole split, whatever data.limit_scenes was
 
 The data module and the model are rebuilt from the checkpoint's stored config alone
 (:func:`trainer.lit_base.load_checkpoint`; a checkpoint whose weights do not fit its config is
-refused, naming the missing and unexpected keys). The model predicts every keyframe of the split
-(no augmentation); :mod:`trainer.nusc_results` writes the detections as a nuScenes result JSON
-(ego -> global with each keyframe's pose, every sample of the split present); the devkit's
+refused, naming the missing and unexpected keys). The model predicts every keyframe of the split's
+scenes the config selects (all of them, or the first ``data.limit_scenes``: see below; no
+augmentation); :mod:`trainer.nusc_results` writes the detections as a nuScenes result JSON
+(ego -> global with each keyframe's pose, every predicted keyframe present); the devkit's
 ``DetectionEval`` (``detection_cvpr_2019``, ``eval_set`` = the dataset's name of the split, e.g.
 ``mini_val`` for the synthetic world) scores it. A table (NDS, mAP, mATE, mASE, mAOE, mAVE, mAAE
 and per-class AP and TP errors) is printed, and the evaluation folder, next to the checkpoint by
 default (``<ckpt dir>/eval-<ckpt name>-<split>/``), receives ``results_nusc.json``, the devkit's
 ``metrics_summary.json`` and ``metrics_details.json``, and ``extra_metrics.json`` when the model
 has an ``extra_eval`` hook.
+
+Part of a split. The scenes predicted are those of the checkpoint's data config: a run trained with
+``data.limit_scenes=n`` is evaluated on the first ``n`` scenes of the split (``limit_scenes=0``
+evaluates the whole split; ``limit_scenes=k`` the first ``k``). The devkit scores exactly the keyframes
+predicted: :func:`run_detection_eval` finds the split's scenes the results cover
+(:func:`split_coverage`), refuses results that miss a keyframe of a scene they cover or hold samples
+outside the split, and restricts the devkit's GT (its own ``load_gt``, then its own
+``add_center_dist``/``filter_eval_boxes`` and metrics) to those scenes' samples. Which scenes and how
+many keyframes were scored, against the whole split, is printed and written to
+``metrics_summary.json`` under ``evaluated``::
+
+    {"eval_set": "mini_val", "partial": true, "scenes": ["scene-0103"], "keyframes": 3,
+     "split_scenes": 2, "split_keyframes": 6}
 """
 
 from __future__ import annotations
@@ -22,7 +37,10 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
+from collections.abc import Iterable
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -104,26 +122,143 @@ def no_detections_eval(eval_set: str) -> tuple[dict, dict]:
     return summary, md_list.serialize()
 
 
+def split_samples(nusc, eval_set: str) -> dict[str, list[str]]:
+    """``{scene name: sample tokens}`` of the devkit split ``eval_set`` (its scenes present in ``nusc``, table order).
+
+    The same selection as the devkit's ``load_gt``: every sample whose scene's name is in
+    ``create_splits_scenes()[eval_set]``.
+    """
+    from nuscenes.utils.splits import create_splits_scenes
+
+    splits = create_splits_scenes()
+    if eval_set not in splits:
+        raise ValueError(f"{eval_set!r} is not a split of the nuScenes devkit; known: {sorted(splits)}")
+    names = set(splits[eval_set])
+    out: dict[str, list[str]] = {s["name"]: [] for s in nusc.scene if s["name"] in names}
+    for sample in nusc.sample:
+        name = nusc.get("scene", sample["scene_token"])["name"]
+        if name in out:
+            out[name].append(sample["token"])
+    return out
+
+
+def split_coverage(nusc, eval_set: str, sample_tokens: Iterable[str]) -> dict[str, Any]:
+    """Which scenes of ``eval_set`` the results' ``sample_tokens`` cover, each of them whole.
+
+    Returns ``{"eval_set", "partial", "scenes" (covered, table order), "keyframes" (their samples),
+    "split_scenes", "split_keyframes"}``. Raises ``ValueError`` for tokens outside the split and for a
+    covered scene with a keyframe missing: scoring the keyframes present would silently drop GT.
+    """
+    per_scene = split_samples(nusc, eval_set)
+    tokens = set(sample_tokens)
+    scene_of = {t: name for name, toks in per_scene.items() for t in toks}
+    outside = sorted(tokens - scene_of.keys())
+    if outside:
+        raise ValueError(
+            f"the results hold {len(outside)} samples that are not in split {eval_set} "
+            f"(e.g. {outside[:3]}): predict the keyframes of the evaluated split only"
+        )
+    covered = [name for name, toks in per_scene.items() if tokens.intersection(toks)]
+    for name in covered:
+        missing = [t for t in per_scene[name] if t not in tokens]
+        if missing:
+            raise ValueError(
+                f"the results miss {len(missing)} of the {len(per_scene[name])} keyframes of scene {name} "
+                f"(e.g. {missing[:3]}): every keyframe of an evaluated scene must be predicted (a sample "
+                "without detections is an empty list), or its GT would silently be left out of the scores"
+            )
+    return {
+        "eval_set": eval_set,
+        "partial": len(covered) < len(per_scene),
+        "scenes": covered,
+        "keyframes": sum(len(per_scene[n]) for n in covered),
+        "split_scenes": len(per_scene),
+        "split_keyframes": sum(len(t) for t in per_scene.values()),
+    }
+
+
+def describe_coverage(evaluated: dict[str, Any], max_names: int = 8) -> str:
+    """One line for the printout: ``3 of 6 keyframes, 1 of 2 scenes (scene-0103) of mini_val: partial``."""
+    scenes = evaluated["scenes"]
+    names = ", ".join(scenes[:max_names]) + (
+        f", ... ({len(scenes) - max_names} more)" if len(scenes) > max_names else ""
+    )
+    text = (
+        f"{evaluated['keyframes']} of {evaluated['split_keyframes']} keyframes, "
+        f"{len(scenes)} of {evaluated['split_scenes']} scenes ({names}) of {evaluated['eval_set']}"
+    )
+    return text + (": partial, the scores cover these scenes only" if evaluated["partial"] else ": the whole split")
+
+
+_GT_PATCH_LOCK = threading.Lock()
+
+
+@contextmanager
+def gt_restricted_to(sample_tokens: Iterable[str]):
+    """While open, ``DetectionEval`` loads the GT of ``sample_tokens`` only.
+
+    ``DetectionEval.__init__`` loads the split's GT with the devkit's ``load_gt`` and asserts that the
+    results hold the same samples before it adds centre distances and filters boxes. Here its
+    ``load_gt`` is wrapped (in the devkit's ``evaluate`` module, restored on exit): the devkit's own
+    loader runs, with its split and version checks, and only the samples outside ``sample_tokens`` are
+    dropped from what it returns. Everything after (the assertion, ``add_center_dist``,
+    ``filter_eval_boxes``, matching and metrics) is the devkit's, unchanged.
+    """
+    import nuscenes.eval.detection.evaluate as devkit_eval
+    from nuscenes.eval.common.data_classes import EvalBoxes
+
+    keep = set(sample_tokens)
+    load_gt = devkit_eval.load_gt
+
+    def restricted_load_gt(*args, **kwargs) -> EvalBoxes:
+        gt = load_gt(*args, **kwargs)
+        out = EvalBoxes()
+        for token in gt.sample_tokens:
+            if token in keep:
+                out.add_boxes(token, gt[token])
+        return out
+
+    with _GT_PATCH_LOCK:
+        devkit_eval.load_gt = restricted_load_gt
+        try:
+            yield
+        finally:
+            devkit_eval.load_gt = load_gt
+
+
 def run_detection_eval(nusc, result_path: Path, eval_set: str, out_dir: Path, verbose: bool = False):
-    """The devkit's ``DetectionEval`` on a result file: ``(metrics summary dict, metric details dict)``."""
+    """The devkit's ``DetectionEval`` on a result file: ``(metrics summary dict, metric details dict)``.
+
+    The results may cover part of ``eval_set``, scene by scene (:func:`split_coverage`; a scene with a
+    keyframe missing is refused): the devkit then scores the GT of those scenes only. The summary's
+    ``evaluated`` says which scenes and how many keyframes, against the whole split.
+    """
     from nuscenes.eval.common.config import config_factory
     from nuscenes.eval.detection.evaluate import DetectionEval
 
     with open(result_path) as f:
-        if not any(json.load(f)["results"].values()):
-            log.warning("no detection in any sample of %s: every AP is 0 and every TP error 1", eval_set)
-            return no_detections_eval(eval_set)
-    evaluator = DetectionEval(
-        nusc,
-        config=config_factory(EVAL_CONFIG),
-        result_path=str(result_path),
-        eval_set=eval_set,
-        output_dir=str(out_dir),
-        verbose=verbose,
-    )
+        results = json.load(f)["results"]
+    evaluated = split_coverage(nusc, eval_set, results)
+    if evaluated["partial"]:
+        log.warning("evaluating part of the split: %s", describe_coverage(evaluated))
+    if not any(results.values()):
+        log.warning("no detection in any sample of %s: every AP is 0 and every TP error 1", eval_set)
+        summary, details = no_detections_eval(eval_set)
+        return {**summary, "evaluated": evaluated}, details
+    with gt_restricted_to(results) if evaluated["partial"] else nullcontext():
+        evaluator = DetectionEval(
+            nusc,
+            config=config_factory(EVAL_CONFIG),
+            result_path=str(result_path),
+            eval_set=eval_set,
+            output_dir=str(out_dir),
+            verbose=verbose,
+        )
+    assert set(evaluator.gt_boxes.sample_tokens) == set(results), "the devkit's GT is not the predicted samples"
     metrics, metric_data = evaluator.evaluate()
     summary = metrics.serialize()
     summary["meta"] = dict(evaluator.meta)
+    summary["evaluated"] = evaluated
     return summary, metric_data.serialize()
 
 
@@ -156,12 +291,20 @@ def evaluate(
     num_workers: int | None = None,
     batch_size: int | None = None,
     verbose: bool = False,
+    limit_scenes: int | None = None,
 ) -> dict[str, Any]:
-    """Predict ``split`` with the checkpoint, score it with ``DetectionEval``; return the devkit summary (+ paths)."""
+    """Predict ``split`` with the checkpoint, score it with ``DetectionEval``; return the devkit summary (+ paths).
+
+    ``limit_scenes``: predict the first that many scenes of the split; ``None`` keeps the checkpoint's
+    ``data.limit_scenes`` (the scenes it was validated on), ``0`` the whole split. The summary's
+    ``evaluated`` says which scenes and how many keyframes were scored, against the whole split.
+    """
     t0 = time.perf_counter()
     loaded: LoadedCheckpoint = load_checkpoint(ckpt)
     model = loaded.model
-    datamodule = build_datamodule(loaded.config, num_workers=num_workers, batch_size=batch_size)
+    datamodule = build_datamodule(
+        loaded.config, num_workers=num_workers, batch_size=batch_size, limit_scenes=limit_scenes
+    )
     datamodule.prepare_data()
     datamodule.setup("predict")
     nusc = nuscenes_of(datamodule)
@@ -195,9 +338,11 @@ def evaluate(
             json.dump(extra, f, indent=2)
 
     n_boxes = sum(len(v) for v in results["results"].values())
+    evaluated = summary["evaluated"]
     print(
         f"\n{loaded.path} (epoch {loaded.epoch}, step {loaded.global_step}) on {eval_set}: "
         f"{len(frames)} keyframes, {n_boxes} boxes, {time.perf_counter() - t0:.1f} s\n"
+        f"evaluated: {describe_coverage(evaluated)}\n"
         + format_table(summary)
         + "".join(f"\n{k:<22}{v}" for k, v in extra.items())
         + f"\nsummary: {out_dir / 'metrics_summary.json'}",
@@ -221,6 +366,7 @@ def main() -> None:
             num_workers=cfg.get("num_workers"),
             batch_size=cfg.get("batch_size"),
             verbose=bool(cfg.get("verbose", False)),
+            limit_scenes=cfg.get("limit_scenes"),
         )
 
     _main()
