@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 CONF_GRID_DIR = Path(__file__).resolve().parent.parent / "conf" / "grid"
 
@@ -162,3 +163,57 @@ class GridSpec:
         ys = self.ybound[0] + (np.arange(self.ny) + 0.5) * self.ybound[2]
         gx, gy = np.meshgrid(xs, ys)  # (H, W) each, rows along y
         return np.stack([gx, gy], -1)
+
+
+def resample_bev(
+    bev: torch.Tensor,
+    src: GridSpec,
+    dst: GridSpec | None = None,
+    dst_from_src: torch.Tensor | np.ndarray | None = None,
+    mode: str = "bilinear",
+) -> torch.Tensor:
+    """A BEV map on grid ``src`` read at the cell centres of grid ``dst``: ``(..., C, H_s, W_s) -> (..., C, H_d, W_d)``.
+
+    The one resampling of BEV maps in the project: a cached grid under the BEV augmentation
+    (``dst = src``, ``dst_from_src`` = the augmentation ``aug_from_ego``), and a teacher's map onto a
+    store of another grid (``dst`` another grid, no transform).
+
+    Output cell centre ``p`` (metric x, y in ``dst``'s frame) reads the input at ``src_from_dst @ p``
+    (only x, y: the transforms rotate about z, scale and mirror); continuous cells of ``src`` have
+    centres at ``k + 0.5`` (:meth:`GridSpec.metric_to_cell`), which are ``grid_sample``'s
+    ``align_corners=False`` coordinates; what falls outside ``src`` reads 0. ``mode``:
+
+    - ``"bilinear"``: ``grid_sample`` in float32, returned in the input's dtype;
+    - ``"nearest"``: the cells ``grid_sample``'s nearest mode reads (its round-half-even), as a gather
+      in the map's own dtype, without a float32 copy of a many-channel map.
+    """
+    dst = src if dst is None else dst
+    assert bev.ndim >= 3 and tuple(bev.shape[-2:]) == src.shape, (
+        f"bev must be (..., C, {src.ny}, {src.nx}) on the source grid; got {tuple(bev.shape)}"
+    )
+    if mode not in ("nearest", "bilinear"):
+        raise ValueError(f"resample_bev: mode must be 'nearest' or 'bilinear'; got {mode!r}")
+    T = torch.eye(4, dtype=torch.float64) if dst_from_src is None else torch.as_tensor(dst_from_src).double().cpu()
+    assert T.shape == (4, 4), f"dst_from_src must be (4, 4); got {tuple(T.shape)}"
+    identity = torch.equal(T, torch.eye(4, dtype=torch.float64))
+    if identity and dst.same_geometry(src, tol=0.0):
+        return bev
+    src_from_dst = torch.linalg.inv(T)
+    centres = torch.as_tensor(dst.cell_centres(), dtype=torch.float64)  # (H_d, W_d, 2) metric x, y in dst's frame
+    xy = centres @ src_from_dst[:2, :2].T + src_from_dst[:2, 3]  # (H_d, W_d, 2) in src's frame
+    cell = src.metric_to_cell(xy)  # (H_d, W_d, 2) continuous (ix, iy) of src
+    lead = bev.shape[:-3]
+    x = bev.reshape(-1, *bev.shape[-3:])  # (B', C, H_s, W_s)
+    norm = torch.stack([2 * cell[..., 0] / src.nx - 1, 2 * cell[..., 1] / src.ny - 1], -1).float()  # (H_d, W_d, 2)
+    if mode == "nearest":
+        # grid_sample's own un-normalisation (align_corners=False), in its float32, then round half to even
+        size = torch.tensor([src.nx, src.ny], dtype=torch.float32)
+        src_ij = torch.round(((norm + 1) * size - 1) / 2).long()  # (H_d, W_d, 2) source column, row
+        inside = (src_ij >= 0).all(-1) & (src_ij[..., 0] < src.nx) & (src_ij[..., 1] < src.ny)  # (H_d, W_d)
+        flat = (src_ij[..., 1].clamp(0, src.ny - 1) * src.nx + src_ij[..., 0].clamp(0, src.nx - 1)).flatten()
+        out = x.flatten(2)[:, :, flat.to(x.device)].view(*x.shape[:2], *dst.shape)  # (B', C, H_d, W_d)
+        out = out.masked_fill(~inside.to(x.device), 0)
+    else:
+        norm = norm.to(x.device)[None].expand(x.shape[0], -1, -1, -1)  # (B', H_d, W_d, 2)
+        out = F.grid_sample(x.float(), norm, mode="bilinear", padding_mode="zeros", align_corners=False).to(x.dtype)
+    return out.reshape(*lead, *out.shape[1:])

@@ -79,26 +79,6 @@ def grid_label(grid) -> str:
     return f"{name or 'custom'} (x [{x0:g}, {x1:g}], y [{y0:g}, {y1:g}], {cells}, {grid.ny}x{grid.nx})"
 
 
-def resample_bev(bev, src, dst, mode: str = "bilinear"):
-    """``bev (B, C, H_s, W_s)`` on grid ``src`` sampled at the cell centres of grid ``dst``: ``(B, C, H_d, W_d)``.
-
-    Metric cell centres of ``dst`` become continuous cells of ``src`` (centres at ``k + 0.5``) and
-    ``grid_sample``'s normalised coordinates (``align_corners=False``: -1 and 1 are the outer edges);
-    cells of ``dst`` outside ``src`` read zeros.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    assert bev.ndim == 4 and tuple(bev.shape[-2:]) == src.shape, (
-        f"bev must be (B, C, {src.shape[0]}, {src.shape[1]}) on the source grid; got {tuple(bev.shape)}"
-    )
-    centres = torch.as_tensor(dst.cell_centres(), dtype=torch.float64)  # (H_d, W_d, 2) metric x, y
-    cell = src.metric_to_cell(centres)  # (H_d, W_d, 2) continuous (ix, iy) on src
-    norm = torch.stack([2 * cell[..., 0] / src.nx - 1, 2 * cell[..., 1] / src.ny - 1], -1)  # (H_d, W_d, 2)
-    norm = norm.to(bev.dtype)[None].expand(bev.shape[0], -1, -1, -1)  # (B, H_d, W_d, 2)
-    return F.grid_sample(bev, norm, mode=mode, padding_mode="zeros", align_corners=False)
-
-
 # ---------------------------------------------------------------------------------------------
 # The pure per-scene function
 
@@ -148,7 +128,7 @@ def teacher_scene(job: TeacherJob, scene: str, indices: list[int], tokens: list[
     import torch
 
     from bevlabels.cache import LabelStoreWriter
-    from bevlabels.grid import GridSpec
+    from bevlabels.grid import GridSpec, resample_bev
     from trainer.data.lidar import crop_to_grid, load_sweeps
 
     res = SceneResult(scene)

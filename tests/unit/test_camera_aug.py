@@ -13,12 +13,11 @@ import torch
 
 from bevlabels import geometry as g
 from bevlabels.cache import StoreMismatchError
-from bevlabels.grid import GridSpec
+from bevlabels.grid import GridSpec, resample_bev
 from trainer.data.camera import (
     CameraDataModule,
     SceneStreamBatchSampler,
     depth_targets,
-    resample_bev,
     sample_image_aug,
 )
 from trainer.data.common import augment_boxes, bev_aug_matrix
@@ -89,9 +88,9 @@ def test_resample_bev_nearest_gather_equals_grid_sample(seed):
     hi = torch.tensor([grid.xbound[1], grid.ybound[1]], dtype=torch.float64)
     norm = (2 * (xy - lo) / (hi - lo) - 1).float()
     ref = torch.nn.functional.grid_sample(bev[None], norm[None], mode="nearest", align_corners=False)[0]
-    out = resample_bev(bev, aug, grid, "nearest")
+    out = resample_bev(bev, grid, dst_from_src=aug, mode="nearest")
     assert torch.equal(out, ref) and (out == 0).any()  # some cells come from outside the grid
-    half = resample_bev(bev.half(), aug, grid, "nearest")
+    half = resample_bev(bev.half(), grid, dst_from_src=aug, mode="nearest")
     assert half.dtype == torch.float16 and torch.equal(half, ref.half())
 
 
@@ -104,14 +103,14 @@ def test_resample_bev_moves_a_marked_cell_with_the_augmentation():
     bev[:, iy, ix] = torch.tensor([1.0, 5.0])
     for rot, flip_x, flip_y in [(math.pi / 2, True, False), (-math.pi / 2, False, True), (math.pi, True, True)]:
         aug = bev_aug_matrix(rot, 1.0, flip_x, flip_y)
-        out = resample_bev(bev, aug, grid, "nearest")
+        out = resample_bev(bev, grid, dst_from_src=aug, mode="nearest")
         q = (aug[:2, :2].double() @ torch.tensor(p)).numpy()
         jx, jy, inside = grid.cell_index(q)
         assert inside and out[:, jy, jx].tolist() == [1.0, 5.0]
         assert out.sum() == 6.0  # a right-angle rotation of a centred grid is a permutation of cells
     # A general angle and scale move it to within a cell of the mapped point.
     aug = bev_aug_matrix(0.37, 1.08, True, False)
-    out = resample_bev(bev[:1], aug, grid, "nearest")[0]
+    out = resample_bev(bev[:1], grid, dst_from_src=aug, mode="nearest")[0]
     q = (aug[:2, :2].double() @ torch.tensor(p)).numpy()
     hit = torch.nonzero(out)
     centres = grid.cell_centres()[hit[:, 0], hit[:, 1]]

@@ -139,56 +139,6 @@ def test_bev_pool_sums_points_of_one_voxel_and_drops_negative_indices():
 # -- the model around lift-splat: losses, depth metrics, wiring --------------------------------------
 
 
-def test_depth_loss_of_a_uniform_distribution_is_the_hand_computed_bce():
-    from trainer.models.bevdepth import depth_loss
-
-    bins = DepthBins(DBOUND)  # D = 4
-    logits = torch.zeros(1, 1, 4, 1, 2)  # uniform: p = 1/4 in every bin
-    depth_map = torch.tensor([5.0, 0.0]).view(1, 1, 1, 2)  # one cell with LiDAR (bin 2), one without
-    # BCE summed over bins, over the one valid cell: -(ln(1/4) + 3 ln(3/4))
-    expected = -(math.log(0.25) + 3 * math.log(0.75))
-    assert math.isclose(depth_loss(logits, depth_map, bins).item(), expected, rel_tol=1e-5)
-    confident = torch.full((1, 1, 4, 1, 2), -20.0)
-    confident[:, :, 2] = 20.0  # all mass on the right bin
-    assert depth_loss(confident, depth_map, bins).item() < 1e-6
-    assert depth_loss(logits, torch.zeros(1, 1, 1, 2), bins).item() == 0.0  # no LiDAR: no loss
-
-
-def test_distill_cosine_loss_averages_one_minus_cos_over_occupied_cells():
-    from trainer.models.bevdepth import distill_cosine_loss
-
-    target = torch.randn(2, 5, 3, 3)
-    count = torch.zeros(2, 3, 3, dtype=torch.int32)
-    count[0, 0, 0] = count[1, 2, 1] = 7
-    pred = target.clone()
-    pred[1, :, 2, 1] *= -3.0  # opposite direction (cos = -1) at the second occupied cell
-    pred[0, :, 1, 1] = torch.randn(5)  # an empty cell's prediction does not count
-    assert math.isclose(distill_cosine_loss(pred, target, count).item(), (0.0 + 2.0) / 2, rel_tol=1e-5)
-    assert distill_cosine_loss(pred, target, torch.zeros_like(count)).item() == 0.0
-
-
-def test_distill_cell_loss_equals_the_full_map_loss_in_value_and_gradients():
-    """Projecting only the occupied cells gives the loss, and the gradients, of projecting the whole map."""
-    from trainer.models.bevdepth import distill_cell_loss, distill_cosine_loss
-
-    torch.manual_seed(0)
-    proj = torch.nn.Conv2d(6, 5, 1)
-    target = torch.randn(2, 5, 4, 3)
-    count = (torch.rand(2, 4, 3) < 0.4).to(torch.int32) * 3
-    count[0, 0, 0] = 1  # at least one target
-    bev_a = torch.randn(2, 6, 4, 3, requires_grad=True)
-    bev_b = bev_a.detach().clone().requires_grad_(True)
-    full = distill_cosine_loss(proj(bev_a), target, count)
-    grads_full = torch.autograd.grad(full, [bev_a, proj.weight, proj.bias])
-    cells = distill_cell_loss(bev_b, proj, target, count)
-    grads_cells = torch.autograd.grad(cells, [bev_b, proj.weight, proj.bias])
-    assert torch.allclose(full, cells, atol=1e-6)
-    for g_full, g_cells in zip(grads_full, grads_cells):
-        assert torch.allclose(g_full, g_cells, atol=1e-6)
-    empty = distill_cell_loss(bev_b, proj, target, torch.zeros_like(count))
-    assert empty.item() == 0.0 and empty.requires_grad
-
-
 def test_depth_metrics_hand_case():
     """Predicting twice the LiDAR depth everywhere: AbsRel 1, log10 = log10(2), SILog 0 (a constant log ratio)."""
     from trainer.metrics_depth import DepthMetrics, pixel_pairs

@@ -116,7 +116,8 @@ def test_make_results_lists_every_token_and_zeroes_unknown_velocity():
 
 
 def test_resample_bev_reads_metric_positions_and_zeros_outside():
-    from pipelines.teacher import grid_label, resample_bev
+    from bevlabels.grid import resample_bev
+    from pipelines.teacher import grid_label
 
     src = GridSpec((-4.0, 4.0, 1.0), (-2.0, 2.0, 0.5))  # 8 x 8 cells
     dst = GridSpec((-6.0, 6.0, 2.0), (-3.0, 3.0, 1.0))  # 6 x 6, wider than src

@@ -62,12 +62,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import BatchSampler, DataLoader, Sampler
 
 from bevlabels.datasets.base import DatasetError, Frame
 from bevlabels.geometry import image_aug_matrix
-from bevlabels.grid import GridSpec
+from bevlabels.grid import GridSpec, resample_bev
 from trainer.data.common import (
     LIST_KEYS,
     FrameDataModule,
@@ -190,39 +189,6 @@ def depth_targets(
 # BEV grids under the BEV augmentation
 
 
-def resample_bev(bev: torch.Tensor, aug_from_ego: torch.Tensor, grid: GridSpec, mode: str = "nearest") -> torch.Tensor:
-    """A BEV map ``(C, H, W)`` on ``grid`` in the ego frame, resampled into the augmented frame ``(C, H, W)``.
-
-    Output cell centre ``p`` (augmented metric x, y) reads the input at ``ego_from_aug @ p``
-    (``grid_sample``, ``align_corners=False`` so normalised -1/+1 are the grid's outer edges);
-    outside the input grid reads 0. ``mode``: ``"nearest"`` or ``"bilinear"``.
-    """
-    assert bev.ndim == 3 and bev.shape[-2:] == grid.shape, (
-        f"bev must be (C, {grid.ny}, {grid.nx}); got {tuple(bev.shape)}"
-    )
-    A = aug_from_ego[:3, :3].double()
-    if torch.equal(A, torch.eye(3, dtype=A.dtype)) and not aug_from_ego[:3, 3].any():
-        return bev
-    # Only x, y matter: the augmentation rotates about z, scales, and mirrors x or y.
-    ego_from_aug = torch.linalg.inv(aug_from_ego.double())
-    centres = torch.from_numpy(grid.cell_centres())  # (H, W, 2) metric x, y in the augmented frame
-    xy = centres @ ego_from_aug[:2, :2].T + ego_from_aug[:2, 3]  # (H, W, 2) in the ego frame
-    lo = torch.tensor([grid.xbound[0], grid.ybound[0]], dtype=torch.float64)
-    hi = torch.tensor([grid.xbound[1], grid.ybound[1]], dtype=torch.float64)
-    norm = (2 * (xy - lo) / (hi - lo) - 1).float()  # (H, W, 2): x -> columns, y -> rows, as grid_sample wants
-    if mode == "nearest":
-        # grid_sample's nearest lookup as a gather in the map's own dtype: the same cells (its
-        # un-normalisation and round-half-even), without a float32 copy of a many-channel map
-        size = torch.tensor([grid.nx, grid.ny], dtype=torch.float32)
-        src = torch.round(((norm + 1) * size - 1) / 2).long()  # (H, W, 2) source column, row
-        inside = (src >= 0).all(-1) & (src[..., 0] < grid.nx) & (src[..., 1] < grid.ny)  # (H, W)
-        flat = (src[..., 1].clamp(0, grid.ny - 1) * grid.nx + src[..., 0].clamp(0, grid.nx - 1)).flatten()
-        out = bev.flatten(1)[:, flat].view_as(bev)  # (C, H, W)
-        return out.masked_fill(~inside, 0)
-    out = F.grid_sample(bev[None].float(), norm[None], mode=mode, padding_mode="zeros", align_corners=False)
-    return out[0].to(bev.dtype)  # (C, H, W)
-
-
 def resample_dino(
     feat: torch.Tensor, count: torch.Tensor, aug_from_ego: torch.Tensor, grid: GridSpec, mode: str = "nearest"
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -232,13 +198,15 @@ def resample_dino(
     features of the occupied neighbours only (weights renormalised by occupancy), so empty cells'
     zeros do not shrink the features; a cell is then a target where its nearest source cell is.
     """
-    count_aug = resample_bev(count[None].float(), aug_from_ego, grid, "nearest")[0]
+    count_aug = resample_bev(count[None].float(), grid, dst_from_src=aug_from_ego, mode="nearest")[0]
     if mode == "nearest":
-        return resample_bev(feat, aug_from_ego, grid, "nearest"), count_aug.round().to(count.dtype)
+        return resample_bev(feat, grid, dst_from_src=aug_from_ego, mode="nearest"), count_aug.round().to(count.dtype)
     if mode != "bilinear":
         raise ValueError(f"dino_interp must be 'nearest' or 'bilinear'; got {mode!r}")
     occ = (count > 0).float()[None]  # (1, H, W)
-    both = resample_bev(torch.cat([feat.float() * occ, occ]), aug_from_ego, grid, "bilinear")  # (C+1, H, W)
+    both = resample_bev(
+        torch.cat([feat.float() * occ, occ]), grid, dst_from_src=aug_from_ego, mode="bilinear"
+    )  # (C+1, H, W)
     feat_aug = both[:-1] / both[-1:].clamp(min=1e-6)
     feat_aug = torch.where(count_aug[None] > 0, feat_aug, torch.zeros_like(feat_aug))
     return feat_aug.to(feat.dtype), count_aug.round().to(count.dtype)
@@ -573,7 +541,6 @@ __all__ = [
     "SceneStreamBatchSampler",
     "apply_image_aug",
     "depth_targets",
-    "resample_bev",
     "resample_dino",
     "sample_image_aug",
 ]

@@ -51,6 +51,7 @@ from torch import nn
 from bevlabels.datasets.nuscenes import NUSCENES_CLASSES
 from bevlabels.geometry import BOX_DIM, VX, VY, YAW, H, L, W, X, Y, Z
 from bevlabels.grid import GridSpec
+from trainer.models.losses import gaussian_focal_loss, masked_l1
 
 #: CenterPoint's six nuScenes task groups
 CENTERPOINT_TASKS = (
@@ -139,44 +140,7 @@ def draw_gaussians(
 
 
 # ---------------------------------------------------------------------------------------------
-# Losses
-
-
-def gaussian_focal_loss(
-    logits: torch.Tensor,
-    target: torch.Tensor,
-    num_objects: torch.Tensor | float,
-    alpha: float = 2.0,
-    gamma: float = 4.0,
-) -> torch.Tensor:
-    """CornerNet/CenterNet's penalty-reduced focal loss (a scalar) of heatmap ``logits`` against Gaussian ``target`` (same shape).
-
-    ``-(sum_pos (1-p)^alpha log p + sum_neg (1-t)^gamma p^alpha log(1-p)) / max(num_objects, 1)``,
-    positives where ``target == 1`` (the Gaussian peaks). Log-probabilities come from
-    ``logsigmoid``, which is stable without CenterPoint's clamp of p to ``[1e-4, 1 - 1e-4]``.
-    """
-    assert logits.shape == target.shape, f"logits {tuple(logits.shape)} and target {tuple(target.shape)} differ"
-    pos = target == 1
-    p = torch.sigmoid(logits)
-    pos_term = F.logsigmoid(logits) * (1 - p) ** alpha
-    neg_term = F.logsigmoid(-logits) * p**alpha * (1 - target) ** gamma
-    total = torch.where(pos, pos_term, neg_term).sum()
-    return -total / torch.clamp(torch.as_tensor(num_objects, dtype=logits.dtype, device=logits.device), min=1)
-
-
-def masked_l1(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Per-channel L1 ``(C,)``: ``sum |pred - target|`` over the entries where ``mask (B, K)``, over ``max(mask.sum(), 1)``.
-
-    ``pred, target (B, K, C)``; entries outside the mask (padding, unknown velocity) contribute
-    nothing, NaN or not.
-    """
-    assert pred.shape == target.shape and pred.shape[:2] == mask.shape, (
-        f"pred {tuple(pred.shape)}, target {tuple(target.shape)} must be (B, K, C) and mask {tuple(mask.shape)} (B, K)"
-    )
-    # Replace masked-out targets before the difference: a NaN there would poison the gradient.
-    target = torch.where(mask[..., None], target, pred.detach())
-    err = (pred - target).abs() * mask[..., None]
-    return err.sum((0, 1)) / mask.sum().clamp(min=1)
+# Reading the maps (the losses are trainer.models.losses.gaussian_focal_loss and masked_l1)
 
 
 def gather_at(maps: torch.Tensor, ind: torch.Tensor) -> torch.Tensor:
