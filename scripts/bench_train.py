@@ -47,23 +47,29 @@ REPO = Path(__file__).resolve().parents[1]
 #: the shrunk camera model of CPU benchmarks and the demo (overrides of conf/model/bevdepth.yaml)
 CPU_MODEL = [
     "data.image_aug.final_hw=[128,352]",
-    "model.detector.backbone.hidden_sizes=[32,64,128,256]",
-    "model.detector.backbone.embedding_size=32",
-    "model.detector.neck.in_channels=[128,256]",
-    "model.detector.neck.out_channels=64",
-    "model.detector.depth_net.mid_channels=64",
-    "model.detector.depth_net.context_channels=32",
-    "model.detector.bev_encoder.channels=[32,64,128]",
-    "model.detector.bev_encoder.out_channels=64",
-    "model.detector.bev_encoder.fuse_kernel=1",  # a 3x3 fusion at full BEV size was a sixth of the step
+    "model.detector.camera_bev.backbone.hidden_sizes=[32,64,128,256]",
+    "model.detector.camera_bev.backbone.embedding_size=32",
+    "model.detector.camera_bev.neck.in_channels=[128,256]",
+    "model.detector.camera_bev.neck.out_channels=64",
+    "model.detector.camera_bev.depth_net.mid_channels=64",
+    "model.detector.camera_bev.depth_net.context_channels=32",
+    "model.detector.camera_bev.bev_encoder.channels=[32,64,128]",
+    "model.detector.camera_bev.bev_encoder.out_channels=64",
+    "model.detector.camera_bev.bev_encoder.fuse_kernel=1",  # a 3x3 fusion at full BEV size was a sixth of the step
     "model.detector.head.share_conv_channels=32",
     "model.detector.head.head_channels=16",
     "model.detector.head.num_head_convs=1",  # 36 hidden convs (6 tasks x 6 maps) at full BEV size: over a quarter
 ]
 #: one-metre depth bins over each grid's reach (BEVDepth's 2-58 m for the default 51.2 m grid)
 CPU_DEPTH = {
-    "default": ["model.detector.lift_splat.dbound=[2.0,58.0,1.0]", "model.detector.depth_net.depth_bins=56"],
-    "near": ["model.detector.lift_splat.dbound=[1.0,45.0,1.0]", "model.detector.depth_net.depth_bins=44"],
+    "default": [
+        "model.detector.camera_bev.lift_splat.dbound=[2.0,58.0,1.0]",
+        "model.detector.camera_bev.depth_net.depth_bins=56",
+    ],
+    "near": [
+        "model.detector.camera_bev.lift_splat.dbound=[1.0,45.0,1.0]",
+        "model.detector.camera_bev.depth_net.depth_bins=44",
+    ],
 }
 
 #: the --steps schedule (replaces the configs' MultiStepLR; total_steps comes from trainer.max_steps)

@@ -58,6 +58,8 @@ class DetectionModule(pl.LightningModule):
         scheduler: ``partial`` of a LR scheduler called with the optimizer, or ``None``.
         class_names: the label space of ``gt_labels`` and of decoded ``labels``.
         scheduler_interval: ``"step"`` or ``"epoch"``: when the scheduler steps.
+        detector: the model, kept as ``self.detector``; its ``class_names`` (the head's label space)
+            must equal ``class_names``, checked here once for every detector.
     """
 
     #: modalities, written to the nuScenes result file's ``meta``
@@ -70,6 +72,7 @@ class DetectionModule(pl.LightningModule):
         scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
         class_names: Sequence[str] = NUSCENES_CLASSES,
         scheduler_interval: str = "step",
+        detector: torch.nn.Module | None = None,
     ):
         super().__init__()
         if scheduler_interval not in ("step", "epoch"):
@@ -78,6 +81,15 @@ class DetectionModule(pl.LightningModule):
         self.scheduler_factory = scheduler
         self.scheduler_interval = scheduler_interval
         self.class_names = tuple(str(c) for c in class_names)
+        if detector is not None:
+            names = getattr(detector, "class_names", None)
+            if names is None:
+                raise TypeError(f"{type(detector).__name__} must expose class_names (its head's label space)")
+            if tuple(names) != self.class_names:
+                raise ValueError(
+                    f"model.class_names {list(self.class_names)} differ from the detector's class_names {list(names)}"
+                )
+            self.detector = detector
 
     # -- hooks of the subclass --------------------------------------------------------------------
     def forward(self, batch: Mapping[str, Any]) -> Any:

@@ -54,12 +54,6 @@ class BEVDepthModule(DetectionModule):
         scheduler_interval: str = "step",
         loss: Mapping[str, float] | None = None,
     ):
-        super().__init__(optimizer, scheduler, class_names, scheduler_interval)
-        if tuple(detector.head.class_names) != self.class_names:
-            raise ValueError(
-                f"model.class_names {list(self.class_names)} differ from the head's class_names "
-                f"{list(detector.head.class_names)}"
-            )
         weights = dict(DEFAULT_LOSS)
         weights.update({str(k): float(v) for k, v in (loss or {}).items()})
         unknown = sorted(set(weights) - set(DEFAULT_LOSS))
@@ -74,8 +68,8 @@ class BEVDepthModule(DetectionModule):
             # A projection no loss reaches is an unused parameter, which DDP refuses: a weight of 0 removes it.
             log.info("model.loss.distill_weight=0: the distillation projection is not built")
             detector.distill, detector.distill_channels = None, None
+        super().__init__(optimizer, scheduler, class_names, scheduler_interval, detector=detector)
         self.loss_weights = weights
-        self.detector = detector
         self.depth_metrics = DepthMetrics()  # foreground depth of the current predict / validation pass
         self._depth_tokens: set[str] = set()
 
@@ -93,7 +87,7 @@ class BEVDepthModule(DetectionModule):
         if stride is not None and int(stride) != self.detector.downsample:
             raise ValueError(
                 f"data.depth_stride={stride} but the model lifts features of stride {self.detector.downsample} "
-                "(model.detector.lift_splat.downsample): set them equal"
+                "(model.detector.camera_bev.lift_splat.downsample): set them equal"
             )
         if self.distilling and stage == "fit":
             if not getattr(dm, "load_dino", False):

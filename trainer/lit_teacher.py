@@ -36,13 +36,7 @@ class TeacherModule(DetectionModule):
         class_names: Sequence[str] = NUSCENES_CLASSES,
         scheduler_interval: str = "step",
     ):
-        super().__init__(optimizer, scheduler, class_names, scheduler_interval)
-        if tuple(detector.head.class_names) != self.class_names:
-            raise ValueError(
-                f"model.class_names {list(self.class_names)} differ from the head's class_names "
-                f"{list(detector.head.class_names)}"
-            )
-        self.detector = detector
+        super().__init__(optimizer, scheduler, class_names, scheduler_interval, detector=detector)
 
     @property
     def out_grid(self) -> GridSpec:

@@ -17,27 +17,7 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 EXPERIMENTS = ("bevdepth", "bevdepth_dino")
 
-#: a model of a few thousand parameters at 64x176 pixels: seconds per step on a CPU
-TINY_MODEL = [
-    "data.image_aug.final_hw=[64,176]",
-    "model.detector.backbone.depths=[1,1,1,1]",
-    "model.detector.backbone.hidden_sizes=[8,16,32,64]",
-    "model.detector.backbone.embedding_size=8",
-    "model.detector.neck.in_channels=[32,64]",
-    "model.detector.neck.out_channels=16",
-    "model.detector.depth_net.mid_channels=16",
-    "model.detector.depth_net.context_channels=8",
-    "model.detector.depth_net.num_res_blocks=1",
-    "model.detector.depth_net.aspp=false",
-    "model.detector.depth_net.depth_bins=16",
-    "model.detector.lift_splat.dbound=[1.0,33.0,2.0]",
-    "model.detector.bev_encoder.channels=[8,16]",
-    "model.detector.bev_encoder.num_blocks=[1,1]",
-    "model.detector.bev_encoder.strides=[1,2]",
-    "model.detector.bev_encoder.out_channels=16",
-    "model.detector.head.share_conv_channels=8",
-    "model.detector.head.head_channels=8",
-]
+from conftest import TINY_CAMERA_MODEL as TINY_MODEL  # noqa: E402  (tests/conftest.py)
 
 
 def train_overrides(

@@ -157,21 +157,30 @@ def test_depth_metrics_hand_case():
     assert pred.tolist() == [expected[0, 1, 1, 2].item()] and g_.tolist() == [5.0]
 
 
-def tiny_bevdepth(context: int = 8, distill: int | None = None):
-    from trainer.models.bevdepth import BEVDepth
+def tiny_camera_bev(context: int = 8, channels_last: bool = False, out_strides=(16,)):
     from trainer.models.components.bev_encoder import BEVEncoder
-    from trainer.models.components.center_head import CenterHead
+    from trainer.models.components.camera_bev import CameraBEV
     from trainer.models.components.depth_net import DepthNet
     from trainer.models.components.fpn import FPN
     from trainer.models.components.image_backbone import ResNetBackbone
 
     backbone = ResNetBackbone(depths=(1, 1, 1, 1), hidden_sizes=(8, 16, 32, 64), embedding_size=8, out_stages=(3, 4))
-    return BEVDepth(
+    return CameraBEV(
         backbone,
-        FPN(backbone.out_channels, 16, backbone.out_strides, out_strides=[DOWNSAMPLE * 2]),
+        FPN(backbone.out_channels, 16, backbone.out_strides, out_strides=list(out_strides)),
         DepthNet(16, 16, context, depth_bins=4, num_res_blocks=1, aspp=False),
         LiftSplat(GRID, DBOUND, DOWNSAMPLE * 2),
         BEVEncoder(8 * 2, channels=(8,), num_blocks=(1,), strides=(1,), out_channels=8),  # two z slabs x 8
+        channels_last=channels_last,
+    )
+
+
+def tiny_bevdepth(context: int = 8, distill: int | None = None, channels_last: bool = False):
+    from trainer.models.bevdepth import BEVDepth
+    from trainer.models.components.center_head import CenterHead
+
+    return BEVDepth(
+        tiny_camera_bev(context, channels_last),
         CenterHead(8, share_conv_channels=8, head_channels=8),
         distill_channels=distill,
     )
@@ -185,18 +194,33 @@ def test_bevdepth_forward_shapes_and_channel_checks():
     assert out["bev"].shape == (2, 8, 16, 16) and model.distill_map(out["bev"]).shape == (2, 5, 16, 16)
     assert out["depth_logits"].shape == (2, 2, 4, 2, 3)  # stride 16 on 32 x 48 images
     assert out["preds"][0]["hm"].shape == (2, 1, 16, 16)
+    assert [tuple(f.shape) for f in out["img_feats"]] == [(2, 2, 16, 2, 3)]
     with pytest.raises(ValueError, match="bev_encoder.in_channels"):
         tiny_bevdepth(context=6)
 
 
+def test_camera_bev_returns_every_fpn_level_and_each_one_is_used():
+    """A camera BEV network for a head that reads the pyramid: both levels come back, and every parameter is reached."""
+    cam = tiny_camera_bev(out_strides=(16, 32))
+    K, ego_from_cam = cameras()
+    out = cam(torch.randint(0, 255, (2, 2, 3, *IMAGE_HW), dtype=torch.uint8), K.float(), ego_from_cam.float())
+    assert [tuple(f.shape) for f in out["img_feats"]] == [(2, 2, 16, 2, 3), (2, 2, 16, 1, 2)]
+    (out["bev"].sum() + out["depth_logits"].sum() + sum(f.sum() for f in out["img_feats"])).backward()
+    assert not [n for n, p in cam.named_parameters() if p.grad is None]
+    with pytest.raises(ValueError, match="out_strides"):  # BEVDepth's CenterHead would leave stride 32 unused
+        from trainer.models.bevdepth import BEVDepth
+        from trainer.models.components.center_head import CenterHead
+
+        BEVDepth(cam, CenterHead(8, share_conv_channels=8, head_channels=8))
+
+
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_bevdepth_lays_out_the_bev_map_by_its_own_setting(channels_last):
+def test_camera_bev_lays_out_the_bev_map_by_its_own_setting(channels_last):
     """The BEV map the encoder sees follows ``channels_last``, whatever layout lift-splat's scatter produces
     (a ``(B, H, W, C)`` buffer permuted: channels-last strides), so the setting alone picks the kernels."""
-    m = tiny_bevdepth()
-    m = type(m)(m.backbone, m.neck, m.depth_net, m.lift_splat, m.bev_encoder, m.head, channels_last=channels_last)
+    m = tiny_bevdepth(channels_last=channels_last)
     seen = []
-    m.bev_encoder.register_forward_pre_hook(lambda mod, args: seen.append(args[0]))
+    m.camera_bev.bev_encoder.register_forward_pre_hook(lambda mod, args: seen.append(args[0]))
     K, ego_from_cam = cameras()
     m(torch.randint(0, 255, (2, 2, 3, *IMAGE_HW), dtype=torch.uint8), K.float(), ego_from_cam.float())
     assert seen[0].is_contiguous(memory_format=torch.channels_last) == channels_last
@@ -214,30 +238,15 @@ def test_fpn_returns_only_the_levels_asked_for_and_refuses_a_lateral_nothing_rea
     assert all(p.grad is not None for p in fpn.parameters()), "a parameter of the FPN is unused"
     with pytest.raises(ValueError, match=r"stride \[8\] are finer"):
         FPN([8, 16], 4, [8, 16], out_strides=[16])
-    with pytest.raises(ValueError, match="out_strides"):
-        tiny = tiny_bevdepth()
-        from trainer.models.bevdepth import BEVDepth
-
-        BEVDepth(
-            tiny.backbone,
-            FPN(tiny.backbone.out_channels, 16, tiny.backbone.out_strides),  # returns strides 16 and 32
-            tiny.depth_net,
-            tiny.lift_splat,
-            tiny.bev_encoder,
-            tiny.head,
-        )
 
 
 def test_bevdepth_channels_last_computes_the_same_outputs_and_survives_a_state_dict():
     torch.manual_seed(0)
     plain = tiny_bevdepth(distill=5).eval()
     torch.manual_seed(1)
-    fast = tiny_bevdepth(distill=5)
-    fast = type(fast)(
-        fast.backbone, fast.neck, fast.depth_net, fast.lift_splat, fast.bev_encoder, fast.head, 5, channels_last=True
-    ).eval()
+    fast = tiny_bevdepth(distill=5, channels_last=True).eval()
     fast.load_state_dict(plain.state_dict())
-    conv = fast.backbone.resnet.embedder.embedder.convolution.weight
+    conv = fast.camera_bev.backbone.resnet.embedder.embedder.convolution.weight
     assert conv.is_contiguous(memory_format=torch.channels_last)  # loading kept the format
     K, ego_from_cam = cameras()
     images = torch.randint(0, 255, (2, 2, 3, *IMAGE_HW), dtype=torch.uint8)

@@ -203,25 +203,7 @@ for name, overrides in json.loads(sys.argv[1]).items():
     print("STEP OK", name, flush=True)
 """
 
-TINY_CAMERA = [
-    "data.image_aug.final_hw=[64,176]",
-    "model.detector.backbone.depths=[1,1,1,1]",
-    "model.detector.backbone.hidden_sizes=[8,16,32,64]",
-    "model.detector.backbone.embedding_size=8",
-    "model.detector.neck.in_channels=[32,64]",
-    "model.detector.neck.out_channels=16",
-    "model.detector.depth_net.mid_channels=16",
-    "model.detector.depth_net.context_channels=8",
-    "model.detector.depth_net.num_res_blocks=1",
-    "model.detector.depth_net.depth_bins=16",
-    "model.detector.lift_splat.dbound=[1.0,33.0,2.0]",
-    "model.detector.bev_encoder.channels=[8,16]",
-    "model.detector.bev_encoder.num_blocks=[1,1]",
-    "model.detector.bev_encoder.strides=[1,2]",
-    "model.detector.bev_encoder.out_channels=16",
-    "model.detector.head.share_conv_channels=8",
-    "model.detector.head.head_channels=8",
-]
+from conftest import TINY_CAMERA_MODEL as TINY_CAMERA  # noqa: E402  (tests/conftest.py)
 
 #: the shipped models (bevdepth_dino's detector is bevdepth's: its projection runs as F.linear in the loss)
 #: and the tests' tiny camera model in both layouts
@@ -232,7 +214,7 @@ MODELS = {
         "experiment=bevdepth",
         "grid=near",
         *TINY_CAMERA,
-        "model.detector.channels_last=false",
+        "model.detector.camera_bev.channels_last=false",
     ],
     "teacher_centerpoint": ["experiment=teacher_centerpoint"],
     "teacher_centerpoint_cpu": ["experiment=teacher_centerpoint_cpu"],

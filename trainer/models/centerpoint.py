@@ -88,6 +88,11 @@ class CenterPoint(nn.Module):
             )
         self.voxelizer, self.encoder, self.backbone, self.head = voxelizer, encoder, backbone, head
 
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """The label space of the head's outputs."""
+        return tuple(self.head.class_names)
+
     def forward(self, points: torch.Tensor | Sequence[torch.Tensor], batch_size: int | None = None) -> dict[str, Any]:
         """``{"bev": (B, C, H, W) neck map, "preds": [per task {"hm": (B, K_t, H, W), "reg", ...}]}`` of a batch of clouds."""
         pillars = self.voxelizer(points, batch_size)

@@ -1,0 +1,138 @@
+"""The camera BEV network every camera detector shares: images to an FPN pyramid, depth distributions and a BEV map.
+
+``images -> ResNetBackbone -> FPN -> DepthNet (camera-aware, one level) -> LiftSplat -> BEVEncoder``
+
+:class:`CameraBEV` returns all three products, for whichever head and losses read them:
+
+- ``img_feats``: every level the FPN returns, ``[(B, N, C, h_l, w_l)]`` finest first (a sparse
+  head's perspective-view aggregation samples them);
+- ``depth_logits (B, N, D, h, w)``: the depth net's bins on the level of stride
+  ``lift_splat.downsample`` (the depth and inner-depth losses);
+- ``bev (B, C, H, W)``: the encoded BEV map on the store's grid, cell for cell (a CenterHead, a
+  sparse head's BEV aggregation, the DINOv2 and teacher distillations).
+
+Every part is its own ``nn.Module`` built from its own ``_target_`` config with explicit channel
+counts; the constructor checks that they chain. The FPN builds only the levels it returns and the
+coarser ones feeding them (``FPN.out_strides``): a detector whose head reads no other level than the
+depth net's sets ``out_strides`` to that one (unused parameters break DDP).
+
+Memory layout: ``channels_last`` is this module's decision alone; the images and the splatted BEV
+map are put in that layout explicitly (lift-splat's scatter yields a ``(B, H, W, C)`` buffer), and
+every 1x1 convolution runs as a GEMM on the CPU (``components/pointwise.py``).
+
+Shape letters: B batch, N cameras, D depth bins, C channels, h/w feature-map rows/columns, H/W BEV
+grid rows (ego y) / columns (ego x).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from trainer.models.components.bev_encoder import BEVEncoder
+from trainer.models.components.depth_net import DepthNet
+from trainer.models.components.fpn import FPN
+from trainer.models.components.image_backbone import ResNetBackbone
+from trainer.models.components.lift_splat import DepthBins, LiftSplat
+
+
+class CameraBEV(nn.Module):
+    """``forward(images, K, ego_from_cam) -> {"img_feats", "depth_logits", "bev"}`` (module docstring).
+
+    Args:
+        backbone, neck, depth_net, lift_splat, bev_encoder: the components.
+        channels_last: keep the weights, and run the convolutions, in the channels-last layout (the
+            same numbers; faster oneDNN convolutions on CPU, tensor-core layouts on GPU).
+
+    Attributes:
+        grid, bins, downsample: lift-splat's BEV grid, depth bins and the stride of the level it lifts.
+        out_channels: C of ``bev``; img_channels, img_strides: C and strides of ``img_feats``.
+    """
+
+    def __init__(
+        self,
+        backbone: ResNetBackbone,
+        neck: FPN,
+        depth_net: DepthNet,
+        lift_splat: LiftSplat,
+        bev_encoder: BEVEncoder,
+        channels_last: bool = False,
+    ):
+        super().__init__()
+        checks = [
+            (neck.in_channels == list(backbone.out_channels), f"neck.in_channels {neck.in_channels} != backbone.out_channels {backbone.out_channels}"),
+            (neck.in_strides == list(backbone.out_strides), f"neck.in_strides {neck.in_strides} != backbone.out_strides {backbone.out_strides}"),
+            (lift_splat.downsample in neck.out_strides, f"neck.out_strides {neck.out_strides} lack lift_splat.downsample {lift_splat.downsample}, the level the depth net reads"),
+            (depth_net.in_channels == neck.out_channels, f"depth_net.in_channels {depth_net.in_channels} != neck.out_channels {neck.out_channels}"),
+            (depth_net.depth_bins == lift_splat.depth_bins, f"depth_net.depth_bins {depth_net.depth_bins} != {lift_splat.depth_bins} bins of dbound {lift_splat.bins}"),
+            (bev_encoder.in_channels == lift_splat.nz * depth_net.context_channels, f"bev_encoder.in_channels {bev_encoder.in_channels} != z slabs {lift_splat.nz} x depth_net.context_channels {depth_net.context_channels}"),
+        ]  # fmt: skip
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(f"CameraBEV: {msg}")
+        self.level = neck.level_of_stride(lift_splat.downsample)  # the returned FPN level lift-splat reads
+        self.backbone, self.neck, self.depth_net = backbone, neck, depth_net
+        self.lift_splat, self.bev_encoder = lift_splat, bev_encoder
+        self.channels_last = bool(channels_last)
+        if self.channels_last:  # load_state_dict copies into these parameters, so the format survives loading
+            self.to(memory_format=torch.channels_last)
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        """The layout of the images and BEV maps the convolutions see (the ``channels_last`` setting)."""
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
+    @property
+    def grid(self):
+        return self.lift_splat.grid
+
+    @property
+    def bins(self) -> DepthBins:
+        return self.lift_splat.bins
+
+    @property
+    def downsample(self) -> int:
+        return self.lift_splat.downsample
+
+    @property
+    def out_channels(self) -> int:
+        return self.bev_encoder.out_channels
+
+    @property
+    def img_channels(self) -> int:
+        return self.neck.out_channels
+
+    @property
+    def img_strides(self) -> list[int]:
+        return list(self.neck.out_strides)
+
+    def forward(self, images: torch.Tensor, K: torch.Tensor, ego_from_cam: torch.Tensor) -> dict[str, Any]:
+        """``img_feats``, ``depth_logits`` and ``bev`` of N-camera images ``(B, N, 3, H, W)`` (uint8 or [0, 255] floats).
+
+        ``K (B, N, 3, 3)`` are the intrinsics of the images as given (augmentation folded in) and
+        ``ego_from_cam (B, N, 4, 4)`` the cameras' poses in the (BEV-augmented) ego frame.
+        """
+        assert images.ndim == 5 and images.shape[2] == 3, f"images must be (B, N, 3, H, W); got {tuple(images.shape)}"
+        B, N = images.shape[:2]
+        assert K.shape == (B, N, 3, 3) and ego_from_cam.shape == (B, N, 4, 4), (
+            f"K must be ({B}, {N}, 3, 3), ego_from_cam ({B}, {N}, 4, 4); got {tuple(K.shape)}, {tuple(ego_from_cam.shape)}"
+        )
+        x = images.flatten(0, 1).contiguous(memory_format=self.memory_format)  # (B*N, 3, H, W)
+        levels = self.neck(self.backbone(x))  # [(B*N, C_fpn, h_l, w_l)]
+        feats = levels[self.level]  # (B*N, C_fpn, h, w)
+        h, w = feats.shape[-2:]
+        depth_logits, context = self.depth_net(feats, K.flatten(0, 1).float(), ego_from_cam.flatten(0, 1).float())
+        depth_logits = depth_logits.view(B, N, -1, h, w)  # (B, N, D, h, w)
+        context = context.view(B, N, -1, h, w)  # (B, N, C_ctx, h, w)
+        bev = self.lift_splat(depth_logits.softmax(2), context, K, ego_from_cam)  # (B, Z*C_ctx, H, W)
+        bev = self.bev_encoder(bev.contiguous(memory_format=self.memory_format))  # (B, C, H, W)
+        img_feats = [f.view(B, N, *f.shape[1:]) for f in levels]  # [(B, N, C_fpn, h_l, w_l)]
+        return {"img_feats": img_feats, "depth_logits": depth_logits, "bev": bev}
+
+    @torch.no_grad()
+    def expected_depth(self, depth_logits: torch.Tensor) -> torch.Tensor:
+        """Expected depth ``(B, N, h, w)`` in metres (the bin centres weighted by the distribution) of ``(B, N, D, h, w)`` logits."""
+        centres = self.bins.centres(depth_logits.device, torch.float32)
+        return (depth_logits.float().softmax(2) * centres.view(1, 1, -1, 1, 1)).sum(2)
