@@ -169,6 +169,7 @@ def resample_bev(
     bev: torch.Tensor,
     src: GridSpec,
     dst: GridSpec | None = None,
+    *,
     dst_from_src: torch.Tensor | np.ndarray | None = None,
     mode: str = "bilinear",
 ) -> torch.Tensor:

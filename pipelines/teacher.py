@@ -158,7 +158,7 @@ def teacher_scene(job: TeacherJob, scene: str, indices: list[int], tokens: list[
             with Timer(res.seconds, "forward"), torch.no_grad():
                 bev = model({"points": points, "sample_token": [tok]})["bev"].float()  # (1, C_t, H, W)
                 if job.resample_mode:
-                    bev = resample_bev(bev, teacher_grid, store_grid, job.resample_mode)
+                    bev = resample_bev(bev, teacher_grid, store_grid, mode=job.resample_mode)
                 bev = bev[0].cpu().numpy()
             peak = float(np.abs(bev).max()) if bev.size else 0.0
             if not np.isfinite(peak) or peak > FLOAT16_MAX:
