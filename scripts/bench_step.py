@@ -36,13 +36,13 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 
 def build(experiment: str, full: bool):
-    from bench_train import CPU_DEPTH, CPU_MODEL
+    from bench_train import CPU_DEPTH, cpu_model
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
     overrides = [f"experiment={experiment}", "run_dir=/tmp/bench_step"]
     if not full:
-        overrides += CPU_MODEL + CPU_DEPTH["default"]
+        overrides += cpu_model(experiment) + CPU_DEPTH["default"]
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides)
     module = instantiate(cfg.model)

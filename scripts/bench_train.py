@@ -44,8 +44,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
-#: the shrunk camera model of CPU benchmarks and the demo (overrides of conf/model/bevdepth.yaml)
-CPU_MODEL = [
+#: the shrunk camera network of CPU benchmarks and the demo (overrides of conf/model/camera_bev/default.yaml),
+#: the same for every camera detector
+CPU_CAMERA = [
     "data.image_aug.final_hw=[128,352]",
     "model.detector.camera_bev.backbone.hidden_sizes=[32,64,128,256]",
     "model.detector.camera_bev.backbone.embedding_size=32",
@@ -56,10 +57,29 @@ CPU_MODEL = [
     "model.detector.camera_bev.bev_encoder.channels=[32,64,128]",
     "model.detector.camera_bev.bev_encoder.out_channels=64",
     "model.detector.camera_bev.bev_encoder.fuse_kernel=1",  # a 3x3 fusion at full BEV size was a sixth of the step
-    "model.detector.head.share_conv_channels=32",
-    "model.detector.head.head_channels=16",
-    "model.detector.head.num_head_convs=1",  # 36 hidden convs (6 tasks x 6 maps) at full BEV size: over a quarter
 ]
+#: the shrunk heads: BEVDepth's CenterHead (conf/model/bevdepth.yaml) and DualViewDistill's sparse head
+#: (conf/model/dualviewdistill.yaml; embed_dims follows the camera network's 64 channels)
+CPU_HEAD = {
+    "bevdepth": [
+        "model.detector.head.share_conv_channels=32",
+        "model.detector.head.head_channels=16",
+        "model.detector.head.num_head_convs=1",  # 36 hidden convs (6 tasks x 6 maps) at full BEV size: over a quarter
+    ],
+    "dvd": [
+        "model.detector.head.num_anchors=300",  # the small world has ~30 boxes a keyframe (nuScenes: 900 anchors)
+        "model.detector.head.operation_order.num_layers=4",  # Sparse4Dv3: 6
+        "model.detector.head.num_dn_groups=2",
+    ],
+}
+#: the CenterHead models (experiment=bevdepth*), all others the sparse-head ones (experiment=dvd*)
+CPU_MODEL = CPU_CAMERA + CPU_HEAD["bevdepth"]
+
+
+def cpu_model(experiment: str) -> list[str]:
+    """The CPU model's overrides for an experiment: the shared camera network and its head family's."""
+    return CPU_CAMERA + CPU_HEAD["dvd" if experiment.startswith("dvd") else "bevdepth"]
+
 #: one-metre depth bins over each grid's reach (BEVDepth's 2-58 m for the default 51.2 m grid)
 CPU_DEPTH = {
     "default": [
@@ -195,7 +215,7 @@ def main(argv: list[str] | None = None) -> None:
             cmd += [f"trainer.max_steps={a.steps}", "model.scheduler_interval=step", "model.scheduler=null"]
             cmd += [f"model.optimizer.lr={a.lr}", ONE_CYCLE]
         cmd += [f"trainer={a.device}", "callbacks.progress_bar.refresh_rate=50"]  # conf/trainer/{cpu,gpu}.yaml
-        cmd += (CPU_MODEL + CPU_DEPTH.get(a.grid, []) if a.model == "cpu" else []) + list(a.extra)
+        cmd += (cpu_model(name) + CPU_DEPTH.get(a.grid, []) if a.model == "cpu" else []) + list(a.extra)
         wall = run(cmd, out / f"{name}.train.log")
         ckpt = run_dir / "checkpoints" / "last.ckpt"
         ev = run_dir / "eval"

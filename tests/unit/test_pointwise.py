@@ -196,19 +196,28 @@ for name, overrides in json.loads(sys.argv[1]).items():
                ((torch.cos(a), torch.sin(a)) for a in torch.linspace(0, 5.24, N))]
         ego_from_cam = torch.stack([r @ cam for r in yaw]).expand(B, N, 4, 4)
         out = det(images, K, ego_from_cam)
-    loss = out["bev"].float().mean() + sum(v.float().mean() for task in out["preds"] for v in task.values())
-    if "depth_logits" in out:
-        loss = loss + out["depth_logits"].float().mean()
+    def tensors(x):
+        if isinstance(x, torch.Tensor):
+            yield x
+        elif isinstance(x, dict):
+            for v in x.values():
+                yield from tensors(v)
+        elif isinstance(x, (list, tuple)):
+            for v in x:
+                yield from tensors(v)
+    loss = sum(t.float().mean() for t in tensors(out) if t.requires_grad)
     loss.backward()
     print("STEP OK", name, flush=True)
 """
 
 from conftest import TINY_CAMERA_MODEL as TINY_CAMERA  # noqa: E402  (tests/conftest.py)
 
-#: the shipped models (bevdepth_dino's detector is bevdepth's: its projection runs as F.linear in the loss)
+#: the shipped models (bevdepth_dino's detector is bevdepth's: its projection runs as F.linear in the loss; the
+#: dvd variants differ only in the head's order, which has no convolution; dvd with fewer anchors, same convs)
 #: and the tests' tiny camera model in both layouts
 MODELS = {
     "bevdepth": ["experiment=bevdepth"],
+    "dvd": ["experiment=dvd", "model.detector.head.num_anchors=100"],
     "bevdepth_tiny_channels_last": ["experiment=bevdepth", "grid=near", *TINY_CAMERA],
     "bevdepth_tiny_contiguous": [
         "experiment=bevdepth",

@@ -1,0 +1,151 @@
+"""DualViewDistill end to end on the tiny synthetic world: every experiment's config builds (unshrunk),
+fast_dev_run of each experiment with a tiny model, and a short run whose checkpoint alone rebuilds and
+evaluates the model.
+
+The configs are composed as tests/integration/test_bevdepth_train.py does (conftest's ``compose_train``,
+its tiny camera network ``TINY_CAMERA_MODEL``), the head shrunk too; the label store is conftest's
+``synth_tiny_store`` (``grid=near``, 32-channel random features).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY_CAMERA_MODEL  # tests/conftest.py
+
+EXPERIMENTS = ("dvd", "dvd_pv", "dvd_bev", "dvd_dino")
+
+#: conftest's camera network (its CenterHead keys dropped) and a sparse head of a few thousand parameters
+TINY_MODEL = [o for o in TINY_CAMERA_MODEL if not o.startswith("model.detector.head.")] + [
+    "model.detector.head.num_anchors=32",
+    "model.detector.head.num_heads=2",
+    "model.detector.head.num_dn_groups=2",
+    "model.detector.head.operation_order.num_layers=2",
+    "model.detector.topk=50",
+]
+
+
+def train_overrides(
+    experiment: str, root: Path, store: Path, run_dir: Path, *extra: str, tiny: bool = True
+) -> list[str]:
+    out = [
+        f"experiment={experiment}",
+        "dataset=synthetic",
+        f"dataset.root={root}",
+        "grid=near",
+        f"data.label_store={store}",
+        "data.batch_size=2",
+        "data.num_workers=0",
+        f"run_dir={run_dir}",
+        "callbacks.progress_bar=null",
+        "trainer.enable_progress_bar=false",
+        *(TINY_MODEL if tiny else []),
+    ]
+    if tiny and experiment != "dvd_pv":
+        out.append("model.detector.head.bev_agg.num_groups=2")
+    if tiny and experiment != "dvd_bev":
+        out.append("model.detector.head.pv_agg.num_groups=2")
+    if experiment == "dvd_dino":
+        out.append("model.detector.distill_channels=32")  # the test store's tiny features
+    return out + list(extra)
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_config_group_of_the_experiment_builds(experiment, compose_train, synth_tiny, synth_tiny_store, tmp_path):
+    """The unshrunk default model and the data module instantiate from the composed config."""
+    from hydra.utils import instantiate
+
+    from trainer.data.camera import CameraDataModule
+    from trainer.lit_dualviewdistill import DualViewDistillModule
+
+    cfg = compose_train(train_overrides(experiment, synth_tiny, synth_tiny_store, tmp_path, tiny=False))
+    model = instantiate(cfg.model)
+    assert isinstance(model, DualViewDistillModule)
+    det = model.detector
+    assert det.head.num_anchors == 900 and det.head.embed_dims == det.camera_bev.out_channels
+    assert (det.uses_bev, det.uses_pv) == {
+        "dvd": (True, True),
+        "dvd_dino": (True, True),
+        "dvd_pv": (False, True),
+        "dvd_bev": (True, False),
+    }[experiment]
+    assert det.camera_bev.img_strides == ([16] if experiment == "dvd_bev" else [16, 32])
+    assert (det.distill is not None) == (experiment == "dvd_dino")
+    dm = instantiate(cfg.data)
+    assert isinstance(dm, CameraDataModule) and dm.depth_stride == 16 and dm.load_dino == (experiment == "dvd_dino")
+
+
+def test_config_errors_name_the_keys(compose_train, synth_tiny, synth_tiny_store, tmp_path):
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    base = train_overrides("dvd", synth_tiny, synth_tiny_store, tmp_path)
+    with pytest.raises(InstantiationException, match="num_levels"):
+        instantiate(compose_train(base + ["model.detector.head.pv_agg.num_levels=1"]).model)
+    with pytest.raises(InstantiationException, match="neck.out_strides"):
+        bev_only = train_overrides("dvd_bev", synth_tiny, synth_tiny_store, tmp_path)
+        instantiate(compose_train(bev_only + ["model.detector.camera_bev.neck.out_strides=[16,32]"]).model)
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_fast_dev_run(experiment, compose_train, synth_tiny, synth_tiny_store, tmp_path):
+    from trainer.train import train
+
+    cfg = compose_train(train_overrides(experiment, synth_tiny, synth_tiny_store, tmp_path, "debug=fdr"))
+    result = train(cfg)
+    metrics = result["metrics"]
+    assert result["global_step"] == 1
+    for key in ("train/loss", "train/det", "train/depth", "val/loss"):
+        assert key in metrics and torch.isfinite(torch.tensor(metrics[key])), (key, metrics)
+    assert any(k.startswith("train/det.dn_cls") for k in metrics), sorted(metrics)  # denoising ran
+    assert ("train/distill" in metrics) == (experiment == "dvd_dino")
+
+
+def test_every_parameter_gets_a_gradient(compose_train, synth_tiny, synth_tiny_store, tmp_path):
+    """What DDP needs: one PV-only training step (nothing reads the BEV map) leaves no parameter without a gradient.
+
+    (The other orders are guarded by DualViewDistill's constructor: no FPN level that pv_agg does not read.)"""
+    from hydra.utils import instantiate
+
+    for experiment in ("dvd_pv",):
+        cfg = compose_train(train_overrides(experiment, synth_tiny, synth_tiny_store, tmp_path))
+        model = instantiate(cfg.model)
+        dm = instantiate(cfg.data)
+        dm.setup("fit")
+        batch = next(iter(dm.train_dataloader()))
+        model.train()
+        model.compute_loss(model(batch), batch)["loss"].backward()
+        missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+        assert not missing, (experiment, missing)
+
+
+@pytest.fixture(scope="module")
+def short_run(compose_train, synth_tiny, synth_tiny_store, tmp_path_factory):
+    """One epoch of two steps of dvd_dino (and one validation batch), checkpoints written."""
+    from trainer.train import train
+
+    run_dir = tmp_path_factory.mktemp("dvd_run")
+    extra = ["trainer.max_epochs=1", "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1", "logger=csv"]
+    cfg = compose_train(train_overrides("dvd_dino", synth_tiny, synth_tiny_store, run_dir, *extra))
+    result = train(cfg)
+    assert result["last_ckpt"] is not None
+    return Path(result["last_ckpt"]), Path(synth_tiny_store).parent
+
+
+def test_checkpoint_alone_rebuilds_and_evaluates_the_model(short_run, tmp_path):
+    from trainer.evaluate import evaluate
+    from trainer.lit_base import load_checkpoint
+    from trainer.lit_dualviewdistill import DualViewDistillModule
+
+    ckpt, cache = short_run
+    assert list(cache.glob("anchors-*.npy")), "the k-means anchors are cached beside the label store"
+    loaded = load_checkpoint(ckpt)
+    assert isinstance(loaded.model, DualViewDistillModule) and loaded.global_step == 2
+    summary = evaluate(ckpt, split="val", out=tmp_path / "eval")
+    assert 0.0 <= summary["nd_score"] <= 1.0 and summary["eval_set"] == "mini_val"
+    extra = summary["extra"]
+    assert extra["fg_depth/pixels"] > 1000
+    for k in ("silog", "abs_rel", "sq_rel", "log10", "rmse"):
+        assert extra[f"fg_depth/{k}"] >= 0.0

@@ -1,0 +1,82 @@
+"""DualViewDistill as a LightningModule: :class:`DualViewDistillModule` wraps a :class:`~trainer.models.dualviewdistill.DualViewDistill`.
+
+The same camera batch, loss weights, data checks, decoding (BEV augmentation undone) and foreground
+depth metrics as :class:`~trainer.lit_bevdepth.BEVDepthModule`, whose hooks it inherits; what differs:
+
+- the head's queries: in training the GT boxes go to the forward pass (the denoising groups);
+- ``setup("fit")`` initialises the head's anchors by k-means over the training split's boxes
+  (:func:`~trainer.models.components.sparse.anchors.anchors_for_dataset`), cached beside the label
+  store (or in ``anchors_cache``). The anchors are a parameter, so a checkpoint restores its own (on
+  resume they are overwritten by the checkpoint's after this).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trainer.lit_bevdepth import BEVDepthModule
+from trainer.models.components.center_head import NUSCENES_CLASSES
+from trainer.models.components.sparse.anchors import anchors_for_dataset
+from trainer.models.dualviewdistill import DualViewDistill
+
+log = logging.getLogger(__name__)
+
+
+class DualViewDistillModule(BEVDepthModule):
+    """DualViewDistill trained with Lightning (arguments of :class:`~trainer.lit_bevdepth.BEVDepthModule`, plus):
+
+    Args:
+        anchors_seed: the k-means seed of the initial anchors.
+        anchors_cache: folder of the cached anchors (None: the label store's parent folder).
+        init_anchors: False keeps the head's given (or default) anchors.
+    """
+
+    use_camera = True
+
+    def __init__(
+        self,
+        detector: DualViewDistill,
+        optimizer,
+        scheduler=None,
+        class_names: Sequence[str] = NUSCENES_CLASSES,
+        scheduler_interval: str = "step",
+        loss: Mapping[str, float] | None = None,
+        anchors_seed: int = 0,
+        anchors_cache: str | None = None,
+        init_anchors: bool = True,
+    ):
+        super().__init__(detector, optimizer, scheduler, class_names, scheduler_interval, loss)
+        self.anchors_seed, self.anchors_cache, self.init_anchors = int(anchors_seed), anchors_cache, bool(init_anchors)
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is None or stage != "fit" or not self.init_anchors:
+            return
+        head = self.detector.head
+        cache = self.anchors_cache
+        if cache is None and getattr(dm, "label_store", None):
+            cache = str(Path(dm.label_store).parent)
+        anchors = anchors_for_dataset(
+            dm.adapter,
+            dm.scenes("train"),
+            dm.grid,
+            self.class_names,
+            num_anchors=head.num_anchors,
+            seed=self.anchors_seed,
+            cache_dir=cache,
+            min_lidar_points=getattr(dm, "min_lidar_points", 1),
+            log=log.info,
+        )
+        with torch.no_grad():
+            head.anchor.copy_(torch.as_tensor(anchors, dtype=head.anchor.dtype, device=head.anchor.device))
+
+    def forward(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+        """:meth:`DualViewDistill.forward` of the batch; the GT goes with it in training (denoising queries)."""
+        gt = {"gt_boxes": batch.get("gt_boxes"), "gt_labels": batch.get("gt_labels")} if self.training else {}
+        return self.detector(batch["images"], batch["K"], batch["ego_from_cam"], **gt)

@@ -1,0 +1,213 @@
+"""DualViewDistill, the camera detector: a Sparse4D-style query head that reads the BEV map, then the six cameras.
+
+``images -> CameraBEV (backbone, FPN, depth net, lift-splat, BEV encoder) -> SparseHead (queries)``
+                                                      ``└-> 1x1 conv (DINOv2 distillation)``
+
+The camera network is the shared :class:`~trainer.models.components.camera_bev.CameraBEV`; the head is
+:class:`~trainer.models.components.sparse.head.SparseHead`, whose decoder order is data
+(``operation_order``): ``bev_agg`` samples the BEV map ``bev`` (one view, one level), ``pv_agg`` every
+returned FPN level of every camera, through ``img_from_ego = K_aug @ cam_from_ego`` (the image and BEV
+augmentations are folded into ``K`` and ``ego_from_cam`` by the data module, so into ``img_from_ego``).
+BEV-then-PV, PV-only and BEV-only are configs (``conf/experiment/dvd*.yaml``).
+
+Losses (:meth:`DualViewDistill.loss`): Sparse4Dv3's detection loss over every decoder layer plus the
+denoising groups (:func:`~trainer.models.losses.sparse_detection_loss`), BEVDepth's depth loss and the
+DINOv2 BEV distillation (as :class:`~trainer.models.bevdepth.BEVDepth`).
+
+Every parameter is reached by a loss (DDP): the FPN returns only the lifted level unless ``pv_agg`` reads
+the pyramid; with no ``bev_agg`` and no distillation nothing reads ``bev`` (PV-only), and the loss then
+adds ``0 * bev.mean()`` so the lift-splat context and the BEV encoder get a (zero) gradient (they are
+still computed: ``CameraBEV`` always builds the BEV map).
+
+Shape letters: B batch, N cameras, D depth bins, C channels, h/w feature-map rows/columns, H/W BEV grid,
+Q queries, M boxes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from trainer.models.components.camera_bev import CameraBEV
+from trainer.models.components.center_head import NUSCENES_CLASSES
+from trainer.models.components.lift_splat import DepthBins
+from trainer.models.components.sparse.head import SparseHead
+from trainer.models.components.sparse.head import decode as decode_layer
+from trainer.models.losses import depth_loss, distill_cell_loss, sparse_detection_loss
+
+
+def img_from_ego_of(K: torch.Tensor, ego_from_cam: torch.Tensor) -> torch.Tensor:
+    """``(B, N, 4, 4)`` float32 ``K`` (padded to 4x4) ``@ inverse(ego_from_cam)`` of ``K (B, N, 3, 3)``, poses ``(B, N, 4, 4)``."""
+    K4 = torch.zeros(*K.shape[:-2], 4, 4, dtype=torch.float32, device=K.device)
+    K4[..., :3, :3] = K.float()
+    K4[..., 3, 3] = 1.0
+    return K4 @ torch.linalg.inv(ego_from_cam.float())
+
+
+class DualViewDistill(nn.Module):
+    """Camera sparse detector: ``forward(images, K, ego_from_cam, ...) -> CameraBEV's outputs + the head's``.
+
+    Args:
+        camera_bev: the shared camera BEV network. Its FPN returns every level the head's ``pv_agg``
+            reads (``neck.out_strides``, as many as ``pv_agg.num_levels``), or only the lifted one when
+            the order has no ``pv_agg``.
+        head: the sparse head (``embed_dims`` = ``camera_bev.bev_encoder.out_channels`` =
+            ``camera_bev.neck.out_channels`` where its aggregations read them).
+        distill_channels: C of the store's ``dino/feat``; adds the 1x1 distillation projection of ``bev``.
+        class_names: the label space of the head's classifier (``head.num_classes`` of them).
+        topk: detections kept per sample by :meth:`decode` (Sparse4Dv3: 300).
+    """
+
+    def __init__(
+        self,
+        camera_bev: CameraBEV,
+        head: SparseHead,
+        distill_channels: int | None = None,
+        class_names: Sequence[str] = NUSCENES_CLASSES,
+        topk: int = 300,
+    ):
+        super().__init__()
+        self._class_names = tuple(str(c) for c in class_names)
+        if head.num_classes != len(self._class_names):
+            raise ValueError(
+                f"DualViewDistill: head.num_classes {head.num_classes} != {len(self._class_names)} class_names "
+                f"{list(self._class_names)}"
+            )
+        order = head.decoder.operation_order
+        self.uses_bev, self.uses_pv = "bev_agg" in order, "pv_agg" in order
+        if self.uses_bev and head.embed_dims != camera_bev.out_channels:
+            raise ValueError(
+                f"DualViewDistill: head.embed_dims {head.embed_dims} != camera_bev.bev_encoder.out_channels "
+                f"{camera_bev.out_channels} (bev_agg samples the BEV map)"
+            )
+        if self.uses_pv:
+            if head.embed_dims != camera_bev.img_channels:
+                raise ValueError(
+                    f"DualViewDistill: head.embed_dims {head.embed_dims} != camera_bev.neck.out_channels "
+                    f"{camera_bev.img_channels} (pv_agg samples the FPN levels)"
+                )
+            levels = {layer.num_levels for op, layer in zip(order, head.decoder.layers) if op == "pv_agg"}
+            if levels != {len(camera_bev.img_strides)}:
+                raise ValueError(
+                    f"DualViewDistill: head.pv_agg.num_levels {sorted(levels)} != the "
+                    f"{len(camera_bev.img_strides)} levels of camera_bev.neck.out_strides {camera_bev.img_strides}"
+                )
+        elif camera_bev.img_strides != [camera_bev.downsample]:
+            raise ValueError(
+                f"DualViewDistill: the head's operation_order has no 'pv_agg', so camera_bev.neck.out_strides "
+                f"{camera_bev.img_strides} must be [{camera_bev.downsample}] (lift_splat.downsample): a level no "
+                "loss reaches breaks DDP"
+            )
+        self.camera_bev, self.head, self.topk = camera_bev, head, int(topk)
+        self.distill_channels = int(distill_channels) if distill_channels else None
+        self.distill = nn.Conv2d(camera_bev.out_channels, self.distill_channels, 1) if self.distill_channels else None
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """The label space of the head's outputs."""
+        return self._class_names
+
+    @property
+    def grid(self):
+        return self.camera_bev.grid
+
+    @property
+    def bins(self) -> DepthBins:
+        return self.camera_bev.bins
+
+    @property
+    def downsample(self) -> int:
+        return self.camera_bev.downsample
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        K: torch.Tensor,
+        ego_from_cam: torch.Tensor,
+        gt_boxes: Sequence[torch.Tensor] | None = None,
+        gt_labels: Sequence[torch.Tensor] | None = None,
+        dt: torch.Tensor | None = None,
+    ) -> dict[str, Any]:
+        """``img_feats``, ``depth_logits``, ``bev`` (:meth:`CameraBEV.forward`) and the head's ``layers``,
+        ``instance_feature``, ``dn`` (denoising, in training with ``gt_boxes``/``gt_labels``).
+
+        ``images (B, N, 3, H, W)``, ``K (B, N, 3, 3)`` (image augmentation folded in), ``ego_from_cam
+        (B, N, 4, 4)`` (BEV augmentation folded in); ``dt (B,)`` seconds since the previous frame (None:
+        the head's default).
+        """
+        out = self.camera_bev(images, K, ego_from_cam)
+        img_from_ego = img_from_ego_of(K, ego_from_cam)  # (B, N, 4, 4)
+        out.update(
+            self.head(
+                bev=out["bev"],
+                img_feats=out["img_feats"],
+                img_from_ego=img_from_ego,
+                image_hw=tuple(images.shape[-2:]),
+                dt=dt,
+                gt_boxes=gt_boxes,
+                gt_labels=gt_labels,
+            )
+        )
+        return out
+
+    def distill_map(self, bev: torch.Tensor) -> torch.Tensor:
+        """The distillation projection of a BEV map ``(B, C, H, W)`` to ``(B, C_dino, H, W)`` (for inspection)."""
+        if self.distill is None:
+            raise ValueError("this DualViewDistill has no distillation projection (model.detector.distill_channels)")
+        return self.distill(bev)
+
+    def loss(
+        self,
+        outputs: dict[str, Any],
+        gt_boxes: Sequence[torch.Tensor],
+        gt_labels: Sequence[torch.Tensor],
+        depth_map: torch.Tensor | None = None,
+        dino_feat: torch.Tensor | None = None,
+        dino_count: torch.Tensor | None = None,
+        depth_weight: float = 3.0,
+        distill_weight: float = 7.0,
+    ) -> dict[str, torch.Tensor]:
+        """``loss = det + depth_weight * depth + distill_weight * distill`` and its parts (a zero weight skips a term).
+
+        ``det``: :func:`sparse_detection_loss` of every layer and the denoising groups (its parts
+        prefixed ``det.``); ``depth`` (unweighted; only with ``depth_map (B, N, h, w)``); ``distill``
+        (unweighted; only with a projection and ``dino_feat (B, C, H, W)``, ``dino_count (B, H, W)``).
+        ``gt_boxes``: B ``(M_b, 9)`` in the batch's (augmented) ego frame, ``gt_labels`` B ``(M_b,)``.
+        """
+        det = sparse_detection_loss(outputs["layers"], gt_boxes, gt_labels, dn=outputs.get("dn"))
+        out = {f"det.{k}": v for k, v in det.items() if k != "loss"}
+        out["det"] = det["loss"]
+        total = det["loss"]
+        if depth_map is not None and depth_weight > 0:
+            out["depth"] = depth_loss(outputs["depth_logits"], depth_map, self.bins)
+            total = total + depth_weight * out["depth"]
+        distilled = False
+        if self.distill is not None and dino_feat is not None and distill_weight > 0:
+            assert dino_count is not None, "the distillation loss needs dino_count with dino_feat"
+            if dino_feat.shape[1] != self.distill_channels:
+                raise ValueError(
+                    f"the store's dino/feat has {dino_feat.shape[1]} channels; the model projects to "
+                    f"{self.distill_channels}: set model.detector.distill_channels={dino_feat.shape[1]}"
+                )
+            out["distill"] = distill_cell_loss(outputs["bev"], self.distill, dino_feat, dino_count)
+            total = total + distill_weight * out["distill"]
+            distilled = True
+        if not self.uses_bev and not distilled:
+            # PV-only without distillation: nothing reads bev; a zero term gives the BEV network a (zero)
+            # gradient, so DDP finds no unused parameter.
+            total = total + 0.0 * outputs["bev"].float().mean()
+        out["loss"] = total
+        return out
+
+    @torch.no_grad()
+    def decode(self, outputs: dict[str, Any], topk: int | None = None) -> list[dict[str, torch.Tensor]]:
+        """Per sample ``{"boxes": (M, 9), "scores": (M,), "labels": (M,)}`` of the last layer, in the batch's BEV frame."""
+        dets = decode_layer(outputs["layers"][-1], self.topk if topk is None else topk)
+        return [{"boxes": d["boxes"], "scores": d["scores"], "labels": d["labels"]} for d in dets]
+
+    def expected_depth(self, depth_logits: torch.Tensor) -> torch.Tensor:
+        """Expected depth ``(B, N, h, w)`` in metres of ``(B, N, D, h, w)`` logits (:meth:`CameraBEV.expected_depth`)."""
+        return self.camera_bev.expected_depth(depth_logits)
