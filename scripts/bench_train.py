@@ -80,6 +80,7 @@ def cpu_model(experiment: str) -> list[str]:
     """The CPU model's overrides for an experiment: the shared camera network and its head family's."""
     return CPU_CAMERA + CPU_HEAD["dvd" if experiment.startswith("dvd") else "bevdepth"]
 
+
 #: one-metre depth bins over each grid's reach (BEVDepth's 2-58 m for the default 51.2 m grid)
 CPU_DEPTH = {
     "default": [
