@@ -14,28 +14,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_teacher import TINY_TEACHER as _TEACHER  # the same tiny model as the teacher tests
 
 #: test_teacher.py's tiny CenterPoint (a few thousand parameters), LiDAR only: no label store needed
-TINY_TEACHER = (
-    "experiment=teacher_centerpoint",
-    "grid=near",
-    "trainer.enable_model_summary=false",
-    "model.detector.encoder.feat_channels=[8]",
-    "model.detector.backbone.in_channels=8",
-    "model.detector.backbone.layer_nums=[1,1]",
-    "model.detector.backbone.layer_strides=[1,2]",
-    "model.detector.backbone.layer_channels=[8,16]",
-    "model.detector.backbone.upsample_strides=[1,2]",
-    "model.detector.backbone.upsample_channels=[8,8]",
-    "model.detector.head.in_channels=16",
-    "model.detector.head.share_conv_channels=8",
-    "model.detector.head.head_channels=8",
-    "model.detector.head.num_head_convs=1",
-    "model.detector.voxelizer.max_pillars=[6000,6000]",
-    "data.n_sweeps=2",
-    "data.batch_size=2",
-    "data.num_workers=0",
-)
+TINY_TEACHER = ("experiment=teacher_centerpoint", "grid=near", "trainer.enable_model_summary=false", *_TEACHER)
 
 
 @pytest.fixture(scope="module")

@@ -37,7 +37,7 @@ from torch import nn
 from trainer.models.components.camera_bev import CameraBEV
 from trainer.models.components.center_head import CenterHead
 from trainer.models.components.lift_splat import DepthBins
-from trainer.models.losses import depth_loss, distill_cell_loss
+from trainer.models.losses import camera_bev_losses
 
 
 class BEVDepth(nn.Module):
@@ -130,20 +130,11 @@ class BEVDepth(nn.Module):
         det = self.head.loss(outputs["preds"], self.head.targets(gt_boxes, gt_labels, self.grid))
         out = {f"det.{k}": v for k, v in det.items() if k != "loss"}
         out["det"] = det["loss"]
-        total = det["loss"]
-        if depth_map is not None and depth_weight > 0:
-            out["depth"] = depth_loss(outputs["depth_logits"], depth_map, self.bins)
-            total = total + depth_weight * out["depth"]
-        if self.distill is not None and dino_feat is not None and distill_weight > 0:
-            assert dino_count is not None, "the distillation loss needs dino_count with dino_feat"
-            if dino_feat.shape[1] != self.distill_channels:
-                raise ValueError(
-                    f"the store's dino/feat has {dino_feat.shape[1]} channels; the model projects to "
-                    f"{self.distill_channels}: set model.distill_channels={dino_feat.shape[1]}"
-                )
-            out["distill"] = distill_cell_loss(outputs["bev"], self.distill, dino_feat, dino_count)
-            total = total + distill_weight * out["distill"]
-        out["loss"] = total
+        parts, aux = camera_bev_losses(
+            outputs, self.bins, self.distill, depth_map, dino_feat, dino_count, depth_weight, distill_weight
+        )
+        out.update(parts)
+        out["loss"] = det["loss"] + aux
         return out
 
     def decode(self, outputs: dict[str, Any]) -> list[dict[str, torch.Tensor]]:

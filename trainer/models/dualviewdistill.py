@@ -36,7 +36,7 @@ from trainer.models.components.center_head import NUSCENES_CLASSES
 from trainer.models.components.lift_splat import DepthBins
 from trainer.models.components.sparse.head import SparseHead
 from trainer.models.components.sparse.head import decode as decode_layer
-from trainer.models.losses import depth_loss, distill_cell_loss, sparse_detection_loss
+from trainer.models.losses import camera_bev_losses, sparse_detection_loss
 
 
 def img_from_ego_of(K: torch.Tensor, ego_from_cam: torch.Tensor) -> torch.Tensor:
@@ -180,22 +180,12 @@ class DualViewDistill(nn.Module):
         det = sparse_detection_loss(outputs["layers"], gt_boxes, gt_labels, dn=outputs.get("dn"))
         out = {f"det.{k}": v for k, v in det.items() if k != "loss"}
         out["det"] = det["loss"]
-        total = det["loss"]
-        if depth_map is not None and depth_weight > 0:
-            out["depth"] = depth_loss(outputs["depth_logits"], depth_map, self.bins)
-            total = total + depth_weight * out["depth"]
-        distilled = False
-        if self.distill is not None and dino_feat is not None and distill_weight > 0:
-            assert dino_count is not None, "the distillation loss needs dino_count with dino_feat"
-            if dino_feat.shape[1] != self.distill_channels:
-                raise ValueError(
-                    f"the store's dino/feat has {dino_feat.shape[1]} channels; the model projects to "
-                    f"{self.distill_channels}: set model.detector.distill_channels={dino_feat.shape[1]}"
-                )
-            out["distill"] = distill_cell_loss(outputs["bev"], self.distill, dino_feat, dino_count)
-            total = total + distill_weight * out["distill"]
-            distilled = True
-        if not self.uses_bev and not distilled:
+        parts, aux = camera_bev_losses(
+            outputs, self.bins, self.distill, depth_map, dino_feat, dino_count, depth_weight, distill_weight
+        )
+        out.update(parts)
+        total = det["loss"] + aux
+        if not self.uses_bev and "distill" not in parts:
             # PV-only without distillation: nothing reads bev; a zero term gives the BEV network a (zero)
             # gradient, so DDP finds no unused parameter.
             total = total + 0.0 * outputs["bev"].float().mean()

@@ -137,6 +137,41 @@ def distill_cell_loss(bev: torch.Tensor, proj: nn.Conv2d, target: torch.Tensor, 
     return (1.0 - F.cosine_similarity(pred.float(), tgt.float(), dim=1, eps=1e-6)).mean()
 
 
+def camera_bev_losses(
+    outputs: dict,
+    bins: DepthBins,
+    distill_proj: nn.Conv2d | None,
+    depth_map: torch.Tensor | None = None,
+    dino_feat: torch.Tensor | None = None,
+    dino_count: torch.Tensor | None = None,
+    depth_weight: float = 3.0,
+    distill_weight: float = 7.0,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor | float]:
+    """The camera BEV network's own losses, shared by every camera detector: ``(parts, weighted sum)``.
+
+    ``parts``: ``depth`` (:func:`depth_loss` of ``outputs["depth_logits"]``, unweighted; only with
+    ``depth_map (B, N, h, w)`` and ``depth_weight > 0``) and ``distill`` (:func:`distill_cell_loss` of
+    ``outputs["bev"]`` through ``distill_proj``, unweighted; only with a projection, ``dino_feat
+    (B, C, H, W)``, ``dino_count (B, H, W)`` and ``distill_weight > 0``). The sum is 0.0 when neither runs.
+    A store whose feature channels differ from the projection's is refused, naming the config key.
+    """
+    parts: dict[str, torch.Tensor] = {}
+    total: torch.Tensor | float = 0.0
+    if depth_map is not None and depth_weight > 0:
+        parts["depth"] = depth_loss(outputs["depth_logits"], depth_map, bins)
+        total = total + depth_weight * parts["depth"]
+    if distill_proj is not None and dino_feat is not None and distill_weight > 0:
+        assert dino_count is not None, "the distillation loss needs dino_count with dino_feat"
+        if dino_feat.shape[1] != distill_proj.out_channels:
+            raise ValueError(
+                f"the store's dino/feat has {dino_feat.shape[1]} channels; the model projects to "
+                f"{distill_proj.out_channels}: set model.detector.distill_channels={dino_feat.shape[1]}"
+            )
+        parts["distill"] = distill_cell_loss(outputs["bev"], distill_proj, dino_feat, dino_count)
+        total = total + distill_weight * parts["distill"]
+    return parts, total
+
+
 # ---------------------------------------------------------------------------------------------
 # Sparse query head (Sparse4Dv3): matched focal, L1 and quality losses
 #
