@@ -22,6 +22,7 @@ from trainer.models.components.sparse.aggregation import (
     PVDeformableAggregation,
     bev_sample_coords,
     bilinear_sample,
+    gather_bilinear,
     pixels_to_grid_coords,
     project_to_cameras,
 )
@@ -376,6 +377,31 @@ def test_pv_projection_matches_geometry_and_level_alignment():
         ramp = torch.stack([(xx + 0.5) * W / w, (yy + 0.5) * H / h])[None]  # (1, 2, h, w)
         got = bilinear_sample(ramp, pixels_to_grid_coords(px, IMAGE_HW))[0, :, :, 0].T  # (30, 2)
         torch.testing.assert_close(got, px[0, :, 0], rtol=0, atol=1e-12)
+
+
+def test_gather_bilinear_equals_grid_sample_values_and_gradients():
+    """The PV path's row gather equals grid_sample (zero padding, align_corners=False), off-map points included."""
+    gen = torch.Generator().manual_seed(7)
+    M, Cc, h, w, E = 3, 5, 6, 9, 200
+    maps = leaf(torch.randn(M, Cc, h, w, generator=gen, dtype=torch.float64))
+    m = torch.randint(0, M, (E,), generator=gen)
+    x = leaf(torch.rand(E, generator=gen, dtype=torch.float64) * (w + 2) - 1)  # up to a cell off each side
+    y = leaf(torch.rand(E, generator=gen, dtype=torch.float64) * (h + 2) - 1)
+    table = maps.permute(0, 2, 3, 1).reshape(-1, Cc)
+    got = gather_bilinear(table, m * (h * w), x, y, h, w)  # (E, C)
+    coords = torch.stack([2 * x / w - 1, 2 * y / h - 1], -1)  # (E, 2)
+    ref = torch.stack(
+        [bilinear_sample(maps[m[e] : m[e] + 1], coords[e].view(1, 1, 1, 2))[0, :, 0, 0] for e in range(E)]
+    )
+    far = (x < -0.5) | (x > w + 0.5) | (y < -0.5) | (y > h + 0.5)  # every tap off the map
+    assert far.any() and (got[far] == 0).all() and (got[~far] != 0).all()
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-12)
+    up = torch.randn(E, Cc, generator=gen, dtype=torch.float64)
+    g_got = torch.autograd.grad((got * up).sum(), [maps, x, y])
+    g_ref = torch.autograd.grad((ref * up).sum(), [maps, x, y])
+    for a, r in zip(g_got, g_ref):
+        torch.testing.assert_close(a, r, rtol=0, atol=1e-10)
+    assert gather_bilinear(table, m[:0], x[:0], y[:0], h, w).shape == (0, Cc)
 
 
 def test_pv_rejects_bad_shapes():

@@ -22,7 +22,10 @@ map ``n`` samples wide at the continuous position ``(g + 1) / 2 * n`` whose samp
 - PV: ``bevlabels.geometry``'s pixels ``(u, v)``, pixel i covering ``[i, i + 1)`` of the augmented
   image ``(H, W)``; a level ``(h_l, w_l)`` is taken to span the whole image (its cell x covers pixels
   ``[x W / w_l, (x + 1) W / w_l)``, lift-splat's ``[s x, s (x + 1))`` when ``W = s w_l``), so
-  ``g = 2 u / W - 1`` and ``2 v / H - 1`` on every level.
+  ``g = 2 u / W - 1`` and ``2 v / H - 1`` on every level. The PV module reads only the valid (camera,
+  query, keypoint) samples, with :func:`gather_bilinear` (the same bilinear rule, proven equal to
+  grid_sample in the tests): a keypoint is seen by one or two of the six cameras, so grid_sample's
+  every-camera layout did six times the work (2.2 -> 1.56 s per CPU training step of ``experiment=dvd``).
 
 Masking
 -------
@@ -140,6 +143,35 @@ def bilinear_sample(feature: torch.Tensor, coords: torch.Tensor) -> torch.Tensor
     return F.grid_sample(
         feature.to(dt), coords.to(dt), mode="bilinear", padding_mode="zeros", align_corners=False
     )  # (M, C, Q, P)
+
+
+def gather_bilinear(
+    table: torch.Tensor, base: torch.Tensor, x: torch.Tensor, y: torch.Tensor, h: int, w: int
+) -> torch.Tensor:
+    """Bilinear samples ``(E, C)`` of E points, each on its own ``(h, w)`` map stored as rows of ``table``.
+
+    ``table (R, C)``: maps laid out row-major, a map's sample ``(row i, column j)`` at ``table[base + i * w + j]``;
+    ``base (E,)`` long, the first row of each point's map; ``x, y (E,)`` continuous map coordinates, sample k
+    covering ``[k, k + 1)`` (grid_sample's ``align_corners=False``). Taps outside the map read 0 (zero padding),
+    so this equals :func:`bilinear_sample` at ``(2 x / w - 1, 2 y / h - 1)``, values and gradients, for the
+    points it is given; its cost is E, not every map times every point.
+    """
+    assert table.ndim == 2 and base.shape == x.shape == y.shape and x.ndim == 1, (
+        f"table must be (R, C) and base, x, y (E,); got {tuple(table.shape)}, {tuple(base.shape)}, "
+        f"{tuple(x.shape)}, {tuple(y.shape)}"
+    )
+    x, y = x.to(table.dtype) - 0.5, y.to(table.dtype) - 0.5  # index space: sample k at k
+    x0, y0 = x.floor(), y.floor()
+    fx, fy = x - x0, y - y0
+    x0, y0 = x0.long(), y0.long()
+    out = None
+    for dx, dy, wgt in ((0, 0, (1 - fx) * (1 - fy)), (1, 0, fx * (1 - fy)), (0, 1, (1 - fx) * fy), (1, 1, fx * fy)):
+        xi, yi = x0 + dx, y0 + dy
+        inside = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
+        idx = base + yi.clamp(0, h - 1) * w + xi.clamp(0, w - 1)
+        tap = table.index_select(0, idx) * (wgt * inside)[:, None]  # (E, C)
+        out = tap if out is None else out + tap
+    return out if out is not None else table.new_zeros(0, table.shape[1])
 
 
 def _check_query_inputs(instance_feature, anchor, anchor_embed, embed_dims: int) -> tuple[int, int]:
@@ -330,18 +362,30 @@ class PVDeformableAggregation(_DeformableBase):
         uv, _, valid = project_to_cameras(
             points, img_from_ego, image_hw, self.min_depth
         )  # (B, N, Q, P, 2), (B, N, Q, P)
-        coords = pixels_to_grid_coords(uv, image_hw)
-        coords = torch.where(valid[..., None], coords, torch.full_like(coords, _PARKED)).flatten(0, 1)  # (B*N, Q, P, 2)
-
+        nl = self.num_levels
         logits = self.logits(instance_feature + anchor_embed, img_from_ego, image_hw)  # (B, Q, N, L, P, G)
-        logits = logits.permute(0, 1, 5, 2, 3, 4).reshape(b, q, g, n * self.num_levels * p)  # (B, Q, G, N*L*P)
+        logits = logits.permute(0, 1, 5, 2, 3, 4).reshape(b, q, g, n * nl * p)  # (B, Q, G, N*L*P)
         mask = valid.permute(0, 2, 1, 3)[:, :, None, :, None, :]  # (B, Q, 1, N, 1, P)
-        mask = mask.expand(b, q, 1, n, self.num_levels, p).reshape(b, q, 1, -1)  # (B, Q, 1, N*L*P)
-        weights = masked_softmax(logits, mask, dim=-1).reshape(b, q, g, n, self.num_levels, p)  # (B, Q, G, N, L, P)
+        mask = mask.expand(b, q, 1, n, nl, p).reshape(b, q, 1, -1)  # (B, Q, 1, N*L*P)
+        weights = masked_softmax(logits, mask, dim=-1).reshape(b, q, g, n, nl, p)  # (B, Q, G, N, L, P)
 
-        grouped = None
+        # Only the valid (camera, query, keypoint) samples are read: a keypoint is seen by one or two of the
+        # N cameras, so sampling every camera (grid_sample's layout) would read and back-propagate N-fold.
+        bi, ni, qi, pi = valid.nonzero(as_tuple=True)  # E valid samples
+        w_e = weights.permute(0, 3, 1, 5, 4, 2)[bi, ni, qi, pi]  # (E, L, G)
+        uv_e = uv[bi, ni, qi, pi]  # (E, 2) pixels of the augmented image
+        dt = torch.promote_types(img_feats[0].dtype, uv_e.dtype)
+        height, width = (float(v) for v in image_hw)
+        rows, grouped_e, offset = [], None, 0
+        for feat in img_feats:  # one table of feature rows (every level, camera and sample) for one gather
+            rows.append(feat.permute(0, 1, 3, 4, 2).reshape(-1, self.embed_dims))  # (B*N*h*w, C)
+        table = torch.cat(rows).to(dt)
         for lvl, feat in enumerate(img_feats):
-            s = bilinear_sample(feat.flatten(0, 1), coords).reshape(b, n, g, cg, q, p)  # (B, N, G, C/G, Q, P)
-            term = torch.einsum("bngcqp,bqgnp->bqgc", s, weights[:, :, :, :, lvl].to(s.dtype))  # (B, Q, G, C/G)
-            grouped = term if grouped is None else grouped + term
+            h, w = feat.shape[-2:]
+            base = offset + (bi * n + ni) * (h * w)  # (E,) first row of each sample's (b, n) map at this level
+            s = gather_bilinear(table, base, uv_e[:, 0] * (w / width), uv_e[:, 1] * (h / height), h, w)  # (E, C)
+            term = s.reshape(-1, g, cg) * w_e[:, lvl, :, None].to(dt)  # (E, G, C/G)
+            grouped_e = term if grouped_e is None else grouped_e + term
+            offset += feat.shape[0] * n * h * w
+        grouped = table.new_zeros(b * q, g, cg).index_add(0, bi * q + qi, grouped_e).reshape(b, q, g, cg)
         return self._finish(grouped, valid.any(-1).any(1), instance_feature.dtype)
