@@ -26,6 +26,7 @@ from trainer.lit_base import DetectionModule
 from trainer.metrics_depth import DepthMetrics, pixel_pairs
 from trainer.models.bevdepth import BEVDepth
 from trainer.models.components.center_head import NUSCENES_CLASSES
+from trainer.models.components.tig import TiGLoss
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,9 @@ class BEVDepthModule(DetectionModule):
         loss: ``depth_weight`` (BEVDepth: 3.0) and ``distill_weight`` (DualViewDistill: 7.0; 0 turns
             the distillation off and removes the detector's projection, so no parameter goes unused).
             A positive ``distill_weight`` needs ``detector.distill_channels``.
+        tig: TiG-BEV's terms (:class:`~trainer.models.components.tig.TiGLoss`'s arguments but the student's
+            channels): ``inner_depth_weight``, ``inter_channel_weight``, ``inter_keypoint_weight`` (0: off),
+            ``teacher_channels``, ``reference``, ``num_keypoints``, ``enlarge``. None or all weights 0: off.
     """
 
     use_camera = True
@@ -53,6 +57,7 @@ class BEVDepthModule(DetectionModule):
         class_names: Sequence[str] = NUSCENES_CLASSES,
         scheduler_interval: str = "step",
         loss: Mapping[str, float] | None = None,
+        tig: Mapping[str, Any] | None = None,
     ):
         weights = dict(DEFAULT_LOSS)
         weights.update({str(k): float(v) for k, v in (loss or {}).items()})
@@ -70,6 +75,11 @@ class BEVDepthModule(DetectionModule):
             detector.distill, detector.distill_channels = None, None
         super().__init__(optimizer, scheduler, class_names, scheduler_interval, detector=detector)
         self.loss_weights = weights
+        tig = dict(tig or {})
+        if "num_keypoints" in tig:
+            tig["num_keypoints"] = tuple(int(v) for v in tig["num_keypoints"])
+        # The TiG-BEV terms read the camera BEV network's outputs only, so every camera detector gets them here.
+        self.tig = TiGLoss(student_channels=detector.camera_bev.out_channels, **tig)
         self.depth_metrics = DepthMetrics()  # foreground depth of the current predict / validation pass
         self._depth_tokens: set[str] = set()
 
@@ -98,6 +108,18 @@ class BEVDepthModule(DetectionModule):
                     f"the label store {dm.label_store} holds {channels}-channel features; the model projects to "
                     f"{self.detector.distill_channels}: set model.detector.distill_channels={channels}"
                 )
+        if self.tig.uses_teacher and stage == "fit":
+            if not getattr(dm, "load_teacher", False):
+                raise ValueError(
+                    "model.tig's inner-feature terms need the teacher's maps: set data.load_teacher=true "
+                    "(the store must hold teacher/bev: `make teacher`)"
+                )
+            channels = dm.teacher_channels
+            if channels != self.tig.teacher_channels:
+                raise ValueError(
+                    f"the label store {dm.label_store} holds {channels}-channel teacher maps; "
+                    f"model.tig.teacher_channels is {self.tig.teacher_channels}: set it to {channels}"
+                )
 
     # -- the hooks of DetectionModule ----------------------------------------------------------------
     def forward(self, batch: Mapping[str, Any]) -> dict[str, Any]:
@@ -113,7 +135,7 @@ class BEVDepthModule(DetectionModule):
             )
         if self.distilling and "dino_feat" not in batch:
             raise KeyError("the distillation needs batch['dino_feat'] and ['dino_count']: set data.load_dino=true")
-        return self.detector.loss(
+        losses = self.detector.loss(
             outputs,
             batch["gt_boxes"],
             batch["gt_labels"],
@@ -123,6 +145,11 @@ class BEVDepthModule(DetectionModule):
             depth_weight=self.loss_weights["depth_weight"],
             distill_weight=self.loss_weights["distill_weight"],
         )
+        if self.tig.active:
+            parts, total = self.tig(outputs, batch, self.detector.bins, self.detector.downsample, self.detector.grid)
+            losses.update(parts)
+            losses["loss"] = losses["loss"] + total
+        return losses
 
     def decode(self, outputs: Mapping[str, Any], batch: Mapping[str, Any]) -> list[dict[str, torch.Tensor]]:
         """Per sample ``{"boxes": (M, 9), "scores", "labels"}`` in the keyframe's ego frame (the BEV augmentation undone)."""

@@ -46,11 +46,12 @@ class DualViewDistillModule(BEVDepthModule):
         class_names: Sequence[str] = NUSCENES_CLASSES,
         scheduler_interval: str = "step",
         loss: Mapping[str, float] | None = None,
+        tig: Mapping[str, Any] | None = None,
         anchors_seed: int = 0,
         anchors_cache: str | None = None,
         init_anchors: bool = True,
     ):
-        super().__init__(detector, optimizer, scheduler, class_names, scheduler_interval, loss)
+        super().__init__(detector, optimizer, scheduler, class_names, scheduler_interval, loss, tig)
         self.anchors_seed, self.anchors_cache, self.init_anchors = int(anchors_seed), anchors_cache, bool(init_anchors)
 
     def setup(self, stage: str) -> None:

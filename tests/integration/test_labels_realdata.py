@@ -109,3 +109,75 @@ def test_every_box_with_lidar_points_gets_a_pooled_cell(demo_store, nuscenes_dem
     assert checked >= 20  # the demo has many such boxes
     assert feat.dtype == np.float16 and np.isfinite(feat).all()
     assert (np.abs(feat[:, count == 0]) == 0).all()  # empty cells are 0, as the schema says
+
+
+def test_foreground_pixels_keep_their_gt_box_after_filtering_and_augmentation(demo_store, nuscenes_demo):
+    """The camera sample's fg_px ``gt`` column names the pixel's row of gt_boxes after the GT filter (classes,
+    >= 5 LiDAR points, grid) and a BEV rotation + flip: that box, projected, contains the pixel."""
+    import torch
+
+    from bevlabels.datasets.nuscenes import NuScenesDataset
+    from bevlabels.grid import GridSpec
+    from trainer.data.camera import CameraDataset
+    from trainer.data.common import augment_boxes
+    from trainer.models.components.center_head import NUSCENES_CLASSES
+
+    ds = NuScenesDataset(nuscenes_demo, version="v1.0-mini")
+    frames = [f for s in ds.scenes() for f in ds.keyframes(s)]
+    adapter = {
+        "_target_": "bevlabels.datasets.nuscenes.NuScenesDataset",
+        "root": str(nuscenes_demo),
+        "version": "v1.0-mini",
+    }
+    data = CameraDataset(
+        frames,
+        adapter,
+        train=True,
+        grid=GridSpec.from_yaml(g_conf("default")),
+        class_names=NUSCENES_CLASSES,
+        label_store=str(demo_store),
+        image_aug={"final_hw": [256, 704], "resize_range": [1.0, 1.0], "flip_prob": 0.0},
+        bev_aug={"rot_range": [0.6, 0.6], "scale_range": [1.0, 1.0], "flip_x_prob": 0.0, "flip_y_prob": 1.0},
+        depth_stride=16,
+        load_dino=False,
+        min_lidar_points=5,
+    )
+    frame, sample = frames[0], data[0]
+    fg = sample["fg_px"].numpy()  # cam, u, v, depth, obj, gt
+    boxes = sample["gt_boxes"].double()
+    kept, dropped = fg[fg[:, 5] >= 0], fg[fg[:, 5] < 0]
+    assert len(kept) > 100 and len(dropped) > 0, "the filter must both keep and drop boxes with pixels"
+    # the gt row is the store's box (obj), moved by the BEV augmentation
+    moved = augment_boxes(torch.as_tensor(frame.boxes.boxes, dtype=torch.float64), sample["aug_from_ego"].double())
+    for obj, gt in {(int(r[4]), int(r[5])) for r in kept}:
+        torch.testing.assert_close(boxes[gt], moved[obj], rtol=0, atol=1e-4, equal_nan=True)  # NaN: unknown velocity
+    # dropped pixels belong to boxes of ignored classes, too few points or beyond the grid
+    names = frame.boxes.detection_class
+    for obj in {int(r[4]) for r in dropped}:
+        assert (
+            names[obj] not in NUSCENES_CLASSES
+            or frame.boxes.num_lidar_pts[obj] < 5
+            or not (abs(moved[obj, 0]) < 51.2 and abs(moved[obj, 1]) < 51.2)
+        )
+    # each kept pixel lies inside its box's projection in its camera
+    corners = g.box_corners(boxes.numpy())  # (M, 8, 3) augmented ego frame
+    checked = 0
+    for n in range(6):
+        cam_from_ego = np.linalg.inv(sample["ego_from_cam"][n].double().numpy())
+        K = sample["K"][n].double().numpy()
+        for gt in np.unique(kept[kept[:, 0] == n, 5]).astype(int):
+            rows = kept[(kept[:, 0] == n) & (kept[:, 5] == gt)]
+            pc = g.transform_points(cam_from_ego, corners[gt])
+            if (pc[:, 2] < 0.5).any():
+                continue  # a box crossing the image plane: its projection is unbounded
+            uv = (pc @ K.T)[:, :2] / pc[:, 2:]
+            assert (rows[:, 1] >= uv[:, 0].min() - 1).all() and (rows[:, 1] <= uv[:, 0].max() + 1).all()
+            assert (rows[:, 2] >= uv[:, 1].min() - 1).all() and (rows[:, 2] <= uv[:, 1].max() + 1).all()
+            checked += 1
+    assert checked >= 5, f"only {checked} (camera, box) pairs checked"
+
+
+def g_conf(name: str):
+    from pathlib import Path
+
+    return Path(__file__).resolve().parents[2] / "conf" / "grid" / f"{name}.yaml"

@@ -19,7 +19,9 @@ BEV augmentation (rotation, scale, mirror flips) is one ``aug_from_ego (4, 4)``
 - the cached grids ``dino/feat`` and ``dino/count``, resampled over metric coordinates
   (:func:`resample_bev`): each augmented cell centre is moved back to the ego frame and read there,
   ``count`` with nearest-neighbour sampling, ``feat`` nearest by default or bilinearly over occupied
-  cells only (``dino_interp``).
+  cells only (``dino_interp``);
+- the LiDAR teacher's map ``teacher/bev`` (``load_teacher``, TiG-BEV), resampled the same way,
+  bilinearly by default (``teacher_interp``: the map is dense, so no occupancy weighting).
 
 Depth targets are rasterised from the store's ``lidar_px`` after the image augmentation
 (:func:`depth_targets`): each LiDAR pixel moved by its camera's ``aug_from_img``, dropped if it
@@ -36,10 +38,14 @@ key                 batch type / shape             meaning
 ``aug_from_img``    ``(B, N, 3, 3)`` float32       the image augmentation of each camera
 ``ego_from_cam``    ``(B, N, 4, 4)`` float32       camera to the (BEV-augmented) keyframe ego frame
 ``depth_map``       ``(B, N, h, w)`` float32       min LiDAR depth per feature cell (m), 0 where none; h = H_i / s
-``fg_px``           ``list[(R_b, 5)]`` float32     foreground LiDAR pixels (``obj >= 0``) in the augmented
-                                                   images: ``cam, u, v, depth, obj`` (depth metrics, inner depth)
+``fg_px``           ``list[(R_b, 6)]`` float32     foreground LiDAR pixels (``obj >= 0``) in the augmented
+                                                   images: ``cam, u, v, depth, obj, gt``; ``obj`` the store's box
+                                                   index (into ``frame.boxes``), ``gt`` the pixel's row of
+                                                   ``gt_boxes`` (-1: its box was filtered out) (depth metrics,
+                                                   inner depth)
 ``dino_feat``       ``(B, C, H, W)`` float16       the store's DINOv2 grid in the augmented BEV frame (``load_dino``)
 ``dino_count``      ``(B, H, W)`` int32            its pooled-point counts (``load_dino``)
+``teacher_bev``     ``(B, C_t, H, W)`` float16     the LiDAR teacher's BEV map in the augmented BEV frame (``load_teacher``)
 ``frame_index``     ``(B,)`` int64                 the keyframe's position in its scene (0 starts a scene)
 ``prev_global_from_ego``  ``(B, 4, 4)`` float64    the previous keyframe's ego pose (its own at a scene's start)
 ==================  =============================  ===============================================================
@@ -151,6 +157,7 @@ def depth_targets(
     aug_from_img: np.ndarray,
     image_hw: Sequence[int],
     stride: int,
+    gt_of_obj: np.ndarray | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Dense depth targets ``(N, h, w)`` float32 and the foreground pixels ``(R_fg, 5)`` of one keyframe, after augmentation.
 
@@ -159,9 +166,11 @@ def depth_targets(
         aug_from_img: ``(N, 3, 3)`` each camera's image augmentation.
         image_hw: ``(H_i, W_i)`` of the augmented images.
         stride: feature-map stride; ``h, w = H_i / stride, W_i / stride``.
+        gt_of_obj: ``(len(frame.boxes),)`` int, the ``gt_boxes`` row of each of the frame's boxes (-1 for
+            boxes the GT filter dropped); None: every ``gt`` is -1.
 
     Returns the min depth of the LiDAR pixels in each stride x stride cell (0 where none), and the
-    pixels with ``obj >= 0`` as rows ``cam, u, v, depth, obj`` in augmented-image coordinates.
+    pixels with ``obj >= 0`` as rows ``cam, u, v, depth, obj, gt`` in augmented-image coordinates.
     """
     N = len(aug_from_img)
     Hi, Wi = (int(v) for v in image_hw)
@@ -181,8 +190,17 @@ def depth_targets(
     dmap.scatter_reduce_(0, torch.from_numpy(flat), torch.from_numpy(depth.astype(np.float32)), reduce="amin")
     dmap = torch.where(torch.isinf(dmap), torch.zeros_like(dmap), dmap).view(N, h, w)
     fg = obj >= 0
-    fg_px = np.stack([cam[fg], u[fg], v[fg], depth[fg], obj[fg]], 1).astype(np.float32)  # (R_fg, 5)
-    return dmap, torch.from_numpy(fg_px.reshape(-1, 5))
+    obj = obj[fg].astype(np.int64)
+    gt = np.full(len(obj), -1, dtype=np.int64)
+    if gt_of_obj is not None and len(obj):
+        if obj.max() >= len(gt_of_obj):
+            raise DatasetError(
+                f"lidar_px.obj holds box index {int(obj.max())} but the keyframe has {len(gt_of_obj)} boxes: "
+                "the label store was made from other annotations; remake it (make labels)"
+            )
+        gt = np.asarray(gt_of_obj, dtype=np.int64)[obj]
+    fg_px = np.stack([cam[fg], u[fg], v[fg], depth[fg], obj, gt], 1).astype(np.float32)  # (R_fg, 6)
+    return dmap, torch.from_numpy(fg_px.reshape(-1, 6))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,6 +247,8 @@ class CameraDataset(KeyframeDataset):
         depth_stride: feature stride of the depth targets (the model's lift-splat ``downsample``).
         load_dino: read ``dino/feat`` and ``dino/count``.
         dino_interp: ``"nearest"`` or ``"bilinear"`` (see :func:`resample_dino`).
+        load_teacher: read ``teacher/bev`` (TiG-BEV's inner-feature distillation).
+        teacher_interp: its resampling under BEV augmentation, ``"bilinear"`` or ``"nearest"``.
     """
 
     def __init__(
@@ -245,6 +265,8 @@ class CameraDataset(KeyframeDataset):
         load_dino: bool,
         dino_interp: str = "nearest",
         min_lidar_points: int = 1,
+        load_teacher: bool = False,
+        teacher_interp: str = "bilinear",
     ):
         super().__init__(frames, adapter_cfg, train)
         from bevlabels.cache import LabelStoreReader
@@ -258,6 +280,8 @@ class CameraDataset(KeyframeDataset):
         self.load_dino = bool(load_dino)
         self.dino_interp = dino_interp
         self.min_lidar_points = int(min_lidar_points)
+        self.load_teacher = bool(load_teacher)
+        self.teacher_interp = teacher_interp
         self._prev = {}  # token -> previous keyframe of the same scene in this list
         for prev, cur in zip(self.frames[:-1], self.frames[1:]):
             if prev.scene == cur.scene and prev.index + 1 == cur.index:
@@ -298,11 +322,15 @@ class CameraDataset(KeyframeDataset):
             aug_from_ego = torch.eye(4)
         ego_from_cam = aug_from_ego.double() @ torch.as_tensor(np.stack(key_ego_from_cam))  # (N, 4, 4)
 
-        boxes, labels = gt_for_frame(
-            frame, self.class_names, self.grid, self.min_lidar_points, aug_from_ego=aug_from_ego
+        boxes, labels, kept = gt_for_frame(
+            frame, self.class_names, self.grid, self.min_lidar_points, aug_from_ego=aug_from_ego, return_index=True
         )
+        gt_of_obj = np.full(len(frame.boxes), -1, dtype=np.int64)
+        gt_of_obj[kept.numpy()] = np.arange(len(kept))
         s = self.reader.index_of(frame.token)
-        depth_map, fg_px = depth_targets(self.reader.lidar_px(s), aug_from_img, final_hw, self.depth_stride)
+        depth_map, fg_px = depth_targets(
+            self.reader.lidar_px(s), aug_from_img, final_hw, self.depth_stride, gt_of_obj=gt_of_obj
+        )
         prev = self._prev.get(frame.token, frame)
         sample = {
             **self.common_sample(frame),
@@ -324,6 +352,11 @@ class CameraDataset(KeyframeDataset):
             sample["dino_feat"], sample["dino_count"] = resample_dino(
                 feat, count, aug_from_ego, self.grid, self.dino_interp
             )
+        if self.load_teacher:
+            tmap = torch.from_numpy(np.asarray(self.reader.teacher_bev(s)))  # (C_t, H, W) float16
+            sample["teacher_bev"] = resample_bev(
+                tmap.float(), self.grid, dst_from_src=aug_from_ego, mode=self.teacher_interp
+            ).to(tmap.dtype)
         return sample
 
 
@@ -439,6 +472,9 @@ class CameraDataModule(FrameDataModule):
         depth_stride: the model's feature stride (``lift_splat.downsample``) for the depth targets.
         load_dino: read the DINOv2 grids (the distillation needs them).
         dino_interp: resampling of ``dino/feat`` under BEV augmentation, ``nearest`` or ``bilinear``.
+        load_teacher: read the LiDAR teacher's maps ``teacher/bev`` (TiG-BEV's inner-feature distillation);
+            the store must hold them (``make teacher``).
+        teacher_interp: their resampling under BEV augmentation, ``bilinear`` (default) or ``nearest``.
         sequential_scenes: train batches stream scenes in order (:class:`SceneStreamBatchSampler`).
     """
 
@@ -454,9 +490,12 @@ class CameraDataModule(FrameDataModule):
         load_dino: bool = False,
         dino_interp: str = "nearest",
         sequential_scenes: bool = False,
+        load_teacher: bool = False,
+        teacher_interp: str = "bilinear",
         **kwargs: Any,
     ):
-        super().__init__(dataset, grid, class_names, label_store=label_store, store_stages=("labels",), **kwargs)
+        stages = ("labels", "teacher") if load_teacher else ("labels",)
+        super().__init__(dataset, grid, class_names, label_store=label_store, store_stages=stages, **kwargs)
         self.image_aug = _plain_dict(image_aug)
         self.bev_aug = _plain_dict(bev_aug) if bev_aug else None
         self.depth_stride = int(depth_stride)
@@ -470,6 +509,10 @@ class CameraDataModule(FrameDataModule):
             raise ValueError(f"data.dino_interp must be 'nearest' or 'bilinear'; got {dino_interp!r}")
         self.dino_interp = dino_interp
         self.sequential_scenes = bool(sequential_scenes)
+        self.load_teacher = bool(load_teacher)
+        if teacher_interp not in ("nearest", "bilinear"):
+            raise ValueError(f"data.teacher_interp must be 'nearest' or 'bilinear'; got {teacher_interp!r}")
+        self.teacher_interp = teacher_interp
 
     # -- the label store ---------------------------------------------------------------------------
     def check_inputs(self) -> None:
@@ -480,7 +523,31 @@ class CameraDataModule(FrameDataModule):
                 f'{self.label_store} for the default dataset), or `make labels ARGS="dataset=... grid=... '
                 f'out={self.label_store}"`, or point data.label_store at an existing store'
             )
+        if self.load_teacher:
+            from bevlabels.cache import LabelStoreReader
+
+            stages = LabelStoreReader(self.label_store).stages
+            if "teacher" not in stages:
+                raise FileNotFoundError(
+                    f"data.load_teacher=true but the label store {self.label_store} holds no teacher maps "
+                    f"(teacher/bev): run `make teacher` (or `make teacher-cache TEACHER_STORE={self.label_store}` "
+                    "with a trained teacher checkpoint)"
+                )
+            dims = stages["teacher"]["dims"]
+            if (int(dims["H_t"]), int(dims["W_t"])) != tuple(self.grid.shape):
+                raise ValueError(
+                    f"the teacher maps of {self.label_store} are {dims['H_t']}x{dims['W_t']} cells; the grid "
+                    f"{self.grid.name} is {self.grid.shape[0]}x{self.grid.shape[1]}: recache them on this grid "
+                    "(`make teacher-cache`, with resample=true for a teacher trained on another grid)"
+                )
         super().check_inputs()
+
+    @property
+    def teacher_channels(self) -> int:
+        """C_t of the store's ``teacher/bev``."""
+        from bevlabels.cache import LabelStoreReader
+
+        return int(LabelStoreReader(self.label_store).stages["teacher"]["dims"]["C_t"])
 
     @property
     def dino_channels(self) -> int:
@@ -504,6 +571,8 @@ class CameraDataModule(FrameDataModule):
             load_dino=self.load_dino,
             dino_interp=self.dino_interp,
             min_lidar_points=self.min_lidar_points,
+            load_teacher=self.load_teacher,
+            teacher_interp=self.teacher_interp,
         )
 
     def collate_fn(self, samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

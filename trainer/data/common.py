@@ -136,8 +136,12 @@ def gt_for_frame(
     grid: GridSpec | Mapping,
     min_lidar_points: int = 1,
     aug_from_ego: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    return_index: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The keyframe's training GT: boxes ``(M, 9)`` float32 (ego frame) and labels ``(M,)`` int64.
+
+    With ``return_index``, also ``index (M,)`` int64: the row of ``frame.boxes`` each kept box comes
+    from (what the label store's ``lidar_px.obj`` refers to), so per-box data follows the filter.
 
     Keeps a box when its detection class is in ``class_names`` (``None``, the classes a benchmark
     ignores, never is), it holds at least ``min_lidar_points`` LiDAR points (``0`` keeps boxes
@@ -152,6 +156,7 @@ def gt_for_frame(
     b = frame.boxes
     labels = np.array([index.get(c, -1) if c is not None else -1 for c in b.detection_class], dtype=np.int64)
     keep = (labels >= 0) & (b.num_lidar_pts >= min_lidar_points)
+    index = torch.as_tensor(np.flatnonzero(keep), dtype=torch.int64)
     boxes = torch.as_tensor(b.boxes[keep], dtype=torch.float32).reshape(-1, BOX_DIM)
     labels = torch.as_tensor(labels[keep], dtype=torch.int64)
     if aug_from_ego is not None:
@@ -163,6 +168,8 @@ def gt_for_frame(
         & (xy[:, 1] >= grid.ybound[0])
         & (xy[:, 1] < grid.ybound[1])
     )
+    if return_index:
+        return boxes[inside], labels[inside], index[inside]
     return boxes[inside], labels[inside]
 
 

@@ -31,20 +31,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from trainer.models.components.camera_bev import CameraBEV
+from trainer.models.components.camera_bev import CameraBEV, img_from_ego_of
 from trainer.models.components.center_head import NUSCENES_CLASSES
 from trainer.models.components.lift_splat import DepthBins
 from trainer.models.components.sparse.head import SparseHead
 from trainer.models.components.sparse.head import decode as decode_layer
 from trainer.models.losses import camera_bev_losses, sparse_detection_loss
-
-
-def img_from_ego_of(K: torch.Tensor, ego_from_cam: torch.Tensor) -> torch.Tensor:
-    """``(B, N, 4, 4)`` float32 ``K`` (padded to 4x4) ``@ inverse(ego_from_cam)`` of ``K (B, N, 3, 3)``, poses ``(B, N, 4, 4)``."""
-    K4 = torch.zeros(*K.shape[:-2], 4, 4, dtype=torch.float32, device=K.device)
-    K4[..., :3, :3] = K.float()
-    K4[..., 3, 3] = 1.0
-    return K4 @ torch.linalg.inv(ego_from_cam.float())
 
 
 class DualViewDistill(nn.Module):

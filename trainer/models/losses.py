@@ -11,6 +11,9 @@ a term. Each function here is tested against a brute-force loop or a direct form
 - :func:`sigmoid_focal_loss`, :func:`box_l1_loss`, :func:`centerness_loss`, :func:`yawness_loss` and their
   sum over a sparse head's decoder layers after Hungarian matching, :func:`sparse_detection_loss`
   (Sparse4Dv3's; see the section's notes below). Reference tests: ``tests/unit/test_sparse_matching.py``.
+- :func:`inner_depth_loss`, :func:`inter_channel_loss`, :func:`inter_keypoint_loss`: TiG-BEV's inner-depth
+  supervision and inner-feature BEV distillation (their targets: ``trainer.models.components.tig``).
+  Reference tests: ``tests/unit/test_tig.py``.
 
 Shape letters: B batch, N cameras, D depth bins, C channels, h/w feature-map rows/columns, H/W BEV
 grid rows / columns, K objects per sample.
@@ -439,3 +442,106 @@ def _denoising_loss(
         box = box_l1_loss(anchor, gt_anchor, box_weights, "none").sum(-1)  # (B, D)
         out[f"dn_box_{l}"] = dn_weight * (box * pos).sum() / norm
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# TiG-BEV: inner-depth supervision (its Eqs. 1-4) and inner-feature BEV distillation (Eqs. 5-9)
+#
+# The targets (which cells belong to which object, the keypoints, the sampled features) are built by
+# trainer.models.components.tig; the functions here take them flat. Reference tests:
+# tests/unit/test_tig.py (brute-force per-object loops).
+#
+# Normalisation, chosen here (the paper writes Gram matrices and an L2 norm without scale):
+# - inner depth: per object and camera, the mean squared error of the relative depths over its cells,
+#   then the mean over the objects with at least two cells (one cell has no relative depth). Per-object
+#   means keep a near car's hundreds of cells from drowning a far pedestrian's few.
+# - inner feature: cosine similarities, not raw products. The camera BEV map and the LiDAR teacher's
+#   differ in scale by orders of magnitude (the teacher's post-ReLU neck features are unbounded), and a
+#   raw Gram matrix grows with |f|^2, so the raw loss would be set by the teacher's scale and
+#   channel count. With both sides' features L2-normalised (each channel over the N keypoints for the
+#   C x C inter-channel matrix, each keypoint over the C channels for the N x N inter-keypoint matrix),
+#   every entry lies in [-1, 1]; the loss is the mean squared entry difference, averaged over objects.
+
+
+def inner_depth_loss(
+    pred: torch.Tensor, gt: torch.Tensor, group: torch.Tensor, ref_score: torch.Tensor | None = None
+) -> torch.Tensor:
+    """TiG-BEV's inner-depth loss (a scalar) over E cells grouped into objects.
+
+    Args:
+        pred: ``(E,)`` predicted continuous depth of each cell (the expectation over the depth bins, Eq. 1).
+        gt: ``(E,)`` its LiDAR depth.
+        group: ``(E,)`` int64, the object (and camera) each cell belongs to (any ids).
+        ref_score: ``(E,)`` where given, each group's reference is its cell of least score (an
+            "all-to-certain" reference, e.g. the distance to a projected centre); None: the cell of least
+            ``|gt - pred|`` (Eq. 2, "all-to-adaptive"). The choice is not differentiated; ties go to the
+            first cell.
+
+    Per group: relative depths ``pred - pred[ref]`` and ``gt - gt[ref]`` (Eq. 3), their mean squared
+    difference over the group's cells (Eq. 4's L2); the mean over groups of >= 2 cells. 0 (with a graph)
+    when there are none.
+    """
+    assert pred.ndim == 1 and pred.shape == gt.shape == group.shape, (
+        f"pred, gt and group must be (E,); got {tuple(pred.shape)}, {tuple(gt.shape)}, {tuple(group.shape)}"
+    )
+    assert ref_score is None or ref_score.shape == pred.shape, f"ref_score must be (E,); got {tuple(ref_score.shape)}"
+    if pred.numel() == 0:
+        return pred.sum() * 0.0
+    gt = gt.to(pred.dtype)
+    score = (gt - pred).abs() if ref_score is None else ref_score.to(pred.dtype)
+    score = score.detach()
+    _, inv, counts = torch.unique(group, return_inverse=True, return_counts=True)
+    G, E = len(counts), len(pred)
+    best = score.new_full((G,), float("inf")).scatter_reduce(0, inv, score, reduce="amin")
+    is_best = score == best[inv]
+    idx = torch.arange(E, device=pred.device)
+    ref = torch.full((G,), E, dtype=torch.long, device=pred.device)
+    ref = ref.scatter_reduce(0, inv[is_best], idx[is_best], reduce="amin")  # the first cell of least score
+    r_pred = pred - pred[ref][inv]
+    r_gt = gt - gt[ref][inv]
+    per_group = pred.new_zeros(G).index_add(0, inv, (r_pred - r_gt).square()) / counts.to(pred.dtype)
+    keep = counts >= 2
+    if not keep.any():
+        return pred.sum() * 0.0
+    return per_group[keep].mean()
+
+
+def _similarity_loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Mean over objects of the mean squared entry difference of two ``(M, X, X)`` similarity matrices."""
+    if a.shape[0] == 0:
+        return a.sum() * 0.0
+    return (a - b).square().flatten(1).mean(1).mean()
+
+
+def inter_channel_loss(student: torch.Tensor, teacher: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """TiG-BEV's inter-channel distillation (Eqs. 5-6): ``(M, N, C)`` keypoint features of M objects each.
+
+    ``A = f_hat^T f_hat (C x C)`` per object with each channel's column ``f[:, c]`` L2-normalised over the
+    N keypoints (the cosine similarity between channels); the loss is the mean over objects of the mean
+    squared difference between the student's and the teacher's ``A`` (module notes). The teacher side
+    carries no gradient.
+    """
+    assert student.ndim == 3 and student.shape == teacher.shape, (
+        f"student and teacher keypoint features must be the same (M, N, C); got {tuple(student.shape)}, "
+        f"{tuple(teacher.shape)}"
+    )
+    dt = torch.promote_types(student.dtype, torch.float32)  # bf16 / fp16 features: the products in float32
+    s = F.normalize(student.to(dt), dim=1, eps=eps)  # (M, N, C), unit columns
+    t = F.normalize(teacher.detach().to(dt), dim=1, eps=eps)
+    return _similarity_loss(s.transpose(1, 2) @ s, t.transpose(1, 2) @ t)
+
+
+def inter_keypoint_loss(student: torch.Tensor, teacher: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """TiG-BEV's inter-keypoint distillation (Eqs. 7-8): ``(M, N, C)`` keypoint features of M objects each.
+
+    ``B = f_hat f_hat^T (N x N)`` per object with each keypoint's feature L2-normalised over the C
+    channels (the cosine similarity between keypoints); the loss as :func:`inter_channel_loss`.
+    """
+    assert student.ndim == 3 and student.shape[:2] == teacher.shape[:2], (
+        f"student and teacher keypoint features must be (M, N, C) with the same M, N; got "
+        f"{tuple(student.shape)}, {tuple(teacher.shape)}"
+    )
+    dt = torch.promote_types(student.dtype, torch.float32)
+    s = F.normalize(student.to(dt), dim=2, eps=eps)  # (M, N, C), unit rows
+    t = F.normalize(teacher.detach().to(dt), dim=2, eps=eps)
+    return _similarity_loss(s @ s.transpose(1, 2), t @ t.transpose(1, 2))

@@ -38,6 +38,14 @@ from trainer.models.components.image_backbone import ResNetBackbone
 from trainer.models.components.lift_splat import DepthBins, LiftSplat
 
 
+def img_from_ego_of(K: torch.Tensor, ego_from_cam: torch.Tensor) -> torch.Tensor:
+    """``(B, N, 4, 4)`` float32 ``K`` (padded to 4x4) ``@ inverse(ego_from_cam)`` of ``K (B, N, 3, 3)``, poses ``(B, N, 4, 4)``."""
+    K4 = torch.zeros(*K.shape[:-2], 4, 4, dtype=torch.float32, device=K.device)
+    K4[..., :3, :3] = K.float()
+    K4[..., 3, 3] = 1.0
+    return K4 @ torch.linalg.inv(ego_from_cam.float())
+
+
 class CameraBEV(nn.Module):
     """``forward(images, K, ego_from_cam) -> {"img_feats", "depth_logits", "bev"}`` (module docstring).
 
