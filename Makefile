@@ -124,6 +124,17 @@ BENCH_TRAIN_STEPS ?= 2800
 bench-train: setup ## bevdepth vs bevdepth_dino on the small world: same seed and BENCH_TRAIN_STEPS (2800), 1 h guard each, compared
 	$(PY) scripts/bench_train.py --steps $(BENCH_TRAIN_STEPS) --budget 00:01:00:00 $(ARGS)
 
+# TiG-BEV's Table 3 on the small world: baseline, +inner depth, +inner feature, both; BENCH_TIG_SEEDS seeds each, the
+# same BENCH_TRAIN_STEPS, 1 h guard per run. Resumable: a rerun reuses the runs already evaluated under BENCH_TIG_OUT.
+# Needs teacher/bev in data/labels/synthetic.zarr from a teacher trained like bench-teacher:
+#   make teacher TEACHER_TRAIN="trainer.max_steps=1400 trainer.max_epochs=10000"
+BENCH_TIG_OUT   ?= outputs/bench_train/tig
+BENCH_TIG_SEEDS ?= 1 2
+.PHONY: bench-tig
+bench-tig: setup ## TiG-BEV Table 3 (bevdepth, _tig_depth, _tig_bev, _tig), BENCH_TIG_SEEDS seeds each, mean +- spread; resumable
+	$(PY) scripts/bench_train.py --experiments bevdepth bevdepth_tig_depth bevdepth_tig_bev bevdepth_tig \
+	  --seeds $(BENCH_TIG_SEEDS) --steps $(BENCH_TRAIN_STEPS) --budget 00:01:00:00 --out $(BENCH_TIG_OUT) $(ARGS)
+
 clean: ## Remove caches and build debris (keeps .venv; `make clean VENV_TOO=1` removes it too)
 	rm -rf .pytest_cache .ruff_cache build *.egg-info outputs multirun
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -18,8 +18,18 @@ Steps (each a command line of the project, run as a subprocess, so what is measu
    epoch-based schedule runs until the budget stops it;
 4. ``trainer.evaluate`` of each run's ``last.ckpt`` on the val split (``DetectionEval`` + the
    foreground depth metrics of ``extra_eval``);
-5. a comparison table (NDS, mAP, TP errors, foreground depth, steps, wall time), printed and written
-   as ``comparison.md`` and ``comparison.json`` under ``--out``.
+5. a comparison table (NDS, mAP, car AP, TP errors, foreground depth, steps, wall time, samples/s,
+   peak RSS), printed and written as ``comparison.md`` and ``comparison.json`` under ``--out``.
+
+Seeds and resuming. ``--seeds 1 2 3`` trains every experiment once per seed (run folders
+``<experiment>-s<seed>``) and adds a summary table: per experiment the mean and the spread (half the
+range, max - min over 2) of NDS, mAP and car AP, and whether each experiment's mean differs from the
+first experiment's by more than both spreads. A run whose evaluation is already under ``--out``
+is reused, not retrained, so a benchmark longer than one sitting is resumed by rerunning the same
+command (an unfinished run is started again from scratch: its wall time must be its own).
+
+Peak RSS is sampled every 2 s over the training process and its data-loader workers (psutil), summed:
+shared pages of the forked workers count twice, so it is an upper bound.
 
 ``--model cpu`` (the default) shrinks the model for CPU runs, the same way for every experiment
 (:data:`CPU_MODEL`, :data:`CPU_DEPTH`): ResNet-18 at half width on 128x352 images, one-metre depth
@@ -39,6 +49,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -100,20 +111,55 @@ ONE_CYCLE = (
 )
 
 
-def run(cmd: list[str], log_path: Path) -> float:
-    """Run ``cmd`` with its output teed to ``log_path``; return its wall time; exit with its code on failure."""
+class PeakRSS:
+    """The peak summed RSS (bytes) of a process and its children, sampled every ``every`` seconds in a thread."""
+
+    def __init__(self, pid: int, every: float = 2.0):
+        self.peak, self._stop = 0, threading.Event()
+        self._thread = threading.Thread(target=self._watch, args=(pid, every), daemon=True)
+        self._thread.start()
+
+    def _watch(self, pid: int, every: float) -> None:
+        try:
+            import psutil
+        except ImportError:  # pragma: no cover (psutil comes with the environment)
+            return
+        try:
+            root = psutil.Process(pid)
+        except psutil.Error:
+            return
+        while not self._stop.is_set():
+            total = 0
+            try:
+                for p in [root, *root.children(recursive=True)]:
+                    total += p.memory_info().rss
+            except psutil.Error:
+                pass
+            self.peak = max(self.peak, total)
+            self._stop.wait(every)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        return self.peak
+
+
+def run(cmd: list[str], log_path: Path) -> tuple[float, int]:
+    """Run ``cmd`` with its output teed to ``log_path``; return its wall time and peak RSS (bytes); exit on failure."""
     print("$ " + " ".join(cmd), flush=True)
     t0 = time.perf_counter()
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        rss = PeakRSS(proc.pid)
         for line in proc.stdout:
             log.write(line)
             if not line.lstrip("\r").startswith(("Epoch", "Validation", "Predicting")):  # progress bars: log only
                 sys.stdout.write(line)
         proc.wait()
+        peak = rss.stop()
     if proc.returncode:
         raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}\n  log: {log_path}")
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, peak
 
 
 def store_complete(store: Path) -> bool:
@@ -124,8 +170,8 @@ def store_complete(store: Path) -> bool:
     return bool(LabelStoreReader(store).done.all())
 
 
-def row_of(name: str, run_dir: Path, wall: float) -> dict:
-    """One table row from a run's evaluation files and its CSV log."""
+def row_of(name: str, run_dir: Path, wall: float, batch_size: int = 2, peak_rss: int | None = None, seed=None) -> dict:
+    """One table row from a run's evaluation files and its checkpoint."""
     ev = run_dir / "eval"
     summary = json.loads((ev / "metrics_summary.json").read_text())
     extra = json.loads((ev / "extra_metrics.json").read_text()) if (ev / "extra_metrics.json").is_file() else {}
@@ -134,10 +180,13 @@ def row_of(name: str, run_dir: Path, wall: float) -> dict:
 
     meta = torch.load(ckpt, map_location="cpu", weights_only=False)
     tp = summary["tp_errors"]
+    steps = int(meta.get("global_step", -1))
     return {
         "experiment": name,
+        "seed": seed,
         "NDS": summary["nd_score"],
         "mAP": summary["mean_ap"],
+        "car AP": summary["mean_dist_aps"].get("car", float("nan")),
         "mATE": tp["trans_err"],
         "mASE": tp["scale_err"],
         "mAOE": tp["orient_err"],
@@ -145,15 +194,47 @@ def row_of(name: str, run_dir: Path, wall: float) -> dict:
         "fg SILog": extra.get("fg_depth/silog"),
         "fg AbsRel": extra.get("fg_depth/abs_rel"),
         "fg RMSE": extra.get("fg_depth/rmse"),
-        "steps": int(meta.get("global_step", -1)),
+        "steps": steps,
         "epochs": int(meta.get("epoch", -1)) + 1,
         "train s": f"{wall:.1f}",
+        "samples/s": f"{steps * batch_size / wall:.3f}" if wall > 0 else "",  # training wall incl. validation
+        "peak RSS GiB": f"{peak_rss / 2**30:.2f}" if peak_rss else "",
     }
+
+
+def summarise(rows: list[dict], keys=("NDS", "mAP", "car AP")) -> list[dict]:
+    """Per experiment (first-seen order): n runs, and per key the mean and spread (half the range) over seeds,
+    and ``> spread`` for each key: whether its mean differs from the first experiment's by more than both
+    spreads (never for the first experiment itself; with one seed, no spread: ``n/a``)."""
+    names = list(dict.fromkeys(r["experiment"] for r in rows))
+    stats = {}
+    for n in names:
+        vals = {k: [float(r[k]) for r in rows if r["experiment"] == n] for k in keys}
+        stats[n] = {k: (sum(v) / len(v), (max(v) - min(v)) / 2) for k, v in vals.items()}
+        stats[n]["n"] = len(vals[keys[0]])
+    out = []
+    base = names[0]
+    for n in names:
+        row = {"experiment": n, "seeds": stats[n]["n"]}
+        for k in keys:
+            m, sp = stats[n][k]
+            row[k] = f"{m:.4f} +- {sp:.4f}"
+        for k in keys:
+            if n == base:
+                row[f"{k} vs {base}"] = "-"
+            elif min(stats[n]["n"], stats[base]["n"]) < 2:
+                row[f"{k} vs {base}"] = "n/a (one seed)"
+            else:
+                diff = stats[n][k][0] - stats[base][k][0]
+                beyond = abs(diff) > max(stats[n][k][1], stats[base][k][1])
+                row[f"{k} vs {base}"] = f"{diff:+.4f} ({'beyond' if beyond else 'within'} spread)"
+        out.append(row)
+    return out
 
 
 def markdown(rows: list[dict]) -> str:
     cols = list(rows[0])
-    fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731 (wall times are rounded to 0.1 s)
+    fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else ("" if v is None else str(v))  # noqa: E731
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(fmt(r[c]) for c in cols) + " |" for r in rows]
     return "\n".join(lines)
@@ -167,7 +248,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--grid", default="default", help="conf/grid of the store and the models")
     p.add_argument("--store", default=None, help="label store (default: see the module docstring)")
     p.add_argument("--out", default=None, help="output folder (default outputs/bench_train/<time>)")
-    p.add_argument("--seed", type=int, default=12345)
+    p.add_argument("--seeds", type=int, nargs="+", default=[12345], help="one run per experiment and seed")
+    p.add_argument("--seed", type=int, default=None, help="one seed (the same as --seeds SEED)")
     p.add_argument("--model", choices=["cpu", "full"], default="cpu")
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--num-workers", type=int, default=1)
@@ -178,6 +260,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
     p.add_argument("extra", nargs="*", help="more Hydra overrides for every training run")
     a = p.parse_args(argv)
+    seeds = [a.seed] if a.seed is not None else list(a.seeds)
 
     py = sys.executable
     out = Path(a.out or REPO / "outputs" / "bench_train" / time.strftime("%Y-%m-%d_%H-%M-%S"))
@@ -200,11 +283,19 @@ def main(argv: list[str] | None = None) -> None:
     print(f"store features: {fm.get('name')} ({fm.get('weights')})", flush=True)
 
     rows = []
-    for name in a.experiments:
-        run_dir = out / name
+    for name, seed in [(n, s) for n in a.experiments for s in seeds]:
+        tag = name if len(seeds) == 1 else f"{name}-s{seed}"
+        run_dir = out / tag
+        done = run_dir / "eval" / "metrics_summary.json"
+        timing = run_dir / "bench_timing.json"
+        if done.is_file() and timing.is_file():
+            t = json.loads(timing.read_text())
+            print(f"{tag}: evaluated already ({done}); reusing it", flush=True)
+            rows.append(row_of(name, run_dir, t["train_s"], a.batch_size, t.get("peak_rss"), seed))
+            continue
         cmd = [py, "-m", "trainer.train", f"experiment={name}", *dataset, f"grid={a.grid}"]
         # hydra.run.dir: the run folder holds the checkpoints, logs and the composed config (.hydra/) alike
-        cmd += [f"data.label_store={store}", f"hydra.run.dir={run_dir}", f"seed={a.seed}", f"threads={a.threads}"]
+        cmd += [f"data.label_store={store}", f"hydra.run.dir={run_dir}", f"seed={seed}", f"threads={a.threads}"]
         cmd += [f"data.batch_size={a.batch_size}", f"data.num_workers={a.num_workers}"]
         cmd += [
             f"trainer.max_time={a.budget}",
@@ -217,24 +308,27 @@ def main(argv: list[str] | None = None) -> None:
             cmd += [f"model.optimizer.lr={a.lr}", ONE_CYCLE]
         cmd += [f"trainer={a.device}", "callbacks.progress_bar.refresh_rate=50"]  # conf/trainer/{cpu,gpu}.yaml
         cmd += (cpu_model(name) + CPU_DEPTH.get(a.grid, []) if a.model == "cpu" else []) + list(a.extra)
-        wall = run(cmd, out / f"{name}.train.log")
+        wall, peak = run(cmd, out / f"{tag}.train.log")
         ckpt = run_dir / "checkpoints" / "last.ckpt"
         ev = run_dir / "eval"
         run([py, "-m", "trainer.evaluate", f"ckpt={ckpt}", f"out={ev}", f"hydra.run.dir={ev}", f"threads={a.threads}",
-             f"device={a.device}", "num_workers=0"], out / f"{name}.eval.log")  # fmt: skip
-        rows.append(row_of(name, run_dir, wall))
+             f"device={a.device}", "num_workers=0"], out / f"{tag}.eval.log")  # fmt: skip
+        timing.write_text(json.dumps({"train_s": wall, "peak_rss": peak}))  # last: marks the run complete
+        rows.append(row_of(name, run_dir, wall, a.batch_size, peak, seed))
 
     table = markdown(rows)
-    (out / "comparison.md").write_text(
-        f"budget {a.budget} per experiment"
+    head = (
+        f"budget {a.budget} per run"
         + (f", {a.steps} steps one-cycle to lr {a.lr}" if a.steps else "")
-        + f", seed {a.seed}, {a.preset} world, grid {a.grid}, model {a.model}, "
-        f"features {fm.get('name')} ({fm.get('weights')})\n\n{table}\n"
+        + f", seeds {' '.join(map(str, seeds))}, {a.preset} world, grid {a.grid}, model {a.model}, "
+        f"features {fm.get('name')} ({fm.get('weights')})"
     )
+    text = f"{head}\n\n{table}\n"
+    if len(seeds) > 1:
+        text += f"\nmean +- spread (half the range) over seeds\n\n{markdown(summarise(rows))}\n"
+    (out / "comparison.md").write_text(text)
     (out / "comparison.json").write_text(json.dumps(rows, indent=2))
-    print(f"\n{table}\n\ncomparison: {out / 'comparison.md'}", flush=True)
-    for name in a.experiments:
-        print(f"{name}: checkpoint {out / name / 'checkpoints' / 'last.ckpt'}, evaluation {out / name / 'eval'}")
+    print(f"\n{text}\ncomparison: {out / 'comparison.md'}", flush=True)
 
 
 if __name__ == "__main__":
