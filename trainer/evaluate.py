@@ -17,6 +17,13 @@ default (``<ckpt dir>/eval-<ckpt name>-<split>/``), receives ``results_nusc.json
 ``metrics_summary.json`` and ``metrics_details.json``, and ``extra_metrics.json`` when the model
 has an ``extra_eval`` hook.
 
+Tracking (``tracking=true``, the default). The same predictions are tracked scene by scene, with the
+model's own ``track_ids`` when it gives them, else CenterPoint's greedy association
+(:mod:`trainer.tracking`), written in the nuScenes tracking format and scored by the devkit's
+``TrackingEval`` (``tracking_nips_2019``): AMOTA, AMOTP, MOTA, IDS, FRAG overall and per class in
+``tracking/metrics_summary.json``, the overall ones under ``tracking`` in ``metrics_summary.json`` and
+in the printout. ``tracking=false`` skips it.
+
 Part of a split. The scenes predicted are those of the checkpoint's data config: a run trained with
 ``data.limit_scenes=n`` is evaluated on the first ``n`` scenes of the split (``limit_scenes=0``
 evaluates the whole split; ``limit_scenes=k`` the first ``k``). The devkit scores exactly the keyframes
@@ -194,8 +201,9 @@ _GT_PATCH_LOCK = threading.Lock()
 
 
 @contextmanager
-def gt_restricted_to(sample_tokens: Iterable[str]):
-    """While open, ``DetectionEval`` loads the GT of ``sample_tokens`` only.
+def gt_restricted_to(sample_tokens: Iterable[str], module=None):
+    """While open, ``DetectionEval`` (or the evaluator of ``module``, e.g. the devkit's tracking
+    ``evaluate`` module for ``TrackingEval``) loads the GT of ``sample_tokens`` only.
 
     ``DetectionEval.__init__`` loads the split's GT with the devkit's ``load_gt`` and asserts that the
     results hold the same samples before it adds centre distances and filters boxes. Here its
@@ -204,8 +212,11 @@ def gt_restricted_to(sample_tokens: Iterable[str]):
     dropped from what it returns. Everything after (the assertion, ``add_center_dist``,
     ``filter_eval_boxes``, matching and metrics) is the devkit's, unchanged.
     """
-    import nuscenes.eval.detection.evaluate as devkit_eval
     from nuscenes.eval.common.data_classes import EvalBoxes
+
+    if module is None:
+        import nuscenes.eval.detection.evaluate as module
+    devkit_eval = module
 
     keep = set(sample_tokens)
     load_gt = devkit_eval.load_gt
@@ -292,8 +303,14 @@ def evaluate(
     batch_size: int | None = None,
     verbose: bool = False,
     limit_scenes: int | None = None,
+    tracking: bool = True,
 ) -> dict[str, Any]:
     """Predict ``split`` with the checkpoint, score it with ``DetectionEval``; return the devkit summary (+ paths).
+
+    ``tracking``: also track the detections scene by scene (the model's own ``track_ids`` when it
+    gives them, else :class:`~trainer.tracking.GreedyTracker`) and score them with ``TrackingEval``:
+    ``tracking/metrics_summary.json`` under the output folder, its overall metrics in the returned
+    summary's ``tracking`` and the printout.
 
     ``limit_scenes``: predict the first that many scenes of the split; ``None`` keeps the checkpoint's
     ``data.limit_scenes`` (the scenes it was validated on), ``0`` the whole split. The summary's
@@ -337,6 +354,22 @@ def evaluate(
         with open(out_dir / "extra_metrics.json", "w") as f:
             json.dump(extra, f, indent=2)
 
+    track_summary = None
+    if tracking:
+        from itertools import groupby
+
+        from trainer.tracking import make_tracking_results, run_tracking_eval
+
+        scenes = [list(g) for _, g in groupby(frames, key=lambda f: f.scene)]
+        track_results = make_tracking_results(
+            scenes, predictions, model.class_names, use_camera=model.use_camera, use_lidar=model.use_lidar
+        )
+        track_path = write_results(out_dir / "tracking" / "results_nusc_tracking.json", track_results)
+        track_summary = run_tracking_eval(nusc, track_path, eval_set, out_dir / "tracking", verbose=verbose)
+        summary["tracking"] = {k: track_summary.get(k) for k in TRACKING_SUMMARY_KEYS}
+        with open(out_dir / "metrics_summary.json", "w") as f:
+            json.dump(summary, f, indent=2)
+
     n_boxes = sum(len(v) for v in results["results"].values())
     evaluated = summary["evaluated"]
     print(
@@ -345,10 +378,21 @@ def evaluate(
         f"evaluated: {describe_coverage(evaluated)}\n"
         + format_table(summary)
         + "".join(f"\n{k:<22}{v}" for k, v in extra.items())
+        + (f"\n{format_tracking_table(track_summary)}" if track_summary is not None else "")
         + f"\nsummary: {out_dir / 'metrics_summary.json'}",
         flush=True,
     )
     return {**summary, "extra": extra, "out_dir": str(out_dir), "eval_set": eval_set, "keyframes": len(frames)}
+
+
+#: the tracking metrics copied into metrics_summary.json's ``tracking`` (the devkit's keys; per class in tracking/)
+TRACKING_SUMMARY_KEYS = ("amota", "amotp", "recall", "mota", "motp", "ids", "frag", "tp", "fp", "fn", "evaluated")
+
+
+def format_tracking_table(summary) -> str:
+    from trainer.tracking import format_tracking_table as fmt
+
+    return fmt(summary)
 
 
 def main() -> None:
@@ -367,6 +411,7 @@ def main() -> None:
             batch_size=cfg.get("batch_size"),
             verbose=bool(cfg.get("verbose", False)),
             limit_scenes=cfg.get("limit_scenes"),
+            tracking=bool(cfg.get("tracking", True)),
         )
 
     _main()
