@@ -229,6 +229,11 @@ def run_tracking_eval(nusc, result_path: Path, eval_set: str, out_dir: Path, ver
         logging.getLogger(__name__).warning("tracking: evaluating part of the split: %s", describe_coverage(evaluated))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if not any(results.values()):
+        import logging
+
+        logging.getLogger(__name__).warning("no tracked box in any sample of %s: AMOTA 0, nothing to score", eval_set)
+        return {"amota": 0.0, "amotp": float("nan"), "recall": 0.0, "evaluated": evaluated, "skipped": "no tracked box"}
     with gt_restricted_to(results, module=devkit_tracking) if evaluated["partial"] else nullcontext():
         evaluator = devkit_tracking.TrackingEval(
             config=config_factory(TRACKING_EVAL_CONFIG),
