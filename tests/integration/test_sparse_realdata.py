@@ -113,3 +113,61 @@ def test_bev_keypoint_lands_in_the_gridspec_cell_of_the_box_centre(frame, centre
     assert interior.sum() >= 10
     torch.testing.assert_close(got[interior], cell[interior], rtol=0, atol=1e-9)
     assert torch.equal(got[interior].floor().long(), torch.stack([ix, iy], -1)[interior])
+
+
+def test_a_carried_static_anchor_stays_put_in_the_global_frame_between_real_ego_poses(ds, frame):
+    """The instance bank's projection between two real ego poses of the keyframe (LIDAR_TOP's and CAM_FRONT's, 33 cm
+    and 35 ms apart,
+    read and composed by the devkit's own ``transform_matrix``), under a held BEV augmentation: every GT box
+    carried as a static anchor (velocity 0) lands where the devkit puts it in the second ego frame (1 cm), and a
+    moving one is displaced by its velocity x dt."""
+    from nuscenes.utils.geometry_utils import transform_matrix
+    from pyquaternion import Quaternion
+
+    from trainer.data.common import augment_boxes, bev_aug_matrix
+    from trainer.models.components.sparse.anchors import anchors_to_boxes
+    from trainer.models.components.sparse.instance_bank import project_anchors
+
+    nusc = ds.nusc
+    sample = nusc.get("sample", frame.token)
+    poses, stamps = [], []
+    for channel in ("LIDAR_TOP", "CAM_FRONT"):
+        sd = nusc.get("sample_data", sample["data"][channel])
+        ep = nusc.get("ego_pose", sd["ego_pose_token"])
+        poses.append(transform_matrix(ep["translation"], Quaternion(ep["rotation"]), inverse=False))
+        stamps.append(sd["timestamp"])
+    g_from_a, g_from_b = (torch.as_tensor(p, dtype=torch.float64) for p in poses)
+    assert not torch.allclose(g_from_a, g_from_b), "the two sample_data records must have different ego poses"
+    dt = (stamps[1] - stamps[0]) / 1e6
+    aug = bev_aug_matrix(rot=0.3, scale=1.0, flip_y=True).double()
+    boxes_a = torch.as_tensor(frame.boxes.boxes, dtype=torch.float64)  # the keyframe (LIDAR_TOP) ego frame
+    boxes_a[:, 7:] = 0.0  # static
+    cur_from_prev = (aug @ torch.linalg.inv(g_from_b)) @ torch.linalg.inv(aug @ torch.linalg.inv(g_from_a))
+    got = anchors_to_boxes(project_anchors(boxes_to_anchors(augment_boxes(boxes_a, aug)), cur_from_prev, dt))
+    # the devkit's way: global box centres, then into ego frame b with its inverse transform_matrix
+    b_from_g = torch.as_tensor(
+        transform_matrix(*_pose_args(nusc, sample, "CAM_FRONT"), inverse=True), dtype=torch.float64
+    )
+    centres_g = (g_from_a[:3, :3] @ boxes_a[:, :3].T).T + g_from_a[:3, 3]
+    want_b = (b_from_g[:3, :3] @ centres_g.T).T + b_from_g[:3, 3]
+    want = augment_boxes(torch.cat([want_b, boxes_a[:, 3:]], 1), aug)
+    assert (got[:, :3] - want[:, :3]).norm(dim=1).max() < 0.01
+    # the check can fail: leaving the ego motion out misses by the poses' 30 cm
+    still = anchors_to_boxes(boxes_to_anchors(augment_boxes(boxes_a, aug)))
+    assert (still[:, :3] - want[:, :3]).norm(dim=1).min() > 0.2
+    # a moving box: displaced by v dt in the global frame
+    v_a = torch.tensor([5.0, -1.0, 0.0], dtype=torch.float64)  # in ego frame a
+    moving = boxes_a[:1].clone()
+    moving[0, 7:] = v_a[:2]
+    got_m = anchors_to_boxes(project_anchors(boxes_to_anchors(augment_boxes(moving, aug)), cur_from_prev, dt))
+    centre_g = g_from_a[:3, :3] @ (moving[0, :3] + v_a * dt) + g_from_a[:3, 3]
+    want_m = augment_boxes(torch.cat([(b_from_g[:3, :3] @ centre_g + b_from_g[:3, 3])[None], moving[:, 3:]], 1), aug)
+    assert (got_m[0, :3] - want_m[0, :3]).norm() < 0.01 and abs(dt) > 0.01
+
+
+def _pose_args(nusc, sample, channel):
+    from pyquaternion import Quaternion
+
+    sd = nusc.get("sample_data", sample["data"][channel])
+    ep = nusc.get("ego_pose", sd["ego_pose_token"])
+    return ep["translation"], Quaternion(ep["rotation"])

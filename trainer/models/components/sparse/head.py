@@ -91,13 +91,16 @@ CLS_PRIOR_BIAS = -math.log((1 - 0.01) / 0.01)
 
 
 class CarriedInstances(NamedTuple):
-    """Instances carried from the previous frame (the tracking issue's instance bank fills this).
+    """Instances carried from the previous frame (:class:`~trainer.models.components.sparse.instance_bank.InstanceBank`).
 
-    ``instance_feature (B, T, C)``; ``anchor (B, T, 11)`` already moved into the current ego frame.
+    ``instance_feature (B, T, C)``; ``anchor (B, T, 11)`` already moved into the current ego frame;
+    ``valid (B,)`` bool: which samples carry anything (None: all). A sample that carries nothing is left
+    as ``temp_attn_without_carried`` says (unchanged, or self-attention).
     """
 
     instance_feature: torch.Tensor
     anchor: torch.Tensor
+    valid: torch.Tensor | None = None
 
 
 #: ``after_refine(layer, instance_feature (B, Q, C), anchor (B, Q, 11), cls (B, Q, K), carried) ->
@@ -505,7 +508,15 @@ class SparseDecoder(nn.Module):
                 f = layer(f, anchor_embed, attn_mask=attn_mask)
             elif op == "temp_attn":
                 if carried is not None:
-                    f = layer(f, anchor_embed, carried.instance_feature, carried_embed)
+                    out = layer(f, anchor_embed, carried.instance_feature, carried_embed)
+                    if carried.valid is not None and not bool(carried.valid.all()):
+                        alone = (
+                            layer(f, anchor_embed, attn_mask=attn_mask)
+                            if self.temp_attn_without_carried == "self"
+                            else f
+                        )
+                        out = torch.where(carried.valid.to(out.device)[:, None, None], out, alone)
+                    f = out
                 elif self.temp_attn_without_carried == "self":
                     f = layer(f, anchor_embed, attn_mask=attn_mask)
             elif op in ("norm", "ffn"):
@@ -542,6 +553,9 @@ class SparseDecoder(nn.Module):
         ), (
             f"carried instances must be instance_feature (B={B}, T, C={self.embed_dims}) and anchor (B, T, 11); got "
             f"{tuple(carried.instance_feature.shape)}, {tuple(carried.anchor.shape)}"
+        )
+        assert carried.valid is None or tuple(carried.valid.shape) == (B,), (
+            f"carried.valid must be (B={B},); got {tuple(carried.valid.shape)}"
         )
         return self.anchor_encoder(carried.anchor)  # (B, T, C)
 
