@@ -22,7 +22,8 @@ model's own ``track_ids`` when it gives them, else CenterPoint's greedy associat
 (:mod:`trainer.tracking`), written in the nuScenes tracking format and scored by the devkit's
 ``TrackingEval`` (``tracking_nips_2019``): AMOTA, AMOTP, MOTA, IDS, FRAG overall and per class in
 ``tracking/metrics_summary.json``, the overall ones under ``tracking`` in ``metrics_summary.json`` and
-in the printout. ``tracking=false`` skips it.
+in the printout, and a PNG per scene (``tracking/png/<scene>.png``: predicted tracks beside the GT's,
+seen from above). ``tracking=false`` skips it.
 
 Part of a split. The scenes predicted are those of the checkpoint's data config: a run trained with
 ``data.limit_scenes=n`` is evaluated on the first ``n`` scenes of the split (``limit_scenes=0``
@@ -358,7 +359,7 @@ def evaluate(
     if tracking:
         from itertools import groupby
 
-        from trainer.tracking import make_tracking_results, run_tracking_eval
+        from trainer.tracking import make_tracking_results, render_scene_tracks, run_tracking_eval
 
         scenes = [list(g) for _, g in groupby(frames, key=lambda f: f.scene)]
         track_results = make_tracking_results(
@@ -366,6 +367,8 @@ def evaluate(
         )
         track_path = write_results(out_dir / "tracking" / "results_nusc_tracking.json", track_results)
         track_summary = run_tracking_eval(nusc, track_path, eval_set, out_dir / "tracking", verbose=verbose)
+        for scene in scenes:  # a picture per scene: predicted tracks beside the GT's
+            render_scene_tracks(scene, track_results["results"], out_dir / "tracking" / "png" / f"{scene[0].scene}.png")
         summary["tracking"] = {k: track_summary.get(k) for k in TRACKING_SUMMARY_KEYS}
         with open(out_dir / "metrics_summary.json", "w") as f:
             json.dump(summary, f, indent=2)

@@ -131,7 +131,8 @@ class DetectionModule(pl.LightningModule):
         return losses["loss"]
 
     def predict_step(self, batch: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
-        """Per sample ``{"sample_token": str, "boxes": (M, 9), "scores": (M,), "labels": (M,)}`` on the CPU.
+        """Per sample ``{"sample_token": str, "boxes": (M, 9), "scores": (M,), "labels": (M,)}`` on the CPU
+        (plus ``track_ids (M,)`` when the model's decoder gives them).
 
         Subclasses that gather more from the same forward pass override :meth:`on_predict_outputs`.
         """
@@ -140,15 +141,18 @@ class DetectionModule(pl.LightningModule):
         dets = self.decode(outputs, batch)
         tokens = batch["sample_token"]
         assert len(dets) == len(tokens), f"decode returned {len(dets)} samples for a batch of {len(tokens)}"
-        return [
-            {
+        out = []
+        for tok, d in zip(tokens, dets):
+            p = {
                 "sample_token": tok,
                 "boxes": d["boxes"].detach().float().cpu(),
                 "scores": d["scores"].detach().float().cpu(),
                 "labels": d["labels"].detach().long().cpu(),
             }
-            for tok, d in zip(tokens, dets)
-        ]
+            if "track_ids" in d:  # a model that tracks by itself (trainer.tracking uses its ids)
+                p["track_ids"] = d["track_ids"].detach().long().cpu()
+            out.append(p)
+        return out
 
     def on_predict_outputs(self, outputs: Mapping[str, Any], batch: Mapping[str, Any]) -> None:
         """A hook: the model's outputs of a prediction batch, before decoding (default: nothing)."""

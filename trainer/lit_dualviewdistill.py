@@ -4,6 +4,10 @@ The same camera batch, loss weights, data checks, decoding (BEV augmentation und
 depth metrics as :class:`~trainer.lit_bevdepth.BEVDepthModule`, whose hooks it inherits; what differs:
 
 - the head's queries: in training the GT boxes go to the forward pass (the denoising groups);
+- a temporal detector (``detector.bank``) gets the batch's scene streams (``scene``, ``timestamp`` and
+  ``aug_from_ego @ inv(global_from_ego)``: the data module's ``sequential_scenes`` streams them, the
+  augmentation held per stream); its bank is emptied at the start of every training, validation and
+  prediction epoch and after validation, so no state crosses from one pass to another;
 - ``setup("fit")`` initialises the head's anchors by k-means over the training split's boxes
   (:func:`~trainer.models.components.sparse.anchors.anchors_for_dataset`), cached beside the label
   store (or in ``anchors_cache``). The anchors are a parameter, so a checkpoint restores its own (on
@@ -78,6 +82,36 @@ class DualViewDistillModule(BEVDepthModule):
             head.anchor.copy_(torch.as_tensor(anchors, dtype=head.anchor.dtype, device=head.anchor.device))
 
     def forward(self, batch: Mapping[str, Any]) -> dict[str, Any]:
-        """:meth:`DualViewDistill.forward` of the batch; the GT goes with it in training (denoising queries)."""
+        """:meth:`DualViewDistill.forward` of the batch; the GT goes with it in training (denoising queries), the
+        scene streams with a temporal detector."""
         gt = {"gt_boxes": batch.get("gt_boxes"), "gt_labels": batch.get("gt_labels")} if self.training else {}
-        return self.detector(batch["images"], batch["K"], batch["ego_from_cam"], **gt)
+        stream = None
+        if self.detector.bank is not None:
+            pose = batch["global_from_ego"].double()  # (B, 4, 4)
+            aug = batch.get("aug_from_ego")
+            aug = torch.eye(4, dtype=torch.float64, device=pose.device).expand_as(pose) if aug is None else aug.double()
+            stream = {
+                "keys": list(batch["scene"]),
+                "timestamps": batch["timestamp"],
+                "aug_from_global": aug @ torch.linalg.inv(pose),
+            }
+        return self.detector(batch["images"], batch["K"], batch["ego_from_cam"], stream=stream, **gt)
+
+    def _reset_bank(self) -> None:
+        if self.detector.bank is not None:
+            self.detector.bank.reset()
+
+    def on_train_epoch_start(self) -> None:
+        self._reset_bank()
+
+    def on_validation_epoch_start(self) -> None:
+        super().on_validation_epoch_start()
+        self._reset_bank()
+
+    def on_validation_epoch_end(self) -> None:
+        super().on_validation_epoch_end()
+        self._reset_bank()
+
+    def on_predict_epoch_start(self) -> None:
+        super().on_predict_epoch_start()
+        self._reset_bank()

@@ -249,8 +249,64 @@ def run_tracking_eval(nusc, result_path: Path, eval_set: str, out_dir: Path, ver
     return summary
 
 
+def render_scene_tracks(
+    frames: Sequence[Any], results: Mapping[str, list], path: str | Path, class_names: Sequence[str] | None = None
+) -> Path:
+    """A PNG of one scene: predicted tracks (left) beside the GT tracks (right), in the global frame seen from
+    above, each track a polyline of its box centres over the keyframes, coloured by id; the ego path in black.
+
+    ``frames``: the scene's keyframes in time order (``token``, ``global_from_ego``, ``boxes`` of
+    :class:`bevlabels.datasets.base.Boxes`); ``results``: the tracking result dict's ``results``. GT tracks are
+    the boxes of tracking classes (``detection_class`` in :data:`TRACKING_CLASSES`) by ``instance_id``.
+    """
+    from bevlabels.viz import _plt
+
+    plt = _plt()
+    pred: dict[str, list] = {}
+    for f in frames:
+        for b in results.get(f.token, []):
+            pred.setdefault(b["tracking_id"], []).append(b["translation"][:2])
+    gt: dict[str, list] = {}
+    for f in frames:
+        if not len(f.boxes):
+            continue
+        centres = (np.asarray(f.global_from_ego)[:3, :3] @ f.boxes.boxes[:, :3].T).T + np.asarray(f.global_from_ego)[
+            :3, 3
+        ]
+        for c, name, inst in zip(centres, f.boxes.detection_class, f.boxes.instance_id):
+            if name in TRACKING_CLASSES:
+                gt.setdefault(inst, []).append(c[:2])
+    ego = np.array([np.asarray(f.global_from_ego)[:2, 3] for f in frames])
+    fig, axes = plt.subplots(1, 2, figsize=(12, 6), sharex=True, sharey=True)
+    cmap = plt.get_cmap("tab20")
+    for ax, tracks, title in ((axes[0], pred, "predicted tracks"), (axes[1], gt, "GT tracks")):
+        for k, (_, pts) in enumerate(sorted(tracks.items(), key=lambda kv: str(kv[0]))):
+            pts = np.asarray(pts)
+            ax.plot(pts[:, 0], pts[:, 1], "-o", color=cmap(k % 20), ms=2, lw=1)
+        ax.plot(ego[:, 0], ego[:, 1], "k-", lw=2, label="ego")
+        ax.set_title(f"{title} ({len(tracks)})")
+        ax.set_aspect("equal")
+        ax.set_xlabel("global x (m)")
+    axes[0].set_ylabel("global y (m)")
+    fig.suptitle(f"scene {getattr(frames[0], 'scene', '')}: {len(frames)} keyframes")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
 #: the overall tracking metrics printed and compared (the devkit's summary keys)
 TRACKING_METRICS = ("amota", "amotp", "recall", "mota", "motp", "ids", "frag", "tp", "fp", "fn")
+
+
+def _missing(v) -> bool:
+    return v is None or (isinstance(v, float) and np.isnan(v))
+
+
+def _fmt3(v) -> str:
+    return "nan" if _missing(v) else f"{v:.3f}"
 
 
 def format_tracking_table(summary: Mapping[str, Any]) -> str:
@@ -267,8 +323,7 @@ def format_tracking_table(summary: Mapping[str, Any]) -> str:
             a, p, i = (per.get(m, {}).get(c) for m in ("amota", "amotp", "ids"))
             if a is None:
                 continue
-            fmt = lambda v: "nan" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.3f}"  # noqa: E731
-            lines.append(f"  {c:<12}{fmt(a):>8}{fmt(p):>8}{'' if i is None else int(i):>6}")
+            lines.append(f"  {c:<12}{_fmt3(a):>8}{_fmt3(p):>8}{'nan' if _missing(i) else int(i):>6}")
     return "\n".join(lines)
 
 
@@ -278,6 +333,7 @@ __all__ = [
     "GreedyTracker",
     "format_tracking_table",
     "make_tracking_results",
+    "render_scene_tracks",
     "run_tracking_eval",
     "track_boxes",
 ]

@@ -74,3 +74,16 @@ def test_greedy_tracker_recovers_the_gt_tracks(synth_tiny, tmp_path):
     s = _score(ds, preds, scenes, classes, tmp_path)
     assert s["amota"] >= 0.95 and s["ids"] <= 2, (s["amota"], s["ids"])
     assert np.isfinite(s["amotp"])
+
+
+def test_scene_track_picture(synth_tiny, tmp_path):
+    """The per-scene PNG: predicted tracks beside the GT's (a real image with drawn pixels)."""
+    from PIL import Image
+
+    from trainer.tracking import make_tracking_results, render_scene_tracks
+
+    ds, scenes, preds, classes = _scenes_and_gt(synth_tiny)
+    results = make_tracking_results(scenes, preds, classes)["results"]
+    path = render_scene_tracks(scenes[0], results, tmp_path / "scene.png")
+    img = np.asarray(Image.open(path).convert("L"))
+    assert img.shape[0] > 300 and img.shape[1] > 600 and (img < 128).mean() > 0.01

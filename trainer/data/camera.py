@@ -50,9 +50,12 @@ key                 batch type / shape             meaning
 ``prev_global_from_ego``  ``(B, 4, 4)`` float64    the previous keyframe's ego pose (its own at a scene's start)
 ==================  =============================  ===============================================================
 
-Streaming scenes (DESIGN.md, "Tracking"): with ``sequential_scenes=true`` the training loader
-uses :class:`SceneStreamBatchSampler`: each of the B batch slots walks its scenes' keyframes in
-time order, so a tracker can carry state from one batch to the next per slot.
+Streaming scenes (DESIGN.md, "Tracking"): with ``sequential_scenes=true`` every loader (training,
+validation, prediction) uses :class:`SceneStreamBatchSampler`: each of the B batch slots walks its
+scenes' keyframes in time order, so a temporal model carries state from one batch to the next per
+scene (keyed by the sample's ``scene``, never by its slot). The sampler hands each keyframe over with
+its stream's seed, from which the dataset draws the image and BEV augmentation: one draw per scene
+stream and epoch, held for all its keyframes, so carried anchors stay in one consistent frame.
 
 Shape letters: B batch, N cameras, H_i/W_i image rows/columns (after augmentation), h/w feature-map
 rows/columns (image / ``depth_stride``), C DINOv2 channels, H/W BEV rows (ego y) / columns (ego x),
@@ -287,10 +290,14 @@ class CameraDataset(KeyframeDataset):
             if prev.scene == cur.scene and prev.index + 1 == cur.index:
                 self._prev[cur.token] = prev
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
+    def __getitem__(self, i: int | tuple[int, int]) -> dict[str, Any]:
+        """Sample ``i``; ``(i, stream_seed)`` (:class:`SceneStreamBatchSampler`'s) draws the augmentation from the
+        stream's seed, so every keyframe of a scene stream gets the same one."""
+        i, stream_seed = (int(i[0]), int(i[1])) if isinstance(i, (tuple, list)) else (int(i), None)
         frame = self.frames[i]
         final_hw = tuple(int(v) for v in self.image_aug["final_hw"])
         # Python's RNG: Lightning's seed_everything(workers=True) seeds it in every worker too.
+        rng = random.Random(stream_seed) if stream_seed is not None else None
         cam0 = frame.cameras[0]
         aug = sample_image_aug(
             (cam0.width, cam0.height),
@@ -299,6 +306,7 @@ class CameraDataset(KeyframeDataset):
             resize_range=self.image_aug.get("resize_range", (1.0, 1.0)),
             bottom_crop_range=self.image_aug.get("bottom_crop_range", (0.0, 0.0)),
             flip_prob=float(self.image_aug.get("flip_prob", 0.0)),
+            rng=rng,
         )
         images, aug_from_img, K, key_ego_from_cam = [], [], [], []
         for n, cam in enumerate(frame.cameras):
@@ -317,7 +325,8 @@ class CameraDataset(KeyframeDataset):
         aug_from_img = np.stack(aug_from_img)  # (N, 3, 3)
 
         if self.train and self.bev_aug is not None:
-            aug_from_ego = sample_bev_aug(**self.bev_aug)  # (4, 4) float32
+            gen = torch.Generator().manual_seed(stream_seed % 2**63) if stream_seed is not None else None
+            aug_from_ego = sample_bev_aug(**self.bev_aug, generator=gen)  # (4, 4) float32
         else:
             aug_from_ego = torch.eye(4)
         ego_from_cam = aug_from_ego.double() @ torch.as_tensor(np.stack(key_ego_from_cam))  # (N, 4, 4)
@@ -397,9 +406,11 @@ class SceneStreamBatchSampler(BatchSampler):
         rank: int | None = None,
         sampler: Sampler | None = None,
         drop_last: bool = False,
+        with_stream_seed: bool = False,
     ):
         from torch.utils.data import DistributedSampler
 
+        self.with_stream_seed = bool(with_stream_seed)
         self.scenes = list(scenes)
         super().__init__(range(len(self.scenes)), int(batch_size), bool(drop_last))
         self.shuffle, self.seed, self.epoch = bool(shuffle), int(seed), 0
@@ -416,6 +427,7 @@ class SceneStreamBatchSampler(BatchSampler):
                 self.runs[-1].append(i)
             else:
                 self.runs.append([i])
+        self._run_of = {i: r for r, run in enumerate(self.runs) for i in run}
         if len(self.runs) < self.num_replicas:
             raise ValueError(
                 f"SceneStreamBatchSampler: {len(self.runs)} scenes cannot give each of {self.num_replicas} ranks a "
@@ -450,10 +462,19 @@ class SceneStreamBatchSampler(BatchSampler):
         t = self._steps(streams)
         return sum(max(0, len(s) - t) for s in streams)
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def stream_seed(self, index: int) -> int:
+        """The augmentation seed of the scene stream holding dataset ``index`` this epoch: one per scene
+        (run) and epoch, the same on every rank."""
+        run = self._run_of[index]
+        return ((self.seed * 1_000_003 + self.epoch) * 100_003 + run) % 2**62
+
+    def __iter__(self) -> Iterator[list[int]] | Iterator[list[tuple[int, int]]]:
+        """Batch t: the t-th keyframe of every slot that still has one; with ``with_stream_seed`` each index
+        comes as ``(index, stream_seed)`` (:class:`CameraDataset` draws its augmentation from it)."""
         slots = self.streams()
         for t in range(self._steps(self._all_streams())):
-            yield [s[t] for s in slots if t < len(s)]
+            batch = [s[t] for s in slots if t < len(s)]
+            yield [(i, self.stream_seed(i)) for i in batch] if self.with_stream_seed else batch
 
     def __len__(self) -> int:
         return self._steps(self._all_streams())
@@ -475,7 +496,9 @@ class CameraDataModule(FrameDataModule):
         load_teacher: read the LiDAR teacher's maps ``teacher/bev`` (TiG-BEV's inner-feature distillation);
             the store must hold them (``make teacher``).
         teacher_interp: their resampling under BEV augmentation, ``bilinear`` (default) or ``nearest``.
-        sequential_scenes: train batches stream scenes in order (:class:`SceneStreamBatchSampler`).
+        sequential_scenes: every loader streams scenes in order (:class:`SceneStreamBatchSampler`), with the
+            augmentation held per scene stream (a temporal model's data).
+        stream_seed: the seed of the streams' scene shuffle and augmentation draws (with the epoch).
     """
 
     def __init__(
@@ -490,6 +513,7 @@ class CameraDataModule(FrameDataModule):
         load_dino: bool = False,
         dino_interp: str = "nearest",
         sequential_scenes: bool = False,
+        stream_seed: int = 0,
         load_teacher: bool = False,
         teacher_interp: str = "bilinear",
         **kwargs: Any,
@@ -509,6 +533,7 @@ class CameraDataModule(FrameDataModule):
             raise ValueError(f"data.dino_interp must be 'nearest' or 'bilinear'; got {dino_interp!r}")
         self.dino_interp = dino_interp
         self.sequential_scenes = bool(sequential_scenes)
+        self.stream_seed = int(stream_seed)
         self.load_teacher = bool(load_teacher)
         if teacher_interp not in ("nearest", "bilinear"):
             raise ValueError(f"data.teacher_interp must be 'nearest' or 'bilinear'; got {teacher_interp!r}")
@@ -578,18 +603,31 @@ class CameraDataModule(FrameDataModule):
     def collate_fn(self, samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         return collate(samples, list_keys=CAMERA_LIST_KEYS)
 
-    def train_dataloader(self) -> DataLoader:
-        if not self.sequential_scenes:
-            return super().train_dataloader()
-        frames = self.frames("train")
+    def _stream_loader(self, split: str, train: bool) -> DataLoader:
+        """Scene streams (:class:`SceneStreamBatchSampler`, shuffled scenes in training), each keyframe with its
+        stream's augmentation seed."""
+        frames = self.frames(split)
+        sampler = SceneStreamBatchSampler(
+            [f.scene for f in frames], self.batch_size, shuffle=train, seed=self.stream_seed, with_stream_seed=True
+        )
         return DataLoader(
-            self.make_dataset(frames, train=True),
-            batch_sampler=SceneStreamBatchSampler([f.scene for f in frames], self.batch_size, shuffle=True),
+            self.make_dataset(frames, train=train),
+            batch_sampler=sampler,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
+            persistent_workers=self.num_workers > 0 and train,
             collate_fn=self.collate_fn,
         )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._stream_loader("train", True) if self.sequential_scenes else super().train_dataloader()
+
+    def val_dataloader(self) -> DataLoader:
+        return self._stream_loader("val", False) if self.sequential_scenes else super().val_dataloader()
+
+    def predict_dataloader(self, split: str = "val") -> DataLoader:
+        """Keyframes of ``split`` without augmentation: in order, or as scene streams (``sequential_scenes``)."""
+        return self._stream_loader(split, False) if self.sequential_scenes else super().predict_dataloader(split)
 
 
 def _plain_dict(cfg: Any) -> dict:

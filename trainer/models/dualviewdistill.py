@@ -19,6 +19,12 @@ the pyramid; with no ``bev_agg`` and no distillation nothing reads ``bev`` (PV-o
 adds ``0 * bev.mean()`` so the lift-splat context and the BEV encoder get a (zero) gradient (they are
 still computed: ``CameraBEV`` always builds the BEV map).
 
+Temporal (``bank``, :class:`~trainer.models.components.sparse.instance_bank.InstanceBank`, experiments
+``dvd*_temporal``): given the batch's scene streams (``stream``: keys, timestamps, ``aug_from_global``), the
+bank's carried instances are the keys of the ``temp_attn`` ops and join the queries after the first layer;
+after the last one the bank keeps the best, and in evaluation each query gets a track id (``track_ids``,
+decoded with the boxes). Without ``stream`` (or without a bank) the model is single-frame.
+
 Shape letters: B batch, N cameras, D depth bins, C channels, h/w feature-map rows/columns, H/W BEV grid,
 Q queries, M boxes.
 """
@@ -34,8 +40,9 @@ from torch import nn
 from trainer.models.components.camera_bev import CameraBEV, img_from_ego_of
 from trainer.models.components.center_head import NUSCENES_CLASSES
 from trainer.models.components.lift_splat import DepthBins
-from trainer.models.components.sparse.head import SparseHead
+from trainer.models.components.sparse.head import DEFAULT_DT, SparseHead
 from trainer.models.components.sparse.head import decode as decode_layer
+from trainer.models.components.sparse.instance_bank import InstanceBank
 from trainer.models.losses import camera_bev_losses, sparse_detection_loss
 
 
@@ -60,6 +67,7 @@ class DualViewDistill(nn.Module):
         distill_channels: int | None = None,
         class_names: Sequence[str] = NUSCENES_CLASSES,
         topk: int = 300,
+        bank: InstanceBank | None = None,
     ):
         super().__init__()
         self._class_names = tuple(str(c) for c in class_names)
@@ -93,6 +101,17 @@ class DualViewDistill(nn.Module):
                 f"{camera_bev.img_strides} must be [{camera_bev.downsample}] (lift_splat.downsample): a level no "
                 "loss reaches breaks DDP"
             )
+        if bank is not None:
+            if head.num_temp_instances != bank.num_temp_instances:
+                raise ValueError(
+                    f"DualViewDistill: head.num_temp_instances {head.num_temp_instances} != bank.num_temp_instances "
+                    f"{bank.num_temp_instances}"
+                )
+            if "temp_attn" not in order:
+                raise ValueError("DualViewDistill: a bank needs 'temp_attn' ops (operation_order.temporal=true)")
+        elif head.num_temp_instances:
+            raise ValueError(f"DualViewDistill: head.num_temp_instances {head.num_temp_instances} without a bank")
+        self.bank = bank
         self.camera_bev, self.head, self.topk = camera_bev, head, int(topk)
         self.distill_channels = int(distill_channels) if distill_channels else None
         self.distill = nn.Conv2d(camera_bev.out_channels, self.distill_channels, 1) if self.distill_channels else None
@@ -122,16 +141,32 @@ class DualViewDistill(nn.Module):
         gt_boxes: Sequence[torch.Tensor] | None = None,
         gt_labels: Sequence[torch.Tensor] | None = None,
         dt: torch.Tensor | None = None,
+        stream: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """``img_feats``, ``depth_logits``, ``bev`` (:meth:`CameraBEV.forward`) and the head's ``layers``,
         ``instance_feature``, ``dn`` (denoising, in training with ``gt_boxes``/``gt_labels``).
 
         ``images (B, N, 3, H, W)``, ``K (B, N, 3, 3)`` (image augmentation folded in), ``ego_from_cam
         (B, N, 4, 4)`` (BEV augmentation folded in); ``dt (B,)`` seconds since the previous frame (None:
-        the head's default).
+        the head's default, or the bank's intervals). ``stream``: ``{"keys": B scene keys, "timestamps": (B,)
+        microseconds, "aug_from_global": (B, 4, 4)}`` for the bank (ignored without one); then ``track_ids
+        (B, Q)`` joins the outputs outside training.
         """
         out = self.camera_bev(images, K, ego_from_cam)
         img_from_ego = img_from_ego_of(K, ego_from_cam)  # (B, N, 4, 4)
+        carried, hook = None, None
+        if self.bank is not None and stream is not None:
+            carried, intervals = self.bank.carried(stream["keys"], stream["timestamps"], stream["aug_from_global"])
+            if dt is None and carried is not None:
+                dt = torch.where(intervals > 0, intervals, torch.full_like(intervals, DEFAULT_DT))
+                dt = dt.to(device=images.device, dtype=torch.float32)
+            bank = self.bank
+
+            def hook(layer, f, a, cls, carried_):
+                if layer == 0:
+                    f, a = bank.merge(carried_, f, a, cls)
+                return f, a, carried_
+
         out.update(
             self.head(
                 bev=out["bev"],
@@ -141,8 +176,23 @@ class DualViewDistill(nn.Module):
                 dt=dt,
                 gt_boxes=gt_boxes,
                 gt_labels=gt_labels,
+                carried=carried,
+                after_refine=hook,
             )
         )
+        if self.bank is not None and stream is not None:
+            last = out["layers"][-1]
+            ids = self.bank.cache(
+                stream["keys"],
+                stream["timestamps"],
+                stream["aug_from_global"],
+                out["instance_feature"],
+                last["anchor"],
+                last["cls"],
+                assign_ids=not self.training,
+            )
+            if ids is not None:
+                out["track_ids"] = ids
         return out
 
     def distill_map(self, bev: torch.Tensor) -> torch.Tensor:
@@ -188,7 +238,11 @@ class DualViewDistill(nn.Module):
     def decode(self, outputs: dict[str, Any], topk: int | None = None) -> list[dict[str, torch.Tensor]]:
         """Per sample ``{"boxes": (M, 9), "scores": (M,), "labels": (M,)}`` of the last layer, in the batch's BEV frame."""
         dets = decode_layer(outputs["layers"][-1], self.topk if topk is None else topk)
-        return [{"boxes": d["boxes"], "scores": d["scores"], "labels": d["labels"]} for d in dets]
+        out = [{"boxes": d["boxes"], "scores": d["scores"], "labels": d["labels"]} for d in dets]
+        if "track_ids" in outputs:  # the bank's ids of the decoded queries
+            for b, (o, d) in enumerate(zip(out, dets)):
+                o["track_ids"] = outputs["track_ids"][b, d["query_index"]]
+        return out
 
     def expected_depth(self, depth_logits: torch.Tensor) -> torch.Tensor:
         """Expected depth ``(B, N, h, w)`` in metres of ``(B, N, D, h, w)`` logits (:meth:`CameraBEV.expected_depth`)."""
