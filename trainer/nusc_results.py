@@ -151,14 +151,18 @@ def make_results(
             poses[tok],
             class_names,
         )
-    meta = {
+    return {"meta": result_meta(use_camera, use_lidar), "results": results}
+
+
+def result_meta(use_camera: bool, use_lidar: bool) -> dict[str, bool]:
+    """The result file's ``meta`` (the modalities used; no radar, map or external data), detection and tracking alike."""
+    return {
         "use_camera": bool(use_camera),
         "use_lidar": bool(use_lidar),
         "use_radar": False,
         "use_map": False,
         "use_external": False,
     }
-    return {"meta": meta, "results": results}
 
 
 def write_results(path: str | Path, results: Mapping[str, Any]) -> Path:

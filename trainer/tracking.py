@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from trainer.nusc_results import MAX_BOXES_PER_SAMPLE, _np, boxes_to_global
+from trainer.nusc_results import MAX_BOXES_PER_SAMPLE, _np, boxes_to_global, result_meta
 
 #: the devkit's tracking classes (``nuscenes.eval.tracking.constants.TRACKING_NAMES``)
 TRACKING_CLASSES = ("bicycle", "bus", "car", "motorcycle", "pedestrian", "trailer", "truck")
@@ -198,14 +198,7 @@ def make_tracking_results(
                 ids = tracker.step(g["translation"][:, :2], g["velocity"], names, scores, dt)
             prev_ts = int(f.timestamp)
             results[f.token] = track_boxes(f.token, boxes, scores, labels, ids, f.global_from_ego, class_names)
-    meta = {
-        "use_camera": bool(use_camera),
-        "use_lidar": bool(use_lidar),
-        "use_radar": False,
-        "use_map": False,
-        "use_external": False,
-    }
-    return {"meta": meta, "results": results}
+    return {"meta": result_meta(use_camera, use_lidar), "results": results}
 
 
 def run_tracking_eval(nusc, result_path: Path, eval_set: str, out_dir: Path, verbose: bool = False) -> dict[str, Any]:
