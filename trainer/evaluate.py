@@ -359,7 +359,13 @@ def evaluate(
     if tracking:
         from itertools import groupby
 
-        from trainer.tracking import make_tracking_results, render_scene_tracks, run_tracking_eval
+        from trainer.tracking import (
+            TRACKING_METRICS,
+            format_tracking_table,
+            make_tracking_results,
+            render_scene_tracks,
+            run_tracking_eval,
+        )
 
         scenes = [list(g) for _, g in groupby(frames, key=lambda f: f.scene)]
         track_results = make_tracking_results(
@@ -369,7 +375,7 @@ def evaluate(
         track_summary = run_tracking_eval(nusc, track_path, eval_set, out_dir / "tracking", verbose=verbose)
         for scene in scenes:  # a picture per scene: predicted tracks beside the GT's
             render_scene_tracks(scene, track_results["results"], out_dir / "tracking" / "png" / f"{scene[0].scene}.png")
-        summary["tracking"] = {k: track_summary.get(k) for k in TRACKING_SUMMARY_KEYS}
+        summary["tracking"] = {k: track_summary.get(k) for k in (*TRACKING_METRICS, "evaluated")}
         with open(out_dir / "metrics_summary.json", "w") as f:
             json.dump(summary, f, indent=2)
 
@@ -386,16 +392,6 @@ def evaluate(
         flush=True,
     )
     return {**summary, "extra": extra, "out_dir": str(out_dir), "eval_set": eval_set, "keyframes": len(frames)}
-
-
-#: the tracking metrics copied into metrics_summary.json's ``tracking`` (the devkit's keys; per class in tracking/)
-TRACKING_SUMMARY_KEYS = ("amota", "amotp", "recall", "mota", "motp", "ids", "frag", "tp", "fp", "fn", "evaluated")
-
-
-def format_tracking_table(summary) -> str:
-    from trainer.tracking import format_tracking_table as fmt
-
-    return fmt(summary)
 
 
 def main() -> None:

@@ -14,21 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_CAMERA_MODEL  # tests/conftest.py
 
 C_T = 16
 EXPERIMENTS = ("bevdepth_tig", "bevdepth_tig_depth", "bevdepth_tig_bev", "dvd_tig")
-
-#: test_dvd_train.py's tiny sparse head
-TINY_SPARSE = [o for o in TINY_CAMERA_MODEL if not o.startswith("model.detector.head.")] + [
-    "model.detector.head.num_anchors=32",
-    "model.detector.head.num_heads=2",
-    "model.detector.head.num_dn_groups=2",
-    "model.detector.head.operation_order.num_layers=2",
-    "model.detector.head.bev_agg.num_groups=2",
-    "model.detector.head.pv_agg.num_groups=2",
-    "model.detector.topk=50",
-]
 
 
 @pytest.fixture(scope="module")
@@ -50,25 +38,17 @@ def teacher_store(synth_tiny_store, tmp_path_factory) -> Path:
 
 
 def overrides(experiment: str, root: Path, store: Path, run_dir: Path, *extra: str, tiny: bool = True) -> list[str]:
-    out = [
-        f"experiment={experiment}",
-        "dataset=synthetic",
-        f"dataset.root={root}",
-        "grid=near",
-        f"data.label_store={store}",
-        "data.batch_size=2",
-        "data.num_workers=0",
-        f"run_dir={run_dir}",
-        "callbacks.progress_bar=null",
-        "trainer.enable_progress_bar=false",
-    ]
-    if tiny:
-        out += TINY_SPARSE if experiment.startswith("dvd") else TINY_CAMERA_MODEL
+    """test_bevdepth_train's / test_dvd_train's overrides (tiny models), plus the test store's channels."""
+    from test_bevdepth_train import train_overrides as bevdepth_overrides
+    from test_dvd_train import train_overrides as dvd_overrides
+
+    own = []
     if experiment != "bevdepth_tig_depth":
-        out.append(f"model.tig.teacher_channels={C_T}")
+        own.append(f"model.tig.teacher_channels={C_T}")
     if experiment == "dvd_tig":
-        out.append("model.detector.distill_channels=32")  # the test store's tiny features
-    return out + list(extra)
+        own.append("model.detector.distill_channels=32")  # the test store's tiny features
+    base = dvd_overrides if experiment.startswith("dvd") else bevdepth_overrides
+    return base(experiment, root, store, run_dir, *own, *extra, tiny=tiny)
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)

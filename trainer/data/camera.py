@@ -162,7 +162,7 @@ def depth_targets(
     stride: int,
     gt_of_obj: np.ndarray | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Dense depth targets ``(N, h, w)`` float32 and the foreground pixels ``(R_fg, 5)`` of one keyframe, after augmentation.
+    """Dense depth targets ``(N, h, w)`` float32 and the foreground pixels ``(R_fg, 6)`` of one keyframe, after augmentation.
 
     Args:
         lidar_px: the store's table (``cam, u, v, depth, obj``, each ``(R,)``, original resolution).
@@ -325,7 +325,7 @@ class CameraDataset(KeyframeDataset):
         aug_from_img = np.stack(aug_from_img)  # (N, 3, 3)
 
         if self.train and self.bev_aug is not None:
-            gen = torch.Generator().manual_seed(stream_seed % 2**63) if stream_seed is not None else None
+            gen = torch.Generator().manual_seed(stream_seed) if stream_seed is not None else None
             aug_from_ego = sample_bev_aug(**self.bev_aug, generator=gen)  # (4, 4) float32
         else:
             aug_from_ego = torch.eye(4)

@@ -43,13 +43,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from bevlabels.grid import GridSpec
 from trainer.models.components.camera_bev import img_from_ego_of
 from trainer.models.components.lift_splat import DepthBins, as_grid
-from trainer.models.components.sparse.aggregation import bev_sample_coords
+from trainer.models.components.sparse.aggregation import bev_sample_coords, bilinear_sample
 from trainer.models.losses import inner_depth_loss, inter_channel_loss, inter_keypoint_loss
 
 #: the inner-depth reference rules (module docstring); ``adaptive`` is the paper's
@@ -183,8 +182,8 @@ def box_bev_keypoints(boxes: torch.Tensor, num_points: Sequence[int] = (4, 4), e
 def sample_bev_points(bev: torch.Tensor, points: Sequence[torch.Tensor], grid: GridSpec | Mapping) -> torch.Tensor:
     """Bilinear features ``(sum M_b, P, C)`` of maps ``bev (B, C, H, W)`` at metric points ``points[b] (M_b, P, 2)``.
 
-    grid_sample with ``align_corners=False`` on the cell coordinates of ``grid`` (cell k covers ``[k, k+1)``),
-    zeros off the grid; the map's dtype widened to float32 at least.
+    The sparse head's own BEV sampling path (``bev_sample_coords`` + ``bilinear_sample``: grid_sample with
+    ``align_corners=False`` on the cell coordinates of ``grid``), zeros off the grid; float32 at least.
     """
     grid = as_grid(grid)
     B, C = bev.shape[:2]
@@ -197,10 +196,7 @@ def sample_bev_points(bev: torch.Tensor, points: Sequence[torch.Tensor], grid: G
             out.append(bev.new_zeros(0, pts.shape[1] if pts.ndim == 3 else 0, C, dtype=dt))
             continue
         coords, _ = bev_sample_coords(pts.to(device=bev.device, dtype=dt), grid)  # (M_b, P, 2)
-        s = F.grid_sample(
-            bev[b : b + 1].to(dt), coords[None], mode="bilinear", padding_mode="zeros", align_corners=False
-        )
-        out.append(s[0].permute(1, 2, 0))  # (M_b, P, C)
+        out.append(bilinear_sample(bev[b : b + 1], coords[None])[0].permute(1, 2, 0))  # (M_b, P, C)
     return torch.cat(out)
 
 

@@ -25,7 +25,8 @@ map ``n`` samples wide at the continuous position ``(g + 1) / 2 * n`` whose samp
   ``g = 2 u / W - 1`` and ``2 v / H - 1`` on every level. The PV module reads only the valid (camera,
   query, keypoint) samples, with :func:`gather_bilinear` (the same bilinear rule, proven equal to
   grid_sample in the tests): a keypoint is seen by one or two of the six cameras, so grid_sample's
-  every-camera layout did six times the work (2.2 -> 1.56 s per CPU training step of ``experiment=dvd``).
+  every-camera layout did six times the work (median 2.40 -> 1.88 s per CPU training step of
+  ``experiment=dvd``: ``results/step_time_pv_gather.md``).
 
 Masking
 -------
