@@ -58,6 +58,18 @@ def synth_tiny(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def av2_tiny(tmp_path_factory) -> Path:
+    """The `tiny` preset (seed 0) as AV2 sensor logs (``pipelines.synth format=av2``): one train and one val log
+    of 4 sweeps at 10 Hz, 7 ring cameras (352x266 landscape, ``ring_front_center`` 266x352 portrait)."""
+    from bevlabels.synthetic import SynthConfig
+    from bevlabels.synthetic.av2_generate import generate_av2
+
+    out = tmp_path_factory.mktemp("synth_av2") / "av2-tiny"
+    generate_av2(SynthConfig.from_preset("tiny", seed=0), out, log=lambda msg: None)
+    return out
+
+
 # --- Hydra configs of the stages --------------------------------------------------------------
 
 
@@ -95,6 +107,27 @@ def synth_tiny_store(synth_tiny, compose_labels, tmp_path_factory) -> Path:
     overrides = [
         "dataset=synthetic",
         f"dataset.root={synth_tiny}",
+        f"out={out}",
+        "grid=near",
+        "cluster.processes=false",
+        "cluster.n_workers=1",
+        *TINY_FEATURE_OVERRIDES,
+    ]
+    summary = run(compose_labels(overrides))
+    assert not summary["failures"], summary["failures"]
+    return out
+
+
+@pytest.fixture(scope="session")
+def av2_tiny_store(av2_tiny, compose_labels, tmp_path_factory) -> Path:
+    """The label store of ``av2_tiny`` (``dataset=av2_synthetic``) on ``grid=near`` with tiny random features (C=32)."""
+    pytest.importorskip("open3d")
+    from pipelines.labels import run
+
+    out = tmp_path_factory.mktemp("labels_av2") / "av2_synthetic.zarr"
+    overrides = [
+        "dataset=av2_synthetic",
+        f"dataset.root={av2_tiny}",
         f"out={out}",
         "grid=near",
         "cluster.processes=false",

@@ -91,9 +91,10 @@ class _Scene:
         self.cfg, self.name, self.split, self.out = cfg, name, split, Path(out)
         self.number = scene_number(name)
         self.logfile = f"synth{cfg.seed:04d}-{name}"
+        self.key_dt = KEY_DT  # s between keyframes (the AV2 writer's subclass: 0.1, every sweep a keyframe)
         self.S = cfg.sweeps_per_keyframe
         self.n_sweeps = (cfg.keyframes - 1) * self.S + 1
-        self.sweep_dt = KEY_DT / self.S
+        self.sweep_dt = self.key_dt / self.S
         self.t0_us = T0_US + self.number * 1_000_000_000
         self.dirs_lidar, self.ring = cfg.lidar.ray_directions()
         self.ego_from_lidar = RIG[LIDAR_NAME].ego_from_sensor
@@ -102,7 +103,7 @@ class _Scene:
         return tables.token(self.cfg.seed, self.name, *key)
 
     def key_time(self, k: int) -> float:
-        return k * KEY_DT
+        return k * self.key_dt
 
     def us(self, t: float) -> int:
         return self.t0_us + int(round(t * 1e6))
@@ -110,7 +111,7 @@ class _Scene:
     # -- the world, re-drawn until every class is covered ----------------------------------------------
     def draw(self) -> None:
         cfg = self.cfg
-        duration = (cfg.keyframes - 1) * KEY_DT
+        duration = (cfg.keyframes - 1) * self.key_dt
         for attempt in range(MAX_ATTEMPTS):
             self.world = build_world(cfg.seed, self.number, duration, cfg.traffic_density, attempt)
             self.renderer = Renderer(self.world)
@@ -358,15 +359,18 @@ def generate_scene(cfg: SynthConfig, name: str, split: str, out: str | Path) -> 
     return _Scene(cfg, name, split, Path(out)).run()
 
 
-def check_output_dir(out: str | Path, overwrite: bool) -> Path:
-    """``out`` as a Path, after refusing a non-empty folder unless ``overwrite`` (a file is always refused)."""
+def check_output_dir(out: str | Path, overwrite: bool, own_paths: tuple[str, ...] = OWN_PATHS) -> Path:
+    """``out`` as a Path, after refusing a non-empty folder unless ``overwrite`` (a file is always refused).
+
+    ``own_paths``: what the writer replaces with ``overwrite`` (named in the message).
+    """
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise OutputDirError(f"output path {out} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise OutputDirError(
             f"output folder {out} is not empty; pass overwrite=true to replace the synthetic dataset in it "
-            f"(only {', '.join(OWN_PATHS)} are removed)"
+            f"(only {', '.join(own_paths)} are removed)"
         )
     return out
 
@@ -410,27 +414,37 @@ def generate(cfg: SynthConfig, out: str | Path, overwrite: bool = False,
         ],  # fmt: skip
     }
     (stage / META_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
-    # move into place: the whole folder when out is new, else our paths one by one
-    if not out.exists():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        stage.rename(out)
-    else:
-        for p in OWN_PATHS:
-            q = out / p
-            if q.is_dir():
-                shutil.rmtree(q)
-            elif q.exists():
-                q.unlink()
-        for child in sorted(stage.iterdir()):
-            child.rename(out / child.name)
-        stage.rmdir()
+    install(stage, out, OWN_PATHS)
     log(f"wrote {sum(len(r.rows['sample']) for r in results)} keyframes, "
         f"{sum(len(r.rows['sample_annotation']) for r in results)} annotations to {out / cfg.version}")  # fmt: skip
     return out
 
 
+def install(stage: Path, out: Path, own_paths: tuple[str, ...]) -> None:
+    """Move a finished staging folder into place: the whole folder when ``out`` is new, else
+    ``own_paths`` of ``out`` are removed and the staged entries moved in one by one."""
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        stage.rename(out)
+        return
+    for p in own_paths:
+        q = out / p
+        if q.is_dir():
+            shutil.rmtree(q)
+        elif q.exists():
+            q.unlink()
+    for child in sorted(stage.iterdir()):
+        child.rename(out / child.name)
+    stage.rmdir()
+
+
 def _generate_job(job) -> SceneResult:
     return generate_scene(*job)
+
+
+def has_tables(root: str | Path, dataset_cfg) -> bool:
+    """Whether ``root`` holds the nuScenes tables of ``dataset_cfg["version"]`` (a world is there)."""
+    return (Path(root) / str(dataset_cfg["version"])).is_dir()
 
 
 def read_meta(out: str | Path) -> dict | None:
