@@ -60,8 +60,8 @@ class LabelJob:
     lidar_px_min_depth: float = 1.0
 
 
-def load_images(frame) -> np.ndarray:
-    """The keyframe's camera images ``(N, H, W, 3)`` uint8 (all cameras share one size), or raise naming the file."""
+def load_images(frame) -> list[np.ndarray]:
+    """The keyframe's camera images, each ``(H_n, W_n, 3)`` uint8 at its own size, or raise naming the file."""
     from PIL import Image
 
     from bevlabels.datasets.base import DatasetError
@@ -72,17 +72,15 @@ def load_images(frame) -> np.ndarray:
             raise DatasetError(f"missing image for {cam.name} of keyframe {frame.token}: {cam.image_path}")
         try:
             with Image.open(cam.image_path) as im:
-                arr = np.asarray(im.convert("RGB"))
+                arr = np.array(im.convert("RGB"))  # writable, for torch.from_numpy
         except OSError as e:
             raise DatasetError(f"cannot decode image {cam.image_path}: {e}") from e
         if arr.shape[:2] != (cam.height, cam.width):
             raise DatasetError(
-                f"image {cam.image_path} is {arr.shape[1]}x{arr.shape[0]}, tables say {cam.width}x{cam.height}"
+                f"image {cam.image_path} is {arr.shape[1]}x{arr.shape[0]}, calibration says {cam.width}x{cam.height}"
             )
         imgs.append(arr)
-    if len({a.shape for a in imgs}) != 1:
-        raise DatasetError(f"cameras of keyframe {frame.token} have different image sizes; batch them per size")
-    return np.stack(imgs)
+    return imgs
 
 
 class FeatureModelMismatchError(RuntimeError):
@@ -155,9 +153,9 @@ def label_scene(job: LabelJob, scene: str, indices: list[int], tokens: list[str]
             if frame.token not in todo:
                 continue
             with Timer(res.seconds, "decode"):
-                images = torch.from_numpy(load_images(frame)).permute(0, 3, 1, 2)  # (N, 3, H, W) uint8
+                images = [torch.from_numpy(im).permute(2, 0, 1) for im in load_images(frame)]  # N x (3, H_n, W_n)
             with Timer(res.seconds, "features"):
-                feats = extractor(images.to(extractor.device))  # (N, C, h, w)
+                feats = extractor.encode_cameras(images)  # N x (C, h_n, w_n): one batch per image size
             with Timer(res.seconds, "project_pool"):
                 pooled = pool_bev(cloud.points, feats, CameraSet.from_frame(frame), grid, vis)
                 feat = pooled.feat.cpu().numpy().astype(np.float16)
@@ -175,24 +173,13 @@ def label_scene(job: LabelJob, scene: str, indices: list[int], tokens: list[str]
 
 
 def ensure_dataset(ds_cfg: dict) -> None:
-    """Generate the synthetic world at ``dataset.root`` when it is the configured dataset and missing."""
-    root = Path(ds_cfg["root"])
-    if ds_cfg.get("name") != "synthetic" or (root / ds_cfg["version"]).is_dir():
-        return
-    from bevlabels.synthetic import SynthConfig, generate
-
-    gen = ds_cfg.get("generate", {})
-    preset, seed = gen.get("preset", "small"), int(gen.get("seed", 0))
-    log.warning("synthetic world not found at %s: generating it (preset=%s seed=%s) first", root, preset, seed)
+    """Generate the synthetic world a dataset config names (its ``generate`` section) when it is missing,
+    scenes in parallel over ``generate.workers`` dask processes (:func:`bevlabels.synthetic.formats.ensure_world`)."""
+    from bevlabels.synthetic.formats import ensure_world
     from pipelines.synth import dask_map
 
-    workers = int(gen.get("workers", 2))
-    generate(
-        SynthConfig.from_preset(preset, seed=seed),
-        root,
-        map_fn=dask_map(workers) if workers > 1 else None,
-        log=log.info,
-    )
+    workers = int((ds_cfg.get("generate") or {}).get("workers", 2))
+    ensure_world(ds_cfg, map_fn=dask_map(workers) if workers > 1 else None, log=log.warning)
 
 
 def plan(ds, split: str | None, scenes: list[str] | None, limit_scenes: int | None):

@@ -217,11 +217,13 @@ def main(argv: list[str]) -> dict:
 
     store = LabelStoreReader(summary["store"])
     frame = get_dataset(cfg["dataset"]["adapter"]).frame(str(store.sample_tokens[0]))
-    cam = frame.cameras[0]
+    from collections import Counter
+
+    sizes = Counter((c.width, c.height) for c in frame.cameras)  # AV2: a portrait front camera beside landscape ones
     extra = {
         "dataset": f"synthetic {args.preset} seed {args.seed} ({cfg['dataset']['root']})",
         "scenes": len(set(store.scenes.tolist())),
-        "image_size": f"{len(frame.cameras)} x {cam.width}x{cam.height}",
+        "image_size": " + ".join(f"{n} x {w}x{h}" for (w, h), n in sizes.items()),
         "n_workers": args.n_workers,
         "threads": args.threads,
         "generate_s": generate_s,

@@ -250,6 +250,24 @@ class FeatureExtractor(nn.Module, ABC):
         assert tuple(feats.shape) == expected, f"encoder returned {tuple(feats.shape)}, expected {expected}"
         return feats.float()
 
+    def encode_cameras(self, images: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Return each camera's patch features ``(C, h_n, w_n)`` for images ``(3, H_n, W_n)`` of any sizes.
+
+        Cameras of one image size go through :meth:`forward` as one batch, so a rig of one size
+        (nuScenes) costs one call and AV2's portrait front camera beside six landscape ones two.
+        Each map has the patch grid of its own image (:meth:`feature_size`).
+        """
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for n, im in enumerate(images):
+            assert im.ndim == 3 and im.shape[0] == 3, f"image {n} must be (3, H, W), got {tuple(im.shape)}"
+            groups.setdefault(tuple(im.shape), []).append(n)
+        out: list[torch.Tensor | None] = [None] * len(images)
+        for idx in groups.values():
+            feats = self(torch.stack([images[n] for n in idx]))  # (n_size, C, h, w)
+            for j, n in enumerate(idx):
+                out[n] = feats[j]
+        return out  # type: ignore[return-value]
+
     @abstractmethod
     def _encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Return features ``(N, C, H_in / p, W_in / p)`` of normalised inputs ``(N, 3, H_in, W_in)``."""

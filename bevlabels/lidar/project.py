@@ -17,6 +17,7 @@ Letters: P points, N cameras, C channels, h/w a feature map, H/W the BEV grid, R
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -134,7 +135,7 @@ class PooledBEV:
 
 def pool_bev(
     points_ego: torch.Tensor | np.ndarray,
-    feats: torch.Tensor,
+    feats: torch.Tensor | Sequence[torch.Tensor],
     cams: CameraSet,
     grid: GridSpec,
     cfg: VisibilityConfig | None = None,
@@ -144,16 +145,21 @@ def pool_bev(
 
     Args:
         points_ego: ``(P, >=3)`` accumulated points in the keyframe's ego frame.
-        feats: ``(N, C, h, w)`` patch features of the N cameras (same order as ``cams``).
+        feats: the N cameras' patch features (same order as ``cams``): one ``(N, C, h, w)`` tensor
+            when the cameras share an image size, or a sequence of N ``(C, h_n, w_n)`` maps when they
+            do not (AV2's portrait front camera beside landscape ones).
         cams: camera geometry of the keyframe.
         grid: the BEV grid; points outside its xy bounds (or ``z_range``, default the grid's
             ``zbound``) are dropped first.
     """
     cfg = cfg or VisibilityConfig()
-    assert feats.ndim == 4 and feats.shape[0] == len(cams), (
-        f"feats must be (N={len(cams)}, C, h, w); got {tuple(feats.shape)}"
+    if torch.is_tensor(feats):
+        assert feats.ndim == 4, f"feats must be (N={len(cams)}, C, h, w); got {tuple(feats.shape)}"
+    assert len(feats) == len(cams) and all(f.ndim == 3 for f in feats), (
+        f"feats must hold N={len(cams)} maps (C, h, w); got {[tuple(f.shape) for f in feats]}"
     )
-    device = feats.device
+    assert len({f.shape[0] for f in feats}) == 1, f"cameras' feature maps differ in C: {[f.shape[0] for f in feats]}"
+    device = feats[0].device
     pts = torch.as_tensor(np.asarray(points_ego)[:, :3] if not torch.is_tensor(points_ego) else points_ego[:, :3])
     pts = pts.to(device=device, dtype=torch.float32)
     zlo, zhi = z_range if z_range is not None else grid.zbound[:2]
@@ -161,7 +167,7 @@ def pool_bev(
     keep = inside & (pts[:, 2] >= zlo) & (pts[:, 2] <= zhi)
     pts, cell = pts[keep], cell[keep]  # (P, 3), (P,)
 
-    C = feats.shape[1]
+    C = feats[0].shape[0]
     H, W = grid.shape
     hits = camera_hits(pts, cams, cfg)
     n_vis = torch.zeros(len(pts), dtype=torch.int32, device=device)
@@ -172,11 +178,11 @@ def pool_bev(
     bev_sum = torch.zeros(H * W, C, dtype=torch.float32, device=device)
     for n, h in enumerate(hits):
         size = (int(cams.sizes[n, 0]), int(cams.sizes[n, 1]))
-        hw = feats.shape[2] * feats.shape[3]
+        hw = feats[n].shape[1] * feats[n].shape[2]
         # Bilinear sampling is linear in the feature map, so the BEV sum is a sparse matrix
         # A (H*W, h*w) of summed tap weights times the flattened map: many points share a
         # (cell, patch) pair, so A has far fewer entries than points x taps.
-        taps, tap_w = bilinear_taps(h.uv, size, feats.shape[2:])  # (p, 4), (p, 4)
+        taps, tap_w = bilinear_taps(h.uv, size, feats[n].shape[1:])  # (p, 4), (p, 4)
         key = (cell[h.index, None] * hw + taps).reshape(-1)  # (p*4,) one entry per (BEV cell, patch)
         pair, inverse = torch.unique(key, return_inverse=True)
         a = torch.zeros(len(pair), dtype=torch.float32, device=device)

@@ -57,6 +57,34 @@ def test_eval_image_aug_is_identity_when_sizes_match_and_train_aug_is_resize_cro
     assert np.allclose(got[:2], expected)
 
 
+def test_one_draw_serves_a_portrait_and_a_landscape_camera():
+    """AV2's ring: the same draw realised per camera size; each K_aug maps a marked pixel onto the augmented image."""
+    import random
+
+    from PIL import Image
+
+    from trainer.data.camera import apply_image_aug, draw_image_aug, realise_image_aug
+
+    final_hw = (64, 176)
+    draw = draw_image_aug(True, resize_range=(0.9, 1.1), bottom_crop_range=(0.2, 0.3), flip_prob=1.0,
+                          rng=random.Random(4))  # fmt: skip
+    assert draw["flip"]
+    for wh, (u, v) in (((256, 194), (150.5, 100.5)), ((194, 256), (120.5, 150.5))):  # landscape, portrait
+        aug = realise_image_aug(wh, final_hw, draw)
+        W, H = wh
+        fit = max(final_hw[0] / H, final_hw[1] / W)
+        assert aug["resize_wh"] == (round(W * fit * draw["resize"]), round(H * fit * draw["resize"]))
+        assert aug["resize_wh"][0] >= final_hw[1] * 0.9  # the portrait image is fitted by its width
+        img = np.zeros((H, W, 3), np.uint8)
+        img[int(v) - 4 : int(v) + 4, int(u) - 4 : int(u) + 4] = 255  # a bright 8 px square around (u, v)
+        out = apply_image_aug(Image.fromarray(img), aug, final_hw)
+        assert out.shape == (*final_hw, 3)
+        q = aug["aug_from_img"] @ np.array([u, v, 1.0])
+        ys, xs = np.nonzero(out[..., 0] > 128)
+        assert len(xs) > 0, f"marker of the {W}x{H} image left the crop"
+        assert abs(xs.mean() + 0.5 - q[0]) < 1.0 and abs(ys.mean() + 0.5 - q[1]) < 1.0
+
+
 def test_depth_targets_keep_the_nearest_point_per_cell_and_drop_pixels_outside_the_crop():
     px = {
         "cam": np.array([0, 0, 0, 1, 1], dtype=np.uint8),

@@ -74,6 +74,22 @@ def test_six_cameras_shape_dtype_and_no_grad(tiny):
     assert not tiny.training and not tiny.model.training
 
 
+def test_encode_cameras_of_mixed_sizes_batches_per_size(tiny, monkeypatch):
+    """AV2: a portrait camera among landscape ones; each map equals encoding that image alone."""
+    land = camera_batch(n=3, h=156, w=206, seed=1)
+    portrait = camera_batch(n=1, h=206, w=156, seed=2)
+    images = [land[0], portrait[0], land[1], land[2]]
+    calls = []
+    forward = type(tiny).forward
+    monkeypatch.setattr(type(tiny), "forward", lambda self, x: calls.append(tuple(x.shape)) or forward(self, x))
+    feats = tiny.encode_cameras(images)
+    assert sorted(calls) == [(1, 3, 206, 156), (3, 3, 156, 206)]  # one batch per image size
+    monkeypatch.undo()
+    assert [tuple(f.shape) for f in feats] == [(32, 16, 21), (32, 16, 12), (32, 16, 21), (32, 16, 21)]
+    for im, f in zip(images, feats):
+        torch.testing.assert_close(f, tiny(im[None])[0], rtol=1e-4, atol=1e-4)
+
+
 def test_deterministic_and_input_kinds(tiny):
     images = camera_batch(n=2)
     a, b = tiny(images), tiny(images)

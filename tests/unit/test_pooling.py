@@ -39,7 +39,7 @@ def bilinear_reference(feat: np.ndarray, u: float, v: float, width: int, height:
 def brute_force(points, feats, cams: CameraSet, grid: GridSpec, cfg: VisibilityConfig):
     """Per point, per camera, by hand: projection, z-buffer, bilinear sample; then per-cell mean."""
     H, W = grid.shape
-    C = feats.shape[1]
+    C = feats[0].shape[0]
     P = len(points)
     proj = {}  # (n, p) -> (u, v, depth)
     for n in range(len(cams)):
@@ -95,6 +95,29 @@ def test_pool_bev_equals_brute_force():
     assert (pooled.n_visible_cams == 2).sum() > 10  # ...some seen by both cameras (averaged)
     assert (ref_count == 0).sum() > 0  # ...and some cells empty (feature 0)
     assert (pooled.feat.numpy()[:, ref_count == 0] == 0).all()
+
+
+def test_pool_bev_cameras_of_different_sizes_equals_brute_force():
+    """AV2's rig: a portrait camera beside a landscape one, each with its own patch grid."""
+    rng = np.random.default_rng(3)
+    grid = GridSpec((0.0, 16.0, 1.0), (-8.0, 8.0, 1.0), (-2.0, 4.0, 6.0))
+    land = two_cameras(64, 32)
+    K_portrait = np.array([[40.0, 0, 16.0], [0, 40.0, 32.0], [0, 0, 1]])  # 32 x 64, portrait
+    cams = CameraSet(land.cam_from_ego, np.stack([K_portrait, land.K[1]]), np.array([[32, 64], [64, 32]]))
+    points = np.column_stack([rng.uniform(-2, 18, 600), rng.uniform(-9, 9, 600), rng.uniform(-1, 3, 600)])
+    feats = [  # per camera (C, h, w): a portrait patch grid and a landscape one
+        torch.as_tensor(rng.normal(size=(5, 8, 4)), dtype=torch.float32),
+        torch.as_tensor(rng.normal(size=(5, 4, 8)), dtype=torch.float32),
+    ]
+    cfg = VisibilityConfig(zbuffer_px=2, min_depth=0.5, chunk=50)
+    pooled = pool_bev(points, feats, cams, grid, cfg)
+    ref_feat, ref_count = brute_force(points, [f.numpy().astype(np.float64) for f in feats], cams, grid, cfg)
+    np.testing.assert_array_equal(pooled.count.numpy(), ref_count)
+    np.testing.assert_allclose(pooled.feat.numpy(), ref_feat, atol=1e-5)
+    assert ref_count.sum() > 100 and (pooled.n_visible_cams == 2).sum() > 10
+    # Sampling the portrait map with the landscape geometry would differ: the check can fail.
+    swapped = [feats[0].reshape(5, 4, 8), feats[1]]
+    assert not np.allclose(pool_bev(points, swapped, cams, grid, cfg).feat.numpy(), ref_feat, atol=1e-3)
 
 
 def test_point_hidden_behind_an_object_takes_no_feature():

@@ -93,6 +93,52 @@ CAMERA_LIST_KEYS = (*LIST_KEYS, "fg_px")
 # Image augmentation
 
 
+def draw_image_aug(
+    train: bool,
+    resize_range: Sequence[float] = (1.0, 1.0),
+    bottom_crop_range: Sequence[float] = (0.0, 0.0),
+    flip_prob: float = 0.0,
+    rng: random.Random | None = None,
+) -> dict[str, Any]:
+    """The random part of an image augmentation, independent of the image size.
+
+    ``{"resize": factor on the fit scale, "bottom": share of the bottom cropped away, "crop_x": where
+    the crop's left edge lies in [0, 1] of its free range (None: centred), "flip": bool}``. One draw
+    serves every camera of a keyframe; :func:`realise_image_aug` turns it into each camera's own
+    resize and crop, so cameras of different sizes (AV2's portrait front one) share the same draw.
+    """
+    rng = rng or random
+    if not train:
+        return {"resize": 1.0, "bottom": float(np.mean(bottom_crop_range)), "crop_x": None, "flip": False}
+    resize = rng.uniform(*resize_range)
+    bottom = rng.uniform(*bottom_crop_range)
+    crop_x = rng.random()
+    flip = rng.random() < flip_prob
+    return {"resize": resize, "bottom": bottom, "crop_x": crop_x, "flip": flip}
+
+
+def realise_image_aug(image_wh: tuple[int, int], final_hw: Sequence[int], draw: Mapping[str, Any]) -> dict[str, Any]:
+    """One camera's augmentation ``{"resize_wh", "crop_xy", "flip", "aug_from_img" (3, 3)}`` for an image ``(W, H)``.
+
+    The fit scale ``max(H_f / H, W_f / W)`` makes the image cover ``final_hw`` whatever its
+    orientation (a portrait image is fitted by its width), times the draw's ``resize``. The crop is
+    ``final_hw`` large, its top at ``(1 - b) * H_resized - H_f`` (``b`` the draw's ``bottom``: BEVDepth's
+    ``bot_pct_lim``; ``b = 0`` keeps the image's bottom), its left at ``crop_x`` of the free width
+    (centred when None). A crop reaching outside the resized image reads zeros there.
+    """
+    W, H = image_wh
+    fH, fW = (int(v) for v in final_hw)
+    scale = max(fH / H, fW / W) * float(draw["resize"])
+    new_w, new_h = int(round(W * scale)), int(round(H * scale))
+    crop_y = int((1 - float(draw["bottom"])) * new_h) - fH
+    free_x = max(0, new_w - fW)
+    crop_x = int(free_x / 2) if draw["crop_x"] is None else int(float(draw["crop_x"]) * free_x)
+    flip = bool(draw["flip"])
+    # The exact per-axis scale of the integer-sized resize, so K_aug matches the pixels.
+    aug = image_aug_matrix((new_w / W, new_h / H), (crop_x, crop_y), flip=flip, out_width=fW)
+    return {"resize_wh": (new_w, new_h), "crop_xy": (crop_x, crop_y), "flip": flip, "aug_from_img": aug}
+
+
 def sample_image_aug(
     image_wh: tuple[int, int],
     final_hw: Sequence[int],
@@ -102,30 +148,14 @@ def sample_image_aug(
     flip_prob: float = 0.0,
     rng: random.Random | None = None,
 ) -> dict[str, Any]:
-    """One image augmentation: ``{"resize_wh", "crop_xy", "flip", "aug_from_img" (3, 3)}`` for an image ``(W, H)``.
+    """One image augmentation for an image ``(W, H)``: :func:`draw_image_aug` then :func:`realise_image_aug`.
 
-    The fit scale ``max(H_f / H, W_f / W)`` makes the image cover ``final_hw``; in training it is
-    multiplied by a factor uniform in ``resize_range``. The crop is ``final_hw`` large, its top at
-    ``(1 - b) * H_resized - H_f`` with ``b`` uniform in ``bottom_crop_range`` (BEVDepth's
-    ``bot_pct_lim``; ``b = 0`` keeps the image's bottom), its left uniform (training) or centred.
-    A crop reaching outside the resized image reads zeros there.
+    In training the fit scale is multiplied by a factor uniform in ``resize_range``, ``b`` is uniform
+    in ``bottom_crop_range`` and the crop's left uniform over the free width; in evaluation the fit
+    scale, the mean ``b`` and a centred crop.
     """
-    rng = rng or random
-    W, H = image_wh
-    fH, fW = (int(v) for v in final_hw)
-    scale = max(fH / H, fW / W)
-    if train:
-        scale *= rng.uniform(*resize_range)
-        b = rng.uniform(*bottom_crop_range)
-    else:
-        b = float(np.mean(bottom_crop_range))
-    new_w, new_h = int(round(W * scale)), int(round(H * scale))
-    crop_y = int((1 - b) * new_h) - fH
-    crop_x = int(rng.uniform(0, max(0, new_w - fW))) if train else int(max(0, new_w - fW) / 2)
-    flip = train and rng.random() < flip_prob
-    # The exact per-axis scale of the integer-sized resize, so K_aug matches the pixels.
-    aug = image_aug_matrix((new_w / W, new_h / H), (crop_x, crop_y), flip=flip, out_width=fW)
-    return {"resize_wh": (new_w, new_h), "crop_xy": (crop_x, crop_y), "flip": flip, "aug_from_img": aug}
+    draw = draw_image_aug(train, resize_range, bottom_crop_range, flip_prob, rng)
+    return realise_image_aug(image_wh, final_hw, draw)
 
 
 def apply_image_aug(image, aug: Mapping[str, Any], final_hw: Sequence[int]) -> np.ndarray:
@@ -298,10 +328,7 @@ class CameraDataset(KeyframeDataset):
         final_hw = tuple(int(v) for v in self.image_aug["final_hw"])
         # Python's RNG: Lightning's seed_everything(workers=True) seeds it in every worker too.
         rng = random.Random(stream_seed) if stream_seed is not None else None
-        cam0 = frame.cameras[0]
-        aug = sample_image_aug(
-            (cam0.width, cam0.height),
-            final_hw,
+        draw = draw_image_aug(
             self.train,
             resize_range=self.image_aug.get("resize_range", (1.0, 1.0)),
             bottom_crop_range=self.image_aug.get("bottom_crop_range", (0.0, 0.0)),
@@ -310,14 +337,9 @@ class CameraDataset(KeyframeDataset):
         )
         images, aug_from_img, K, key_ego_from_cam = [], [], [], []
         for n, cam in enumerate(frame.cameras):
-            if (cam.width, cam.height) != (cam0.width, cam0.height):
-                # Per-camera sizes would need one draw per camera; every supported dataset has one size.
-                raise DatasetError(
-                    f"keyframe {frame.token}: camera {cam.name} is {cam.width}x{cam.height}, {cam0.name} "
-                    f"{cam0.width}x{cam0.height}; the camera data module needs one image size"
-                )
             if not cam.has_image:
                 raise DatasetError(f"missing image for {cam.name} of keyframe {frame.token}: {cam.image_path}")
+            aug = realise_image_aug((cam.width, cam.height), final_hw, draw)  # each camera at its own size
             images.append(apply_image_aug(load_image(cam.image_path), aug, final_hw))
             aug_from_img.append(aug["aug_from_img"])
             K.append(aug["aug_from_img"] @ cam.K)
@@ -650,4 +672,6 @@ __all__ = [
     "depth_targets",
     "resample_dino",
     "sample_image_aug",
+    "draw_image_aug",
+    "realise_image_aug",
 ]

@@ -102,18 +102,10 @@ def get_adapter(adapter_cfg: Mapping) -> Any:
 
 
 def ensure_synthetic(dataset_cfg: Mapping, log_fn=log.warning) -> None:
-    """Generate the synthetic world at ``dataset.root`` when it is the configured dataset and is missing."""
-    if dataset_cfg.get("name") != "synthetic":
-        return
-    root = Path(dataset_cfg["root"])
-    if (root / dataset_cfg["version"]).is_dir():
-        return
-    from bevlabels.synthetic import SynthConfig, generate
+    """Generate the synthetic world (nuScenes or AV2 format) a ``dataset`` config names when it is missing."""
+    from bevlabels.synthetic.formats import ensure_world
 
-    gen = dict(dataset_cfg.get("generate") or {})
-    preset, seed = gen.get("preset", "small"), int(gen.get("seed", 0))
-    log_fn(f"synthetic world not found at {root}: generating it (preset={preset} seed={seed}) first")
-    generate(SynthConfig.from_preset(preset, seed=seed), root, log=log.info)
+    ensure_world(dataset_cfg, log=log_fn)
 
 
 def split_names(dataset_cfg: Mapping) -> tuple[str, str]:
