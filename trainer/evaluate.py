@@ -1,8 +1,13 @@
-"""Score a checkpoint with the official nuScenes devkit: ``python -m trainer.evaluate ckpt=... [split=val] [out=...]``.
+"""Score a checkpoint with its dataset's official evaluation: ``python -m trainer.evaluate ckpt=... [split=val] [out=...]``.
 
     python -m trainer.evaluate ckpt=outputs/teacher_centerpoint/<run>/checkpoints/last.ckpt
     python -m trainer.evaluate ckpt=... split=train out=/tmp/eval num_workers=0 device=cuda
     python -m trainer.evaluate ckpt=... limit_scenes=0     # the whole split, whatever data.limit_scenes was
+    python -m trainer.evaluate ckpt=<an AV2 run> roi=false n_jobs=2     # AV2: av2's evaluation, options
+
+Which evaluation: the one the dataset adapter declares (``DriveDataset.evaluation``, see
+:func:`evaluation_of`): ``"nuscenes"`` (nuScenes and the synthetic world) is the nuScenes devkit,
+described first below; ``"av2"`` (Argoverse 2) is av2's own detection evaluation, described at the end.
 
 The data module and the model are rebuilt from the checkpoint's stored config alone
 (:func:`trainer.lit_base.load_checkpoint`; a checkpoint whose weights do not fit its config is
@@ -37,6 +42,21 @@ many keyframes were scored, against the whole split, is printed and written to
 
     {"eval_set": "mini_val", "partial": true, "scenes": ["scene-0103"], "keyframes": 3,
      "split_scenes": 2, "split_keyframes": 6}
+
+Argoverse 2 (:func:`evaluate_av2`). :mod:`trainer.av2_results` writes the detections as av2's
+detection table (``log_id, timestamp_ns, category, tx_m, ty_m, tz_m, length_m, width_m, height_m,
+qw, qx, qy, qz, score``) in the sweep's **ego frame**, which is what av2 scores (its city poses only
+place cuboids in the map for the region-of-interest filter), reads the GT from the evaluated logs'
+``annotations.feather`` (the predicted keyframes only: the same whole-log coverage rule and
+``evaluated`` record as above, logs being the scenes) and scores with
+``av2.evaluation.detection.eval.evaluate`` and a ``DetectionCfg`` of av2's defaults (its 26
+categories, ``dataset_dir`` = the folder of the logs). The ROI filter (``eval_only_roi_instances``)
+is on when every evaluated log has its ``map/``, else off (``roi=true|false`` forces it); which,
+and why, is printed and in the summary's ``roi``. The evaluation folder receives
+``detections_av2.feather`` and ``metrics_summary.json`` (av2's ``AVERAGE_METRICS``: ``AP CDS ATE
+ASE AOE`` over all 26 categories; ``mean_over_gt_categories``: the same over the categories with
+evaluated GT; ``per_category``; ``roi``; ``evaluated``). Tracking is not scored on AV2 (a message
+says so). av2 matches in a ``spawn`` process pool of ``n_jobs`` (default: up to 8, at most the CPUs).
 """
 
 from __future__ import annotations
@@ -47,7 +67,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -85,13 +105,28 @@ def predict(model: DetectionModule, datamodule, split: str = "val", device: str 
     return [p for batch in batches for p in batch]
 
 
+#: the evaluations :func:`evaluate` runs, by the adapter's ``DriveDataset.evaluation``
+EVALUATIONS = ("nuscenes", "av2")
+
+
+def evaluation_of(adapter) -> str:
+    """Which evaluation scores the dataset of ``adapter``: what it declares (``DriveDataset.evaluation``)."""
+    kind = getattr(adapter, "evaluation", None)
+    if kind not in EVALUATIONS:
+        raise NotImplementedError(
+            f"trainer.evaluate has no evaluation for the dataset adapter {adapter} (it declares "
+            f"evaluation={kind!r}; known: {', '.join(EVALUATIONS)})"
+        )
+    return kind
+
+
 def nuscenes_of(datamodule):
     """The devkit ``NuScenes`` object behind the data module's adapter; a clear error for other datasets."""
     nusc = getattr(datamodule.adapter, "nusc", None)
     if nusc is None:
         raise NotImplementedError(
-            f"trainer.evaluate scores with the nuScenes devkit; the dataset adapter {datamodule.adapter} is not a "
-            "nuScenes-format dataset (Argoverse 2 scoring through av2's evaluation is not written yet)"
+            f"the nuScenes devkit's evaluation needs a nuScenes-format dataset; the dataset adapter "
+            f"{datamodule.adapter} is not one"
         )
     return nusc
 
@@ -157,7 +192,14 @@ def split_coverage(nusc, eval_set: str, sample_tokens: Iterable[str]) -> dict[st
     "split_scenes", "split_keyframes"}``. Raises ``ValueError`` for tokens outside the split and for a
     covered scene with a keyframe missing: scoring the keyframes present would silently drop GT.
     """
-    per_scene = split_samples(nusc, eval_set)
+    return coverage_of(split_samples(nusc, eval_set), eval_set, sample_tokens)
+
+
+def coverage_of(per_scene: dict[str, list[str]], eval_set: str, sample_tokens: Iterable[str]) -> dict[str, Any]:
+    """Which scenes of a split (``per_scene``: ``{scene: its keyframe tokens}``, split order) ``sample_tokens`` cover.
+
+    What :func:`split_coverage` returns and refuses, for any dataset's split.
+    """
     tokens = set(sample_tokens)
     scene_of = {t: name for name, toks in per_scene.items() for t in toks}
     outside = sorted(tokens - scene_of.keys())
@@ -305,29 +347,61 @@ def evaluate(
     verbose: bool = False,
     limit_scenes: int | None = None,
     tracking: bool = True,
+    roi: bool | None = None,
+    n_jobs: int | None = None,
 ) -> dict[str, Any]:
-    """Predict ``split`` with the checkpoint, score it with ``DetectionEval``; return the devkit summary (+ paths).
+    """Predict ``split`` with the checkpoint and score it with the dataset's official evaluation; return its summary (+ paths).
+
+    The evaluation is the one the dataset adapter declares (``DriveDataset.evaluation``,
+    :func:`evaluation_of`): the nuScenes devkit's ``DetectionEval`` (:func:`evaluate_nuscenes`) or
+    av2's detection evaluation (:func:`evaluate_av2`).
 
     ``tracking``: also track the detections scene by scene (the model's own ``track_ids`` when it
     gives them, else :class:`~trainer.tracking.GreedyTracker`) and score them with ``TrackingEval``:
     ``tracking/metrics_summary.json`` under the output folder, its overall metrics in the returned
-    summary's ``tracking`` and the printout.
+    summary's ``tracking`` and the printout. nuScenes-format datasets only: on AV2 it is skipped
+    with a message.
 
     ``limit_scenes``: predict the first that many scenes of the split; ``None`` keeps the checkpoint's
     ``data.limit_scenes`` (the scenes it was validated on), ``0`` the whole split. The summary's
     ``evaluated`` says which scenes and how many keyframes were scored, against the whole split.
+
+    ``roi``, ``n_jobs`` (AV2 only): av2's region-of-interest filter (``None``: on when every
+    evaluated log has its map) and the size of av2's process pool (``None``: up to 8, at most the CPUs).
     """
     t0 = time.perf_counter()
     loaded: LoadedCheckpoint = load_checkpoint(ckpt)
-    model = loaded.model
     datamodule = build_datamodule(
         loaded.config, num_workers=num_workers, batch_size=batch_size, limit_scenes=limit_scenes
     )
     datamodule.prepare_data()
     datamodule.setup("predict")
+    kind = evaluation_of(datamodule.adapter)
+    out_dir = Path(out) if out else default_out_dir(loaded.path, split)
+    if kind == "av2":
+        return evaluate_av2(
+            loaded, datamodule, split, out_dir, device=device, tracking=tracking, roi=roi, n_jobs=n_jobs, t0=t0
+        )
+    return evaluate_nuscenes(
+        loaded, datamodule, split, out_dir, device=device, verbose=verbose, tracking=tracking, t0=t0
+    )
+
+
+def evaluate_nuscenes(
+    loaded: LoadedCheckpoint,
+    datamodule,
+    split: str,
+    out_dir: Path,
+    device: str = "cpu",
+    verbose: bool = False,
+    tracking: bool = True,
+    t0: float | None = None,
+) -> dict[str, Any]:
+    """:func:`evaluate` on a nuScenes-format dataset: ``DetectionEval`` (and ``TrackingEval``) of the devkit."""
+    t0 = time.perf_counter() if t0 is None else t0
+    model = loaded.model
     nusc = nuscenes_of(datamodule)
     eval_set = datamodule.split_name(split)
-    out_dir = Path(out) if out else default_out_dir(loaded.path, split)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     from trainer.nusc_results import make_results, write_results
@@ -394,6 +468,105 @@ def evaluate(
     return {**summary, "extra": extra, "out_dir": str(out_dir), "eval_set": eval_set, "keyframes": len(frames)}
 
 
+def run_av2_eval(
+    adapter,
+    eval_set: str,
+    frames: Sequence[Any],
+    predictions: Iterable[Mapping[str, Any]],
+    class_names: Sequence[str],
+    roi: bool | None = None,
+    n_jobs: int | None = None,
+):
+    """av2's detection evaluation of ``predictions`` on ``frames`` (keyframes of ``eval_set``): ``(summary, detections)``.
+
+    Like the nuScenes path: ``frames`` are the keyframes predicted (a keyframe without a prediction
+    has no detections; a prediction outside ``frames`` is an error). They may cover part of the split,
+    log by log (:func:`coverage_of` over ``adapter.scenes(eval_set)`` and their keyframes; a log with
+    a keyframe missing is refused); av2 then scores the GT of exactly those keyframes
+    (:func:`trainer.av2_results.read_gt`). ``detections`` is av2's detection table (ego frame, see
+    :mod:`trainer.av2_results`); ``summary`` is :func:`trainer.av2_results.run_av2_detection_eval`'s
+    with ``evaluated`` and ``meta`` added.
+    """
+    from trainer import av2_results
+
+    predictions = list(predictions)
+    tokens = [f.token for f in frames]
+    unknown = sorted({str(p["sample_token"]) for p in predictions} - set(tokens))
+    if unknown:
+        raise KeyError(f"predictions for {len(unknown)} samples not among the evaluated keyframes (e.g. {unknown[:3]})")
+    per_scene = {scene: [f.token for f in adapter.keyframes(scene)] for scene in adapter.scenes(eval_set)}
+    evaluated = coverage_of(per_scene, eval_set, tokens)
+    if evaluated["partial"]:
+        log.warning("evaluating part of the split: %s", describe_coverage(evaluated))
+    detections = av2_results.make_detections(predictions, class_names)
+    dataset_dir = av2_results.dataset_dir_of(frames)
+    gts = av2_results.read_gt(dataset_dir, tokens)
+    summary = av2_results.run_av2_detection_eval(detections, gts, dataset_dir, roi=roi, n_jobs=n_jobs)
+    summary["meta"] = {"eval_set": eval_set, "evaluation": "av2.evaluation.detection.eval.evaluate"}
+    summary["evaluated"] = evaluated
+    return summary, detections
+
+
+#: what :func:`evaluate_av2` says about tracking
+AV2_TRACKING_SKIPPED = (
+    "tracking skipped: trainer.evaluate scores tracking with the nuScenes devkit only; "
+    "av2's tracking evaluation (av2.evaluation.tracking) is not wired in yet"
+)
+
+
+def evaluate_av2(
+    loaded: LoadedCheckpoint,
+    datamodule,
+    split: str,
+    out_dir: Path,
+    device: str = "cpu",
+    tracking: bool = True,
+    roi: bool | None = None,
+    n_jobs: int | None = None,
+    t0: float | None = None,
+) -> dict[str, Any]:
+    """:func:`evaluate` on Argoverse 2: av2's detection evaluation (:func:`run_av2_eval`).
+
+    Writes ``detections_av2.feather`` (av2's detection table: ego-frame cuboids, as av2 scores them)
+    and ``metrics_summary.json`` (av2's averages over its 26 categories ``AP CDS ATE ASE AOE``, the
+    same over the categories with GT, ``per_category``, ``roi``, ``evaluated``), ``extra_metrics.json``
+    when the model has an ``extra_eval`` hook, and prints a table. Tracking is skipped (a message).
+    """
+    from trainer.av2_results import format_av2_table, write_detections
+
+    t0 = time.perf_counter() if t0 is None else t0
+    model = loaded.model
+    eval_set = datamodule.split_name(split)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    frames = datamodule.frames(split)
+    predictions = predict(model, datamodule, split, device)
+    summary, detections = run_av2_eval(
+        datamodule.adapter, eval_set, frames, predictions, model.class_names, roi=roi, n_jobs=n_jobs
+    )
+    det_path = write_detections(out_dir / "detections_av2.feather", detections)
+    extra = {}
+    if hasattr(model, "extra_eval"):
+        extra = model.extra_eval(predictions, datamodule) or {}
+        with open(out_dir / "extra_metrics.json", "w") as f:
+            json.dump(extra, f, indent=2)
+    if tracking:
+        summary["tracking"] = {"skipped": AV2_TRACKING_SKIPPED}
+    with open(out_dir / "metrics_summary.json", "w") as f:
+        json.dump(summary, f, indent=2)
+
+    print(
+        f"\n{loaded.path} (epoch {loaded.epoch}, step {loaded.global_step}) on AV2 {eval_set}: "
+        f"{len(frames)} keyframes, {len(detections)} boxes, {time.perf_counter() - t0:.1f} s\n"
+        f"evaluated: {describe_coverage(summary['evaluated'])}\n"
+        + format_av2_table(summary)
+        + "".join(f"\n{k:<22}{v}" for k, v in extra.items())
+        + (f"\n{AV2_TRACKING_SKIPPED}" if tracking else "")
+        + f"\ndetections: {det_path}\nsummary: {out_dir / 'metrics_summary.json'}",
+        flush=True,
+    )
+    return {**summary, "extra": extra, "out_dir": str(out_dir), "eval_set": eval_set, "keyframes": len(frames)}
+
+
 def main() -> None:
     import hydra
 
@@ -411,6 +584,8 @@ def main() -> None:
             verbose=bool(cfg.get("verbose", False)),
             limit_scenes=cfg.get("limit_scenes"),
             tracking=bool(cfg.get("tracking", True)),
+            roi=cfg.get("roi"),
+            n_jobs=cfg.get("n_jobs"),
         )
 
     _main()

@@ -188,6 +188,7 @@ class AV2Dataset(DriveDataset):
 
     name = "av2"
     classes = AV2_CLASSES
+    evaluation = "av2"  # scored by av2's own detection evaluation (av2.evaluation.detection)
 
     def __init__(
         self,

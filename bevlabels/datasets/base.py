@@ -172,6 +172,9 @@ class DriveDataset(abc.ABC):
     name: str = "base"
     #: the detection classes of this dataset's benchmark, in the order models index them
     classes: tuple[str, ...] = ()
+    #: which official evaluation scores this dataset's detections (``trainer.evaluate`` dispatches on
+    #: it): ``"nuscenes"`` (the nuScenes devkit), ``"av2"`` (av2's detection evaluation), ``None``: none
+    evaluation: str | None = None
     root: Path
 
     @abc.abstractmethod

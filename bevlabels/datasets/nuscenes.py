@@ -161,6 +161,7 @@ class NuScenesDataset(DriveDataset):
 
     name = "nuscenes"
     classes = NUSCENES_CLASSES
+    evaluation = "nuscenes"  # scored by the nuScenes devkit's DetectionEval
 
     def __init__(
         self,
