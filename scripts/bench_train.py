@@ -4,10 +4,12 @@
     python scripts/bench_train.py --budget 00:00:05:00         # a short version
     python scripts/bench_train.py --experiments bevdepth_dino --budget 00:00:10:00 --out outputs/demo   # make demo
     python scripts/bench_train.py --model full                 # the configs' own model (ResNet-18 at 256x704)
+    python scripts/bench_train.py --dataset av2_synthetic --experiments bevdepth --steps 600   # AV2 logs, av2's scores
 
 Steps (each a command line of the project, run as a subprocess, so what is measured is what a user runs):
 
-1. the synthetic world (``--preset``, seed 0) under ``data/synthetic/<preset>-seed0``, generated when missing;
+1. the synthetic world (``--preset``, seed 0) under ``data/synthetic/<preset>-seed0``, generated when missing
+   (``--dataset av2_synthetic``: the same scenes as Argoverse 2 logs under ``data/synthetic/av2-<preset>-seed0``);
 2. its label store on ``--grid`` (default: ``default``, BEVDepth's 102.4 m square) at ``--store``, made or
    finished by ``pipelines.labels`` unless complete (default features: DINOv2-S, random-init
    without local weights, which the store records and this script prints);
@@ -19,7 +21,8 @@ Steps (each a command line of the project, run as a subprocess, so what is measu
 4. ``trainer.evaluate`` of each run's ``last.ckpt`` on the val split (``DetectionEval`` + the
    foreground depth metrics of ``extra_eval``);
 5. a comparison table (NDS, mAP, car AP, TP errors, foreground depth, steps, wall time, samples/s,
-   peak RSS), printed and written as ``comparison.md`` and ``comparison.json`` under ``--out``.
+   peak RSS; on AV2 av2's AP and CDS over the categories with GT, REGULAR_VEHICLE AP and its TP errors),
+   printed and written as ``comparison.md`` and ``comparison.json`` under ``--out``.
 
 Seeds and resuming. ``--seeds 1 2 3`` trains every experiment once per seed (run folders
 ``<experiment>-s<seed>``) and adds a summary table: per experiment the mean and the spread (half the
@@ -101,6 +104,10 @@ CPU_DEPTH = {
         "model.detector.camera_bev.lift_splat.dbound=[2.0,58.0,1.0]",
         "model.detector.camera_bev.depth_net.depth_bins=56",
     ],
+    "av2": [  # conf/grid/av2.yaml: the default grid's extent
+        "model.detector.camera_bev.lift_splat.dbound=[2.0,58.0,1.0]",
+        "model.detector.camera_bev.depth_net.depth_bins=56",
+    ],
     "near": [
         "model.detector.camera_bev.lift_splat.dbound=[1.0,45.0,1.0]",
         "model.detector.camera_bev.depth_net.depth_bins=44",
@@ -173,6 +180,37 @@ def store_complete(store: Path) -> bool:
     return bool(LabelStoreReader(store).done.all())
 
 
+#: the summary columns (mean +- spread over seeds) of each evaluation's rows
+SUMMARY_KEYS = {"nuscenes": ("NDS", "mAP", "car AP"), "av2": ("AP", "CDS", "vehicle AP")}
+
+
+def scores_of(summary: dict) -> dict:
+    """The score columns of a ``metrics_summary.json``: the nuScenes devkit's, or av2's (``trainer.evaluate``)."""
+    if "nd_score" in summary:  # DetectionEval
+        tp = summary["tp_errors"]
+        return {
+            "NDS": summary["nd_score"],
+            "mAP": summary["mean_ap"],
+            "car AP": summary["mean_dist_aps"].get("car", float("nan")),
+            "mATE": tp["trans_err"],
+            "mASE": tp["scale_err"],
+            "mAOE": tp["orient_err"],
+            "mAVE": tp["vel_err"],
+        }
+    # av2.evaluation.detection: its means over the categories with GT (its own AVERAGE_METRICS row averages all
+    # 26, absent ones at AP 0), and its REGULAR_VEHICLE row (the car of AV2)
+    mean = summary["mean_over_gt_categories"]
+    return {
+        "AP": mean["AP"],
+        "CDS": mean["CDS"],
+        "vehicle AP": summary["per_category"]["REGULAR_VEHICLE"]["AP"],
+        "mATE": mean["ATE"],
+        "mASE": mean["ASE"],
+        "mAOE": mean["AOE"],
+        "AP (av2, /26)": summary["AP"],
+    }
+
+
 def row_of(name: str, run_dir: Path, wall: float, batch_size: int = 2, peak_rss: int | None = None, seed=None) -> dict:
     """One table row from a run's evaluation files and its checkpoint."""
     ev = run_dir / "eval"
@@ -182,18 +220,11 @@ def row_of(name: str, run_dir: Path, wall: float, batch_size: int = 2, peak_rss:
     import torch
 
     meta = torch.load(ckpt, map_location="cpu", weights_only=False)
-    tp = summary["tp_errors"]
     steps = int(meta.get("global_step", -1))
     return {
         "experiment": name,
         "seed": seed,
-        "NDS": summary["nd_score"],
-        "mAP": summary["mean_ap"],
-        "car AP": summary["mean_dist_aps"].get("car", float("nan")),
-        "mATE": tp["trans_err"],
-        "mASE": tp["scale_err"],
-        "mAOE": tp["orient_err"],
-        "mAVE": tp["vel_err"],
+        **scores_of(summary),
         "fg SILog": extra.get("fg_depth/silog"),
         "fg AbsRel": extra.get("fg_depth/abs_rel"),
         "fg RMSE": extra.get("fg_depth/rmse"),
@@ -248,6 +279,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--experiments", nargs="+", default=["bevdepth", "bevdepth_dino"])
     p.add_argument("--budget", default="00:01:00:00", help="trainer.max_time per experiment, DD:HH:MM:SS")
     p.add_argument("--preset", default="small", help="synthetic world preset (conf/preset)")
+    p.add_argument("--dataset", default="synthetic", choices=["synthetic", "av2_synthetic"],
+                   help="the synthetic world as nuScenes (scored by the devkit) or as AV2 logs (scored by av2)")
     p.add_argument("--grid", default="default", help="conf/grid of the store and the models")
     p.add_argument("--store", default=None, help="label store (default: see the module docstring)")
     p.add_argument("--out", default=None, help="output folder (default outputs/bench_train/<time>)")
@@ -269,13 +302,20 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(a.out or REPO / "outputs" / "bench_train" / time.strftime("%Y-%m-%d_%H-%M-%S"))
     out.mkdir(parents=True, exist_ok=True)
     data = Path(os.environ.get("BEVLABELS_DATA", REPO / "data"))
-    root = data / "synthetic" / f"{a.preset}-seed0"
-    own = "synthetic.zarr" if (a.preset, a.grid) == ("small", "default") else f"bench-{a.preset}-{a.grid}.zarr"
+    av2 = a.dataset == "av2_synthetic"
+    root = data / "synthetic" / f"{'av2-' if av2 else ''}{a.preset}-seed0"
+    own = f"{a.dataset}.zarr" if (a.preset, a.grid) == ("small", "default") else f"bench-{a.preset}-{a.grid}.zarr"
+    if av2 and own.startswith("bench-"):
+        own = f"bench-av2-{a.preset}-{a.grid}.zarr"
     store = Path(a.store or data / "labels" / own)
-    dataset = [f"dataset.root={root}", f"dataset.generate.preset={a.preset}"]
+    dataset = [f"dataset={a.dataset}", f"dataset.root={root}", f"dataset.generate.preset={a.preset}"]
 
-    if not (root / "v1.0-mini").is_dir() and not (root / "v1.0-trainval").is_dir():
-        run([py, "-m", "pipelines.synth", f"preset={a.preset}", "seed=0", f"out={root}"], out / "synth.log")
+    from bevlabels.synthetic.formats import writer
+
+    fmt = "av2" if av2 else "nuscenes"
+    if not writer(fmt).exists(root, {"version": "v1.0-mini" if (root / "v1.0-mini").is_dir() else "v1.0-trainval"}):
+        synth = [py, "-m", "pipelines.synth", f"format={fmt}", f"preset={a.preset}", "seed=0", f"out={root}"]
+        run(synth, out / "synth.log")
     if store_complete(store):
         print(f"label store {store} is complete; reusing it", flush=True)
     else:
@@ -323,12 +363,13 @@ def main(argv: list[str] | None = None) -> None:
     head = (
         f"budget {a.budget} per run"
         + (f", {a.steps} steps one-cycle to lr {a.lr}" if a.steps else "")
-        + f", seeds {' '.join(map(str, seeds))}, {a.preset} world, grid {a.grid}, model {a.model}, "
+        + f", seeds {' '.join(map(str, seeds))}, {a.preset} world ({a.dataset}), grid {a.grid}, model {a.model}, "
         f"features {fm.get('name')} ({fm.get('weights')})"
     )
     text = f"{head}\n\n{table}\n"
     if len(seeds) > 1:
-        text += f"\nmean +- spread (half the range) over seeds\n\n{markdown(summarise(rows))}\n"
+        keys = SUMMARY_KEYS["av2" if av2 else "nuscenes"]
+        text += f"\nmean +- spread (half the range) over seeds\n\n{markdown(summarise(rows, keys))}\n"
     (out / "comparison.md").write_text(text)
     (out / "comparison.json").write_text(json.dumps(rows, indent=2))
     print(f"\n{text}\ncomparison: {out / 'comparison.md'}", flush=True)

@@ -97,16 +97,14 @@ TINY_FEATURE_OVERRIDES = (
 )
 
 
-@pytest.fixture(scope="session")
-def synth_tiny_store(synth_tiny, compose_labels, tmp_path_factory) -> Path:
-    """The label store of ``synth_tiny`` on ``grid=near`` with tiny random features (C=32), built once (~20 s)."""
+def build_tiny_store(compose_labels, dataset: str, root: Path, out: Path) -> Path:
+    """Run the label stage on ``root`` (``dataset=<dataset>``) into ``out`` on ``grid=near`` with tiny random features."""
     pytest.importorskip("open3d")
     from pipelines.labels import run
 
-    out = tmp_path_factory.mktemp("labels") / "synthetic.zarr"
     overrides = [
-        "dataset=synthetic",
-        f"dataset.root={synth_tiny}",
+        f"dataset={dataset}",
+        f"dataset.root={root}",
         f"out={out}",
         "grid=near",
         "cluster.processes=false",
@@ -116,27 +114,19 @@ def synth_tiny_store(synth_tiny, compose_labels, tmp_path_factory) -> Path:
     summary = run(compose_labels(overrides))
     assert not summary["failures"], summary["failures"]
     return out
+
+
+@pytest.fixture(scope="session")
+def synth_tiny_store(synth_tiny, compose_labels, tmp_path_factory) -> Path:
+    """The label store of ``synth_tiny`` on ``grid=near`` with tiny random features (C=32), built once (~20 s)."""
+    return build_tiny_store(compose_labels, "synthetic", synth_tiny, tmp_path_factory.mktemp("labels") / "synthetic.zarr")
 
 
 @pytest.fixture(scope="session")
 def av2_tiny_store(av2_tiny, compose_labels, tmp_path_factory) -> Path:
     """The label store of ``av2_tiny`` (``dataset=av2_synthetic``) on ``grid=near`` with tiny random features (C=32)."""
-    pytest.importorskip("open3d")
-    from pipelines.labels import run
-
     out = tmp_path_factory.mktemp("labels_av2") / "av2_synthetic.zarr"
-    overrides = [
-        "dataset=av2_synthetic",
-        f"dataset.root={av2_tiny}",
-        f"out={out}",
-        "grid=near",
-        "cluster.processes=false",
-        "cluster.n_workers=1",
-        *TINY_FEATURE_OVERRIDES,
-    ]
-    summary = run(compose_labels(overrides))
-    assert not summary["failures"], summary["failures"]
-    return out
+    return build_tiny_store(compose_labels, "av2_synthetic", av2_tiny, out)
 
 
 #: the camera student at a few thousand parameters on 64x176 images (overrides of experiment=bevdepth, grid=near):

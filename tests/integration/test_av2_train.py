@@ -10,30 +10,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import TINY_CAMERA_MODEL  # tests/conftest.py
-from test_dvd_train import TINY_MODEL as TINY_DVD_MODEL  # tests/integration/test_dvd_train.py
+from test_bevdepth_train import train_overrides as bevdepth_overrides  # tests/integration/
+from test_dvd_train import train_overrides as dvd_overrides
 
 pytest.importorskip("open3d")
 
 
 def av2_overrides(experiment: str, root: Path, store: Path, run_dir: Path, *extra: str) -> list[str]:
-    out = [
-        f"experiment={experiment}",
-        "dataset=av2_synthetic",
-        f"dataset.root={root}",
-        "grid=near",
-        f"data.label_store={store}",
-        "data.batch_size=2",
-        "data.num_workers=0",
-        f"run_dir={run_dir}",
-        "callbacks.progress_bar=null",
-        "trainer.enable_progress_bar=false",
-    ]
-    if experiment.startswith("dvd"):
-        out += [*TINY_DVD_MODEL, "model.detector.head.bev_agg.num_groups=2", "model.detector.head.pv_agg.num_groups=2"]
-    else:
-        out += TINY_CAMERA_MODEL
-    return out + list(extra)
+    """The tiny-model overrides of the BEVDepth and DualViewDistill tests, on ``dataset=av2_synthetic``."""
+    build = dvd_overrides if experiment.startswith("dvd") else bevdepth_overrides
+    return build(experiment, root, store, run_dir, *extra, dataset="av2_synthetic")
 
 
 @pytest.mark.parametrize("experiment", ["bevdepth", "dvd"])

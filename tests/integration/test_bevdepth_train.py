@@ -21,11 +21,11 @@ from conftest import TINY_CAMERA_MODEL as TINY_MODEL  # noqa: E402  (tests/conft
 
 
 def train_overrides(
-    experiment: str, root: Path, store: Path, run_dir: Path, *extra: str, tiny: bool = True
+    experiment: str, root: Path, store: Path, run_dir: Path, *extra: str, tiny: bool = True, dataset: str = "synthetic"
 ) -> list[str]:
     out = [
         f"experiment={experiment}",
-        "dataset=synthetic",
+        f"dataset={dataset}",
         f"dataset.root={root}",
         "grid=near",
         f"data.label_store={store}",

@@ -28,11 +28,11 @@ TINY_MODEL = [o for o in TINY_CAMERA_MODEL if not o.startswith("model.detector.h
 
 
 def train_overrides(
-    experiment: str, root: Path, store: Path, run_dir: Path, *extra: str, tiny: bool = True
+    experiment: str, root: Path, store: Path, run_dir: Path, *extra: str, tiny: bool = True, dataset: str = "synthetic"
 ) -> list[str]:
     out = [
         f"experiment={experiment}",
-        "dataset=synthetic",
+        f"dataset={dataset}",
         f"dataset.root={root}",
         "grid=near",
         f"data.label_store={store}",
