@@ -61,26 +61,10 @@ class LabelJob:
 
 
 def load_images(frame) -> list[np.ndarray]:
-    """The keyframe's camera images, each ``(H_n, W_n, 3)`` uint8 at its own size, or raise naming the file."""
-    from PIL import Image
+    """The keyframe's camera images at their own sizes (:func:`bevlabels.features.base.load_frame_images`)."""
+    from bevlabels.features.base import load_frame_images
 
-    from bevlabels.datasets.base import DatasetError
-
-    imgs = []
-    for cam in frame.cameras:
-        if not cam.has_image:
-            raise DatasetError(f"missing image for {cam.name} of keyframe {frame.token}: {cam.image_path}")
-        try:
-            with Image.open(cam.image_path) as im:
-                arr = np.array(im.convert("RGB"))  # writable, for torch.from_numpy
-        except OSError as e:
-            raise DatasetError(f"cannot decode image {cam.image_path}: {e}") from e
-        if arr.shape[:2] != (cam.height, cam.width):
-            raise DatasetError(
-                f"image {cam.image_path} is {arr.shape[1]}x{arr.shape[0]}, calibration says {cam.width}x{cam.height}"
-            )
-        imgs.append(arr)
-    return imgs
+    return load_frame_images(frame)
 
 
 class FeatureModelMismatchError(RuntimeError):
@@ -153,7 +137,7 @@ def label_scene(job: LabelJob, scene: str, indices: list[int], tokens: list[str]
             if frame.token not in todo:
                 continue
             with Timer(res.seconds, "decode"):
-                images = [torch.from_numpy(im).permute(2, 0, 1) for im in load_images(frame)]  # N x (3, H_n, W_n)
+                images = extractor.load_inputs(frame)  # N x (3, H_n, W_n) images (the oracle: label maps)
             with Timer(res.seconds, "features"):
                 feats = extractor.encode_cameras(images)  # N x (C, h_n, w_n): one batch per image size
             with Timer(res.seconds, "project_pool"):

@@ -11,7 +11,8 @@ path              shape                dtype     meaning
 attrs                                            ``format``, ``schema_version``, ``grid``
                                                  (``GridSpec.to_dict()``), ``dataset`` (name, version,
                                                  root), ``feature_model`` (name, weights provenance
-                                                 ``pretrained:<id>`` or ``random-init``, channels, ...),
+                                                 ``pretrained:<id>``, ``random-init`` or ``oracle:<what>``,
+                                                 channels, ...),
                                                  ``params`` (label parameters that change the values),
                                                  ``config`` (resolved), ``versions`` (libraries),
                                                  ``created``, ``failures`` (``{stage: {scene: reason}}``),

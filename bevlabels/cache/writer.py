@@ -114,7 +114,8 @@ def feature_model_record(feature_model: Mapping, channels: int) -> dict:
     """``feature_model`` (an extractor's ``describe()``) as a store's attrs record it: JSON values, ``channels`` added.
 
     Raises ``ValueError`` when ``name`` or ``weights`` is missing, ``weights`` is neither
-    ``"pretrained:<id>"`` nor ``"random-init"``, or ``channels`` is not a positive int (or disagrees
+    ``"pretrained:<id>"``, ``"random-init"`` nor ``"oracle:<what>"`` (a synthetic oracle,
+    :mod:`bevlabels.features.oracle`: never mistaken for a foundation model), or ``channels`` is not a positive int (or disagrees
     with a ``channels`` already given). A task compares its own extractor's record with the store's.
     """
     feature_model = jsonable(dict(feature_model), "feature_model")
@@ -122,8 +123,11 @@ def feature_model_record(feature_model: Mapping, channels: int) -> dict:
         if key not in feature_model:
             raise ValueError(f"feature_model needs name and weights; missing {key!r}")
     weights = str(feature_model["weights"])
-    if not (weights.startswith("pretrained:") and len(weights) > len("pretrained:")) and weights != "random-init":
-        raise ValueError(f"feature_model.weights must be 'pretrained:<id>' or 'random-init', got {weights!r}")
+    tagged = any(weights.startswith(t) and len(weights) > len(t) for t in ("pretrained:", "oracle:"))
+    if not tagged and weights != "random-init":
+        raise ValueError(
+            f"feature_model.weights must be 'pretrained:<id>', 'random-init' or 'oracle:<what>', got {weights!r}"
+        )
     if isinstance(channels, bool) or int(channels) != channels or channels <= 0:
         raise ValueError(f"channels must be a positive int, got {channels!r}")
     if feature_model.setdefault("channels", int(channels)) != int(channels):

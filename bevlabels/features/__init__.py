@@ -26,6 +26,7 @@ from .base import (
     round_to_multiple,
     sample_features,
 )
+from .oracle import SyntheticOracle
 from .hf import (
     BUILTIN_CONFIGS,
     DEFAULT_MODEL,
@@ -45,6 +46,7 @@ __all__ = [
     "IMAGENET_STD",
     "FeatureExtractor",
     "HFBackbone",
+    "SyntheticOracle",
     "WeightsNotFoundError",
     "build_extractor",
     "builtin_config",
@@ -61,7 +63,7 @@ __all__ = [
 ]
 
 # backend name -> extractor class; the config's ``backend`` key picks one (default "hf").
-BACKENDS: dict[str, type[FeatureExtractor]] = {"hf": HFBackbone}
+BACKENDS: dict[str, type[FeatureExtractor]] = {"hf": HFBackbone, "synthetic_oracle": SyntheticOracle}
 
 _CACHE: dict[Hashable, FeatureExtractor] = {}
 _LOCK = threading.Lock()

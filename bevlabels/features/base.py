@@ -74,6 +74,30 @@ def round_to_multiple(x: float, multiple: int) -> int:
     return max(multiple, int(math.floor(x / multiple + 0.5)) * multiple)
 
 
+def load_frame_images(frame) -> list:
+    """The keyframe's camera images, each ``(H_n, W_n, 3)`` uint8 at its own size, or ``DatasetError`` naming the file."""
+    import numpy as np
+    from PIL import Image
+
+    from bevlabels.datasets.base import DatasetError
+
+    imgs = []
+    for cam in frame.cameras:
+        if not cam.has_image:
+            raise DatasetError(f"missing image for {cam.name} of keyframe {frame.token}: {cam.image_path}")
+        try:
+            with Image.open(cam.image_path) as im:
+                arr = np.array(im.convert("RGB"))  # writable, for torch.from_numpy
+        except OSError as e:
+            raise DatasetError(f"cannot decode image {cam.image_path}: {e}") from e
+        if arr.shape[:2] != (cam.height, cam.width):
+            raise DatasetError(
+                f"image {cam.image_path} is {arr.shape[1]}x{arr.shape[0]}, calibration says {cam.width}x{cam.height}"
+            )
+        imgs.append(arr)
+    return imgs
+
+
 def pixel_to_feature(uv: torch.Tensor, image_size: tuple[int, int], feature_size: tuple[int, int]) -> torch.Tensor:
     """Return continuous feature-grid coordinates ``(..., 2)`` of original-image pixels ``uv``.
 
@@ -250,6 +274,14 @@ class FeatureExtractor(nn.Module, ABC):
         assert tuple(feats.shape) == expected, f"encoder returned {tuple(feats.shape)}, expected {expected}"
         return feats.float()
 
+    def load_inputs(self, frame) -> list[torch.Tensor]:
+        """What the encoder reads for a keyframe: each camera's image ``(3, H_n, W_n)`` uint8 (:func:`load_frame_images`).
+
+        An extractor that reads something else (the synthetic oracle: label maps) overrides it; the
+        label stage calls it, then :meth:`encode_cameras`.
+        """
+        return [torch.from_numpy(im).permute(2, 0, 1) for im in load_frame_images(frame)]
+
     def encode_cameras(self, images: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Return each camera's patch features ``(C, h_n, w_n)`` for images ``(3, H_n, W_n)`` of any sizes.
 
@@ -259,7 +291,7 @@ class FeatureExtractor(nn.Module, ABC):
         """
         groups: dict[tuple[int, ...], list[int]] = {}
         for n, im in enumerate(images):
-            assert im.ndim == 3 and im.shape[0] == 3, f"image {n} must be (3, H, W), got {tuple(im.shape)}"
+            assert im.ndim == 3, f"input {n} must be (channels, H, W), got {tuple(im.shape)}"
             groups.setdefault(tuple(im.shape), []).append(n)
         out: list[torch.Tensor | None] = [None] * len(images)
         for idx in groups.values():

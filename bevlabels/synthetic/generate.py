@@ -44,7 +44,14 @@ T0_US = 1_533_081_600_000_000
 GENERATOR = "bevlabels.synthetic v1"
 META_FILE = "synth.json"
 #: what generate() writes at the top of the output folder (and removes first with overwrite=True)
-OWN_PATHS = ("samples", "sweeps", "maps", "v1.0-mini", "v1.0-trainval", META_FILE)
+OWN_PATHS = ("samples", "sweeps", "maps", "v1.0-mini", "v1.0-trainval", META_FILE, "oracle")
+#: the oracle label maps (``oracle/<CAM>/<image stem>.png``, see :func:`oracle_path`): a pixel's semantic class
+#: (these, then the ten object classes) and instance; the devkit never reads the folder
+ORACLE_DIR = "oracle"
+ORACLE_STUFF = ("sky", "ground", "scenery")
+ORACLE_CLASSES = ORACLE_STUFF + catalog.CLASSES
+#: label = class * ORACLE_INSTANCE_BASE + (agent index + 1), 0 in the low part for no instance (16-bit PNG)
+ORACLE_INSTANCE_BASE = 2048
 
 
 class OutputDirError(FileExistsError):
@@ -196,6 +203,21 @@ class _Scene:
                                   progressive=False, subsampling=2)  # fmt: skip
         path.write_bytes(buf.getvalue())
 
+    def write_oracle(self, rel: str, kind: np.ndarray, obj: np.ndarray) -> None:
+        """A camera image's oracle label map (:data:`ORACLE_CLASSES`, agent index) as a 16-bit PNG (:func:`read_oracle`)."""
+        from PIL import Image
+
+        agent_cls = np.array([ORACLE_CLASSES.index(a.cls) for a in self.world.agents] + [0], dtype=np.int64)
+        cls = np.where(kind == 0, 0, np.where(kind == 1, 1, np.where(obj >= 0, agent_cls[obj], 2)))  # (H, W)
+        if len(self.world.agents) + 1 >= ORACLE_INSTANCE_BASE:
+            raise ValueError(f"{len(self.world.agents)} agents: the oracle PNG holds at most {ORACLE_INSTANCE_BASE - 2}")
+        label = (cls * ORACLE_INSTANCE_BASE + np.where(obj >= 0, obj + 1, 0)).astype(np.uint16)
+        path = self.out / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        buf = io.BytesIO()
+        Image.fromarray(label).save(buf, format="PNG", optimize=False, compress_level=1)
+        path.write_bytes(buf.getvalue())
+
     def write_map(self, rel: str) -> None:
         """The semantic prior (road and sidewalks = 255) at 0.1 m per pixel, origin at the image's bottom left."""
         from PIL import Image, ImageDraw
@@ -294,9 +316,11 @@ class _Scene:
                 K = camera_intrinsics(ch, cfg.image_width, cfg.image_height)
                 g_from_cam = w.global_from_ego(t) @ c.ego_from_sensor
                 dirs = _camera_rays(K, cfg.image_width, cfg.image_height)
-                rgb, obj, _ = self.renderer.camera(g_from_cam, dirs, cfg.image_width, cfg.image_height, t)
+                rgb, obj, _, kind = self.renderer.camera(g_from_cam, dirs, cfg.image_width, cfg.image_height, t,
+                                                         with_kind=True)  # fmt: skip
                 rel = f"samples/{ch}/{self.logfile}__{ch}__{self.us(t)}.jpg"
                 self.write_jpeg(rel, rgb)
+                self.write_oracle(oracle_path(rel), kind, obj)
                 cam_prev[ch] = add_sample_data(
                     ch, t, rel, True, k, cfg.image_width, cfg.image_height, cam_prev[ch], (k,)
                 )
@@ -336,6 +360,31 @@ class _Scene:
                     "num_lidar_pts": int(self.npts_k[k][m]), "num_radar_pts": 0,
                 })  # fmt: skip
         return SceneResult(self.name, self.split, rows, self.attempt, self.class_counts)
+
+
+def oracle_path(image_rel: str | Path) -> Path:
+    """Where the oracle label map of a camera image lies: ``samples/<CAM>/<stem>.jpg`` -> ``oracle/<CAM>/<stem>.png``
+    (relative paths, or absolute ones under the dataset root)."""
+    p = Path(image_rel)
+    if len(p.parts) < 3 or p.parts[-3] != "samples":
+        raise ValueError(f"{p} is not a synthetic camera image (<root>/samples/<CAM>/<file>.jpg)")
+    return p.parent.parent.parent / ORACLE_DIR / p.parent.name / (p.stem + ".png")
+
+
+def read_oracle(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """An oracle label map's ``class (H, W)`` (indices into :data:`ORACLE_CLASSES`) and ``instance (H, W)``
+    (the scene's agent index, -1 none), both int64."""
+    from PIL import Image
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"oracle label map {path} not found: the synthetic world was generated without oracle maps "
+            f"(before they existed); regenerate it: python -m pipelines.synth ... overwrite=true"
+        )
+    with Image.open(path) as im:
+        label = np.asarray(im, dtype=np.int64)
+    return label // ORACLE_INSTANCE_BASE, label % ORACLE_INSTANCE_BASE - 1
 
 
 _RAYS: dict = {}

@@ -217,14 +217,17 @@ class Renderer:
             out, obj = out[~drop], obj[~drop]
         return out, obj
 
-    def camera(self, global_from_cam: np.ndarray, dirs_cam: np.ndarray, width: int, height: int, t: float):
-        """One image: ``rgb (H, W, 3)`` uint8, per-pixel agent index ``obj (H, W)`` (-1 none) and ray depth ``t (H, W)``."""
+    def camera(self, global_from_cam: np.ndarray, dirs_cam: np.ndarray, width: int, height: int, t: float,
+               with_kind: bool = False):  # fmt: skip
+        """One image: ``rgb (H, W, 3)`` uint8, per-pixel agent index ``obj (H, W)`` (-1 none) and ray depth ``t (H, W)``;
+        with ``with_kind`` also ``kind (H, W)`` int8 (0 sky, 1 ground, 2 mesh: an agent or scenery)."""
         R, o = global_from_cam[:3, :3], global_from_cam[:3, 3]
         dirs = dirs_cam @ R.T
         origins = np.broadcast_to(o, dirs.shape)
         hits = self.cast(origins, dirs, t, o)
         rgb = shade(self, hits, origins, dirs, t, o)
-        return rgb.reshape(height, width, 3), hits.obj.reshape(height, width), hits.t.reshape(height, width)
+        out = rgb.reshape(height, width, 3), hits.obj.reshape(height, width), hits.t.reshape(height, width)
+        return (*out, hits.kind.reshape(height, width)) if with_kind else out
 
 
 def _near_box_boundary(points: np.ndarray, boxes: np.ndarray, eps: float = BOX_EPS) -> np.ndarray:

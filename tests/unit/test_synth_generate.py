@@ -40,4 +40,4 @@ def test_an_interrupted_run_leaves_out_absent_and_is_redone(tmp_path):
     assert not out.exists()
     generate(micro(), out, log=lambda m: None)
     assert not leftover.exists() and not (out / "samples" / "half.bin").exists()
-    assert sorted(p.name for p in out.iterdir()) == ["maps", "samples", "sweeps", "synth.json", "v1.0-mini"]
+    assert sorted(p.name for p in out.iterdir()) == ["maps", "oracle", "samples", "sweeps", "synth.json", "v1.0-mini"]
