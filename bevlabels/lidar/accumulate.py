@@ -52,6 +52,9 @@ class AccumulationConfig:
     max_range: float = 80.0
     extrapolate_s: float = 0.5  # an instance is present this long before/after its annotations
     max_sweeps: int | None = None  # for tests and quick looks: only the first n sweeps
+    #: False: static-only accumulation (DualViewDistill's Table VIII): objects keep only their own keyframe
+    #: sweep's points, not those of the scene's other sweeps (``+accumulation.dynamic=false``)
+    dynamic: bool = True
 
     def __post_init__(self):
         if self.time_window is not None and self.time_window <= 0:
@@ -161,6 +164,7 @@ class _SweepSplit:
     time: float
     static_global: np.ndarray  # (n, 4)
     dynamic_box: dict[str, np.ndarray] = field(default_factory=dict)  # instance -> (m, 4)
+    token: str = ""  # the sweep's
 
 
 def split_sweep(
@@ -181,7 +185,7 @@ def split_sweep(
             insts.append(inst)
             boxes.append(b)
     if not boxes:
-        return _SweepSplit(t, pts_global)
+        return _SweepSplit(t, pts_global, token=sweep.token)
     boxes = np.stack(boxes)  # (M, 9)
     # Static: outside every enlarged box. Dynamic: inside the (un-enlarged) box; points in the
     # margin band belong to neither, which keeps ground points under a car out of its cloud.
@@ -189,7 +193,7 @@ def split_sweep(
     near = np.flatnonzero(enlarged >= 0)  # only these can be inside an exact box
     exact = np.full(len(pts_global), -1, dtype=np.int64)
     exact[near] = g.points_box_index(pts_global[near], boxes)
-    split = _SweepSplit(t, pts_global[enlarged < 0])
+    split = _SweepSplit(t, pts_global[enlarged < 0], token=sweep.token)
     for m in np.unique(exact[exact >= 0]):
         sel = pts_global[exact == m]
         box_from_global = g.invert_transform(g.make_transform(g.rot_z(boxes[m, g.YAW]), boxes[m, :3]))
@@ -266,13 +270,24 @@ def accumulate_scene(
         for sw in sweeps:
             yield split_sweep(ds.load_points(sw), sw, tracks, cfg)
 
+    def own_sweep_objects(f: Frame, split: _SweepSplit | None) -> _Accumulator:
+        """Static-only accumulation: the keyframe's objects from its own sweep alone."""
+        own = _Accumulator(cfg)
+        if split is not None:
+            own.dynamic = {inst: [p] for inst, p in split.dynamic_box.items()}
+        return own
+
     if cfg.time_window is None:
         acc = _Accumulator(cfg)
+        key_splits = {}
         for s in splits():
             acc.add(s)
+            if not cfg.dynamic:
+                key_splits[s.token] = s
         static = acc.static_cloud()
         for f in frames:
-            yield place_at_keyframe(f, static, acc)
+            objects = acc if cfg.dynamic else own_sweep_objects(f, key_splits.get(f.lidar.token))
+            yield place_at_keyframe(f, static, objects)
         return
 
     window: deque[_SweepSplit] = deque()
@@ -288,4 +303,8 @@ def accumulate_scene(
         acc = _Accumulator(cfg)
         for s in window:
             acc.add(s)
+        if not cfg.dynamic:
+            own = next((s for s in window if s.token == f.lidar.token), None)
+            yield place_at_keyframe(f, acc.static_cloud(), own_sweep_objects(f, own))
+            continue
         yield place_at_keyframe(f, acc.static_cloud(), acc)

@@ -105,6 +105,26 @@ def test_whole_scene_accumulates_more_than_a_window():
     assert whole[2].n_static == narrow[2].n_static
 
 
+@pytest.mark.parametrize("window", [None, 0.6])
+def test_static_only_accumulation_keeps_each_objects_own_sweep(window):
+    """dynamic=False (DualViewDistill's Table VIII): the same static map, the car from its keyframe sweep alone."""
+    ds = HandWorld()
+    kw = dict(time_window=window, min_range=0.0, voxel_size=0.02)
+    both = list(accumulate_scene(ds, "s0", AccumulationConfig(**kw)))
+    static_only = list(accumulate_scene(ds, "s0", AccumulationConfig(**kw, dynamic=False)))
+    for a, b in zip(both, static_only):
+        np.testing.assert_array_equal(a.points[a.box_index < 0], b.points[b.box_index < 0])
+        own = b.points[b.box_index == 0, :3]
+        assert 700 <= len(own) <= 800 < a.n_dynamic  # one sweep's car points (dedup may merge a few)
+        assert g.points_in_boxes(own, b.frame.boxes.boxes)[:, 0].mean() >= 0.99
+        # exactly the keyframe sweep's points inside the box, moved into the keyframe's ego frame
+        key = g.transform_points(b.frame.key_ego_from_lidar(b.frame.lidar), ds.load_points(b.frame.lidar)[:, :3])
+        mine = key[g.points_box_index(key, b.frame.boxes.boxes) == 0]
+        from scipy.spatial import cKDTree
+
+        assert cKDTree(mine).query(own)[0].max() < 1e-4 and len(own) >= len(mine) - 5  # those points, dedup aside
+
+
 def test_instance_absent_at_a_keyframe_contributes_nothing():
     ds = HandWorld(car_from_key=2)  # the car is annotated only at keyframes 2 and 3
     clouds = list(accumulate_scene(ds, "s0", AccumulationConfig(min_range=0.0, voxel_size=0.02)))
