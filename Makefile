@@ -135,6 +135,16 @@ bench-tig: setup ## TiG-BEV Table 3 (bevdepth, _tig_depth, _tig_bev, _tig), BENC
 	$(PY) scripts/bench_train.py --experiments bevdepth bevdepth_tig_depth bevdepth_tig_bev bevdepth_tig \
 	  --seeds $(BENCH_TIG_SEEDS) --steps $(BENCH_TRAIN_STEPS) --budget 00:01:00:00 --out $(BENCH_TIG_OUT) $(ARGS)
 
+# An ablation in one command (scripts/ablate.py): the rows of conf/ablation/$(ABLATION).yaml x SEEDS, each trained for
+# STEPS one-cycle steps (CPU model) and evaluated (NDS, mAP, AMOTA, IDS, per-class AP, foreground depth), one table with
+# mean +- spread and verdicts; resumable (a rerun skips finished runs). ARGS: more options or Hydra overrides.
+ABLATION ?= table7_oracle
+SEEDS    ?= 1 2
+STEPS    ?= 600
+.PHONY: ablate
+ablate: setup ## An ablation: ABLATION=table7_oracle|table7_dino|table10_weight|table8_accumulation SEEDS="1 2" STEPS=600
+	$(PY) scripts/ablate.py conf/ablation/$(ABLATION).yaml --seeds $(SEEDS) --steps $(STEPS) --budget 00:01:30:00 $(ARGS)
+
 clean: ## Remove caches and build debris (keeps .venv; `make clean VENV_TOO=1` removes it too)
 	rm -rf .pytest_cache .ruff_cache build *.egg-info outputs multirun
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

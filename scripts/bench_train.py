@@ -188,7 +188,8 @@ def scores_of(summary: dict) -> dict:
     """The score columns of a ``metrics_summary.json``: the nuScenes devkit's, or av2's (``trainer.evaluate``)."""
     if "nd_score" in summary:  # DetectionEval
         tp = summary["tp_errors"]
-        return {
+        track = summary.get("tracking") or {}
+        out = {
             "NDS": summary["nd_score"],
             "mAP": summary["mean_ap"],
             "car AP": summary["mean_dist_aps"].get("car", float("nan")),
@@ -197,6 +198,10 @@ def scores_of(summary: dict) -> dict:
             "mAOE": tp["orient_err"],
             "mAVE": tp["vel_err"],
         }
+        if "amota" in track:  # TrackingEval (trainer.evaluate tracking=true)
+            out["AMOTA"], out["IDS"] = track["amota"], track["ids"]
+        out.update({f"AP {c}": ap for c, ap in summary["mean_dist_aps"].items()})  # per class
+        return out
     # av2.evaluation.detection: its means over the categories with GT (its own AVERAGE_METRICS row averages all
     # 26, absent ones at AP 0), and its REGULAR_VEHICLE row (the car of AV2)
     mean = summary["mean_over_gt_categories"]
@@ -274,18 +279,52 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--experiments", nargs="+", default=["bevdepth", "bevdepth_dino"])
-    p.add_argument("--budget", default="00:01:00:00", help="trainer.max_time per experiment, DD:HH:MM:SS")
-    p.add_argument("--preset", default="small", help="synthetic world preset (conf/preset)")
-    p.add_argument("--dataset", default="synthetic", choices=["synthetic", "av2_synthetic"],
-                   help="the synthetic world as nuScenes (scored by the devkit) or as AV2 logs (scored by av2)")
-    p.add_argument("--grid", default="default", help="conf/grid of the store and the models")
-    p.add_argument("--store", default=None, help="label store (default: see the module docstring)")
-    p.add_argument("--out", default=None, help="output folder (default outputs/bench_train/<time>)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[12345], help="one run per experiment and seed")
-    p.add_argument("--seed", type=int, default=None, help="one seed (the same as --seeds SEED)")
+def run_complete(run_dir: Path) -> bool:
+    """Whether a run is trained and evaluated (its ``bench_timing.json``, written last, exists)."""
+    return (run_dir / "eval" / "metrics_summary.json").is_file() and (run_dir / "bench_timing.json").is_file()
+
+
+def train_command(run_dir: Path, overrides: list[str], seed: int, a) -> list[str]:
+    """``trainer.train`` of one run: ``overrides`` (experiment, data, model) then the budget, steps and device of ``a``."""
+    cmd = [sys.executable, "-m", "trainer.train", *overrides]
+    # hydra.run.dir: the run folder holds the checkpoints, logs and the composed config (.hydra/) alike
+    cmd += [f"hydra.run.dir={run_dir}", f"seed={seed}", f"threads={a.threads}"]
+    cmd += [f"data.batch_size={a.batch_size}", f"data.num_workers={a.num_workers}"]
+    cmd += [
+        f"trainer.max_time={a.budget}",
+        "trainer.max_epochs=100000",
+        "trainer.min_epochs=0",  # else a budget shorter than an epoch is stretched to one epoch
+        f"trainer.check_val_every_n_epoch={a.val_every}",
+    ]
+    if a.steps:  # the schedule must know the run's length: a step count, with the budget as a guard
+        cmd += [f"trainer.max_steps={a.steps}", "model.scheduler_interval=step", "model.scheduler=null"]
+        cmd += [f"model.optimizer.lr={a.lr}", ONE_CYCLE]
+    return cmd + [f"trainer={a.device}", "callbacks.progress_bar.refresh_rate=50"]  # conf/trainer/{cpu,gpu}.yaml
+
+
+def evaluate_command(run_dir: Path, a) -> list[str]:
+    """``trainer.evaluate`` of a run's ``last.ckpt`` into ``<run>/eval``."""
+    ev = run_dir / "eval"
+    return [sys.executable, "-m", "trainer.evaluate", f"ckpt={run_dir / 'checkpoints' / 'last.ckpt'}", f"out={ev}",
+            f"hydra.run.dir={ev}", f"threads={a.threads}", f"device={a.device}", "num_workers=0"]  # fmt: skip
+
+
+def train_and_evaluate(name: str, run_dir: Path, overrides: list[str], seed: int, a, log_dir: Path, tag: str) -> dict:
+    """Train and evaluate one run (reusing it when :func:`run_complete`); its table row."""
+    timing = run_dir / "bench_timing.json"
+    if run_complete(run_dir):
+        t = json.loads(timing.read_text())
+        print(f"{tag}: evaluated already ({run_dir / 'eval'}); reusing it", flush=True)
+        return row_of(name, run_dir, t["train_s"], a.batch_size, t.get("peak_rss"), seed)
+    wall, peak = run(train_command(run_dir, overrides, seed, a), log_dir / f"{tag}.train.log")
+    run(evaluate_command(run_dir, a), log_dir / f"{tag}.eval.log")
+    timing.write_text(json.dumps({"train_s": wall, "peak_rss": peak}))  # last: marks the run complete
+    return row_of(name, run_dir, wall, a.batch_size, peak, seed)
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of a training run shared by bench_train and ablate."""
+    p.add_argument("--budget", default="00:01:00:00", help="trainer.max_time per run, DD:HH:MM:SS")
     p.add_argument("--model", choices=["cpu", "full"], default="cpu")
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--num-workers", type=int, default=1)
@@ -294,6 +333,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=None, help="optimiser steps per run under a one-cycle schedule")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of the --steps one-cycle schedule")
     p.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--experiments", nargs="+", default=["bevdepth", "bevdepth_dino"])
+    p.add_argument("--preset", default="small", help="synthetic world preset (conf/preset)")
+    p.add_argument("--dataset", default="synthetic", choices=["synthetic", "av2_synthetic"],
+                   help="the synthetic world as nuScenes (scored by the devkit) or as AV2 logs (scored by av2)")
+    p.add_argument("--grid", default="default", help="conf/grid of the store and the models")
+    p.add_argument("--store", default=None, help="label store (default: see the module docstring)")
+    p.add_argument("--out", default=None, help="output folder (default outputs/bench_train/<time>)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[12345], help="one run per experiment and seed")
+    p.add_argument("--seed", type=int, default=None, help="one seed (the same as --seeds SEED)")
+    add_run_arguments(p)
     p.add_argument("extra", nargs="*", help="more Hydra overrides for every training run")
     a = p.parse_args(argv)
     seeds = [a.seed] if a.seed is not None else list(a.seeds)
@@ -328,36 +381,9 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for name, seed in [(n, s) for n in a.experiments for s in seeds]:
         tag = name if len(seeds) == 1 else f"{name}-s{seed}"
-        run_dir = out / tag
-        done = run_dir / "eval" / "metrics_summary.json"
-        timing = run_dir / "bench_timing.json"
-        if done.is_file() and timing.is_file():
-            t = json.loads(timing.read_text())
-            print(f"{tag}: evaluated already ({done}); reusing it", flush=True)
-            rows.append(row_of(name, run_dir, t["train_s"], a.batch_size, t.get("peak_rss"), seed))
-            continue
-        cmd = [py, "-m", "trainer.train", f"experiment={name}", *dataset, f"grid={a.grid}"]
-        # hydra.run.dir: the run folder holds the checkpoints, logs and the composed config (.hydra/) alike
-        cmd += [f"data.label_store={store}", f"hydra.run.dir={run_dir}", f"seed={seed}", f"threads={a.threads}"]
-        cmd += [f"data.batch_size={a.batch_size}", f"data.num_workers={a.num_workers}"]
-        cmd += [
-            f"trainer.max_time={a.budget}",
-            "trainer.max_epochs=100000",
-            "trainer.min_epochs=0",  # else a budget shorter than an epoch is stretched to one epoch
-            f"trainer.check_val_every_n_epoch={a.val_every}",
-        ]
-        if a.steps:  # the schedule must know the run's length: a step count, with the budget as a guard
-            cmd += [f"trainer.max_steps={a.steps}", "model.scheduler_interval=step", "model.scheduler=null"]
-            cmd += [f"model.optimizer.lr={a.lr}", ONE_CYCLE]
-        cmd += [f"trainer={a.device}", "callbacks.progress_bar.refresh_rate=50"]  # conf/trainer/{cpu,gpu}.yaml
-        cmd += (cpu_model(name) + CPU_DEPTH.get(a.grid, []) if a.model == "cpu" else []) + list(a.extra)
-        wall, peak = run(cmd, out / f"{tag}.train.log")
-        ckpt = run_dir / "checkpoints" / "last.ckpt"
-        ev = run_dir / "eval"
-        run([py, "-m", "trainer.evaluate", f"ckpt={ckpt}", f"out={ev}", f"hydra.run.dir={ev}", f"threads={a.threads}",
-             f"device={a.device}", "num_workers=0"], out / f"{tag}.eval.log")  # fmt: skip
-        timing.write_text(json.dumps({"train_s": wall, "peak_rss": peak}))  # last: marks the run complete
-        rows.append(row_of(name, run_dir, wall, a.batch_size, peak, seed))
+        overrides = [f"experiment={name}", *dataset, f"grid={a.grid}", f"data.label_store={store}"]
+        overrides += (cpu_model(name) + CPU_DEPTH.get(a.grid, []) if a.model == "cpu" else []) + list(a.extra)
+        rows.append(train_and_evaluate(name, out / tag, overrides, seed, a, log_dir=out, tag=tag))
 
     table = markdown(rows)
     head = (

@@ -1,0 +1,134 @@
+"""scripts/ablate.py with fake runs: an interrupted sweep resumes without redoing finished runs, and its table equals
+a hand computation of means and spreads over seeds."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "scripts"))
+
+import ablate  # noqa: E402  (scripts/ablate.py)
+import bench_train as bt  # noqa: E402
+
+#: what each fake run scores: (row, seed) -> NDS, mAP, AMOTA, IDS, car AP, fg AbsRel
+SCORES = {
+    ("base", 1): (0.30, 0.20, 0.10, 40, 0.50, 0.30),
+    ("base", 2): (0.34, 0.24, 0.14, 60, 0.54, 0.26),
+    ("new", 1): (0.40, 0.21, 0.11, 30, 0.60, 0.20),
+    ("new", 2): (0.44, 0.25, 0.09, 34, 0.64, 0.22),
+}
+
+ABLATION = """
+description: two rows
+stores:
+  s: [features=synthetic_oracle]
+rows:
+  - {name: base, store: s, overrides: [experiment=dvd]}
+  - {name: new, store: s, overrides: [experiment=dvd_dino]}
+"""
+
+
+class FakeRuns:
+    """Stands in for ``bench_train.run``: a train command writes a checkpoint, an evaluate command the summaries."""
+
+    def __init__(self, fail_on: int | None = None):
+        self.trained: list[str] = []
+        self.fail_on = fail_on
+
+    def __call__(self, cmd: list[str], log_path: Path):
+        import torch
+
+        if "trainer.train" in cmd:
+            run_dir = Path(next(c for c in cmd if c.startswith("hydra.run.dir=")).split("=", 1)[1])
+            if self.fail_on is not None and len(self.trained) == self.fail_on:
+                raise KeyboardInterrupt("interrupted")
+            self.trained.append(run_dir.name)
+            (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+            torch.save({"global_step": 600, "epoch": 14}, run_dir / "checkpoints" / "last.ckpt")
+            return 100.0, 2**30
+        if "trainer.evaluate" in cmd:
+            ev = Path(next(c for c in cmd if c.startswith("out=")).split("=", 1)[1])
+            row, seed = ev.parent.name.rsplit("-s", 1)
+            nds, m_ap, amota, ids, car, absrel = SCORES[row, int(seed)]
+            ev.mkdir(parents=True, exist_ok=True)
+            summary = {
+                "nd_score": nds,
+                "mean_ap": m_ap,
+                "mean_dist_aps": {"car": car, "pedestrian": car / 2},
+                "tp_errors": {"trans_err": 1.0, "scale_err": 0.3, "orient_err": 1.2, "vel_err": 1.0},
+                "tracking": {"amota": amota, "ids": ids},
+            }
+            (ev / "metrics_summary.json").write_text(json.dumps(summary))
+            extra = {"fg_depth/abs_rel": absrel, "fg_depth/silog": 20.0, "fg_depth/rmse": 5.0}
+            (ev / "extra_metrics.json").write_text(json.dumps(extra))
+            return 10.0, 2**29
+        return 1.0, 0  # synth, labels
+
+
+@pytest.fixture
+def sweep(tmp_path, monkeypatch):
+    spec = tmp_path / "two.yaml"
+    spec.write_text(ABLATION)
+    monkeypatch.setattr(bt, "store_complete", lambda path: True)
+    monkeypatch.setenv("BEVLABELS_DATA", str(tmp_path / "data"))
+    (tmp_path / "data" / "synthetic" / "small-seed0" / "v1.0-mini").mkdir(parents=True)
+    (tmp_path / "data" / "synthetic" / "small-seed0" / "oracle").mkdir()
+    out = tmp_path / "out"
+    return lambda *extra: ablate.main([str(spec), "--seeds", "1", "2", "--steps", "600", "--out", str(out), *extra]), out
+
+
+def test_an_interrupted_sweep_resumes_without_redoing_finished_runs(sweep, monkeypatch):
+    go, out = sweep
+    first = FakeRuns(fail_on=2)
+    monkeypatch.setattr(bt, "run", first)
+    with pytest.raises(KeyboardInterrupt):
+        go()
+    assert first.trained == ["base-s1", "base-s2"]
+    second = FakeRuns()
+    monkeypatch.setattr(bt, "run", second)
+    assert go() == 0
+    assert second.trained == ["new-s1", "new-s2"]  # the finished runs were reused, not retrained
+    third = FakeRuns()
+    monkeypatch.setattr(bt, "run", third)
+    assert go() == 0 and third.trained == []
+
+
+def test_the_table_equals_a_hand_computation(sweep, monkeypatch):
+    go, out = sweep
+    monkeypatch.setattr(bt, "run", FakeRuns())
+    assert go() == 0
+    runs = json.loads((out / "ablation.json").read_text())
+    assert [(r["experiment"], r["seed"]) for r in runs] == [("base", 1), ("base", 2), ("new", 1), ("new", 2)]
+    summary = {r["experiment"]: r for r in bt.summarise(runs, tuple(k for k in ablate.MAIN_KEYS))}
+    # by hand: base NDS (0.30, 0.34) -> 0.32 +- 0.02; new (0.40, 0.44) -> 0.42 +- 0.02: +0.10, beyond both spreads
+    assert summary["base"]["NDS"] == "0.3200 +- 0.0200" and summary["new"]["NDS"] == "0.4200 +- 0.0200"
+    assert summary["new"]["NDS vs base"] == "+0.1000 (beyond spread)"
+    # mAP base (0.20, 0.24) -> 0.22 +- 0.02, new (0.21, 0.25) -> 0.23 +- 0.02: +0.01, within
+    assert summary["new"]["mAP vs base"] == "+0.0100 (within spread)"
+    # AMOTA base 0.12 +- 0.02, new 0.10 +- 0.01: -0.02, within (not more than base's 0.02)
+    assert summary["new"]["AMOTA"] == "0.1000 +- 0.0100" and summary["new"]["AMOTA vs base"] == "-0.0200 (within spread)"
+    # IDS base (40, 60) -> 50 +- 10, new (30, 34) -> 32 +- 2: -18, beyond
+    assert summary["new"]["IDS"] == "32.0000 +- 2.0000" and summary["new"]["IDS vs base"] == "-18.0000 (beyond spread)"
+    # foreground AbsRel base (0.30, 0.26) -> 0.28 +- 0.02, new (0.20, 0.22) -> 0.21 +- 0.01: -0.07, beyond
+    assert summary["new"]["fg AbsRel vs base"] == "-0.0700 (beyond spread)"
+    text = (out / "ablation.md").read_text()
+    assert "0.4200 +- 0.0200" in text and "+0.1000 (beyond spread)" in text
+    assert "## Per-class AP" in text and "0.6200 +- 0.0200" in text  # AP car of new: (0.60, 0.64)
+    assert "2 of 2 runs" not in text and "4 of 4 runs finished" in text
+
+
+def test_print_commands_lists_only_pending_runs(sweep, monkeypatch, capsys):
+    go, out = sweep
+    monkeypatch.setattr(bt, "run", FakeRuns(fail_on=1))
+    with pytest.raises(KeyboardInterrupt):
+        go()
+    capsys.readouterr()
+    assert go("--print-commands") == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3 and all("trainer.train" in ln and "trainer.evaluate" in ln for ln in lines)
+    assert not any("base-s1" in ln for ln in lines)
