@@ -1,6 +1,6 @@
 """Stage `synth`: write a synthetic dataset (``bevlabels.synthetic``) as nuScenes or as Argoverse 2 logs.
 
-    python -m pipelines.synth preset=<tiny|small|medium> seed=<int> out=<dir> [overwrite=true] [workers=N]
+    python -m pipelines.synth preset=<tiny|small|medium|fullsize> seed=<int> out=<dir> [overwrite=true] [workers=N]
     python -m pipelines.synth format=av2 preset=tiny out=<dir>        # the same scenes as AV2 sensor logs
 
 The presets are ``conf/preset/*.yaml``; any of their fields can be overridden

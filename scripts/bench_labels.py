@@ -3,6 +3,7 @@
 
     python scripts/bench_labels.py                                # the `small` synthetic world, 2 workers x 1 thread
     python scripts/bench_labels.py --preset tiny --json bench.json
+    python scripts/bench_labels.py --preset fullsize --image-height 518     # the nuScenes-sized world (issue 15)
     python scripts/bench_labels.py --n-workers 4 --threads 2 --image-height 224 --limit-scenes 2
     python scripts/bench_labels.py features.local_path=/models/dinov2-small   # extra Hydra overrides
     make bench ARGS="--preset tiny"
@@ -17,7 +18,10 @@ a fresh store (``overwrite=true``), and prints:
 - the per-part breakdown of the task time summed over workers, in seconds and %: dataset read,
   LiDAR accumulation, image decode, DINOv2, projection + pooling, lidar_px, store write; and how
   much of ``n_workers x wall`` the tasks filled (the rest is start-up, scheduling and idle workers);
-- peak RSS per worker, store size on disk (total and per keyframe), mean BEV coverage.
+- peak RSS per worker, store size on disk (total and per keyframe), mean BEV coverage;
+- the DINOv2-only floor, measured in the same run (:func:`dino_floor`: the feature model alone on
+  ``--floor-keyframes`` keyframes, per worker, times the workers), the end-to-end rate as a share of it,
+  and DINOv2's share of the workers' wall time (``n_workers x wall``: what issue 15 asks to reach 90%).
 
 ``--json PATH`` writes the same figures, the environment and the resolved config as JSON.
 """
@@ -65,6 +69,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
         "--out", type=Path, default=None, help="store path (replaced); default <data>/bench/labels-<preset>.zarr"
     )
     p.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
+    p.add_argument("--floor-keyframes", type=int, default=4, help="keyframes timed for the DINOv2-only floor (default 4)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="extra Hydra overrides of conf/labels.yaml")
     args = p.parse_args(argv)
     bad = [o for o in args.overrides if "=" not in o]
@@ -188,6 +193,17 @@ def print_report(r: dict) -> None:
     ]
     for p in r["parts"].values():
         lines.append(f"    {p['name']:<22} {p['s']:8.1f} s  {p['pct']:5.1f} %")
+    fl = r.get("dino_floor")
+    if fl:
+        lines += [
+            f"  DINOv2 floor    {fl['keyframes_per_s']:.3f} keyframes/s ({fl['s_per_keyframe']:.2f} s per keyframe alone, "
+            f"{fl['threads']} thread(s), x {fl['n_workers']} workers; {fl['keyframes_timed']} keyframes timed); "
+            f"end to end = {100 * r['ratio_to_floor']:.0f}% of it",
+            f"  DINOv2 share    {r['features_pct_of_worker_wall']:.1f}% of the workers' wall time "
+            f"(n_workers x wall); everything else {100 - r['features_pct_of_worker_wall']:.1f}%",
+        ]
+        if "peak_gpu_mb" in fl:
+            lines.append(f"  peak GPU mem    {fl['peak_gpu_mb']:.0f} MB (the feature model alone)")
     lines += [
         f"  peak RSS        {r['peak_rss_mb_per_worker']:.0f} MB per worker",
         f"  store size      {r['store_bytes'] / 2**20:.1f} MiB in {r['store_files']} files "
@@ -197,6 +213,32 @@ def print_report(r: dict) -> None:
     for scene, err in r["failures"].items():
         lines.append(f"  FAILED          {scene}: {err}")
     print("\n".join(lines), flush=True)
+
+
+def dino_floor(cfg: dict, frames: list, threads: int, n_workers: int) -> dict:
+    """The DINOv2-only floor, measured in the same run: the feature model alone on keyframes of the store.
+
+    Each keyframe's inputs are decoded first (not timed), then ``encode_cameras`` (one batch per image
+    size, as the stage runs it) is timed with ``threads`` torch threads, as one worker has. The floor
+    is ``n_workers`` such workers doing nothing else: ``n_workers / (seconds per keyframe)``.
+    """
+    import torch
+
+    from bevlabels.features import get_extractor
+
+    torch.set_num_threads(threads)
+    extractor = get_extractor(**cfg["features"])
+    inputs = [extractor.load_inputs(f) for f in frames]
+    extractor.encode_cameras(inputs[0])  # warm-up (allocations, first-call overheads)
+    t0 = time.perf_counter()
+    for x in inputs:
+        extractor.encode_cameras(x)
+    per_kf = (time.perf_counter() - t0) / len(inputs)
+    out = {"s_per_keyframe": per_kf, "keyframes_timed": len(inputs), "threads": threads, "n_workers": n_workers,
+           "keyframes_per_s": n_workers / per_kf}  # fmt: skip
+    if torch.cuda.is_available() and extractor.device.type == "cuda":
+        out["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
 
 
 def main(argv: list[str]) -> dict:
@@ -233,7 +275,15 @@ def main(argv: list[str]) -> dict:
         "argv": list(argv),
         "config": cfg,
     }
+    ds = get_dataset(cfg["dataset"]["adapter"])
+    timed = [ds.frame(str(t)) for t in store.sample_tokens[: args.floor_keyframes]]
+    floor = dino_floor(cfg, timed, args.threads, args.n_workers)
+    extra["dino_floor"] = floor
     r = report(summary, cfg, extra)
+    r["ratio_to_floor"] = r["keyframes_per_s"] / floor["keyframes_per_s"]
+    r["features_pct_of_worker_wall"] = (
+        100 * r["parts"]["features"]["s"] / (args.n_workers * r["wall_s"]) if r["wall_s"] else None
+    )
     print_report(r)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_presets_are_what_the_issue_asks_for():
-    assert preset_names() == ["medium", "small", "tiny"]
+    assert preset_names() == ["fullsize", "medium", "small", "tiny"]
     tiny, small, medium = (SynthConfig.from_preset(n) for n in ("tiny", "small", "medium"))
     assert tiny.keyframes <= 5 and tiny.image_width * tiny.image_height <= 352 * 128
     # small: ~10 scenes of 20 keyframes, 6 cameras at 256x704, named from v1.0-mini's split
@@ -26,6 +26,11 @@ def test_presets_are_what_the_issue_asks_for():
     # medium: >= 60 scenes of 40 keyframes, needs v1.0-trainval names
     assert medium.train_scenes + medium.val_scenes >= 60 and medium.keyframes == 40
     assert medium.version == "v1.0-trainval" and medium.val_split == "val"
+    # fullsize (the label-stage benchmark at nuScenes size): 6 cameras at 1600x900, a few scenes of 40 keyframes,
+    # the 32-beam LiDAR at nuScenes' density (~34k rays per sweep)
+    full = SynthConfig.from_preset("fullsize")
+    assert (full.image_width, full.image_height, full.cameras, full.keyframes) == (1600, 900, CAMERA_NAMES, 40)
+    assert full.lidar.beams == 32 and 30_000 <= full.lidar.beams * full.lidar.azimuth_steps <= 40_000
 
 
 def test_scene_names_come_from_the_devkit_splits():
@@ -70,7 +75,7 @@ def test_impossible_parameters_name_the_field(override, message):
 
 def test_unknown_preset_lists_the_known_ones():
     with pytest.raises(
-        SynthConfigError, match=r"unknown synthetic-world preset 'huge'; known presets: \['medium', 'small', 'tiny'\]"
+        SynthConfigError, match=r"unknown synthetic-world preset 'huge'; known presets: \['fullsize', 'medium', 'small', 'tiny'\]"
     ):
         SynthConfig.from_preset("huge")
 

@@ -1,0 +1,34 @@
+"""``make bench`` (scripts/bench_labels.py) on the tiny world: the report keeps its keys and adds the DINOv2 floor."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+pytest.importorskip("open3d")
+
+
+def test_bench_reports_parts_and_the_dino_floor(synth_tiny, tmp_path, monkeypatch):
+    sys.path.insert(0, str(REPO / "scripts"))
+    import bench_labels
+
+    data = tmp_path / "data"
+    (data / "synthetic").mkdir(parents=True)
+    (data / "synthetic" / "tiny-seed0").symlink_to(synth_tiny)  # the session's tiny world: not generated again
+    monkeypatch.setenv("BEVLABELS_DATA", str(data))
+    out = tmp_path / "bench.json"
+    bench_labels.main(["--preset", "tiny", "--n-workers", "1", "--floor-keyframes", "2", "--json", str(out),
+                       "features.weights=random", "features.image_height=56"])  # fmt: skip
+    r = json.loads(out.read_text())
+    assert r["keyframes"] == 8 and r["keyframes_per_s"] > 0  # today's keys
+    assert set(r["parts"]) >= {"read", "accumulate", "decode", "features", "project_pool", "lidar_px", "write"}
+    assert abs(sum(p["pct"] for p in r["parts"].values()) - 100) < 1e-6
+    floor = r["dino_floor"]
+    assert floor["keyframes_timed"] == 2 and floor["keyframes_per_s"] == pytest.approx(1 / floor["s_per_keyframe"])
+    assert r["ratio_to_floor"] == pytest.approx(r["keyframes_per_s"] / floor["keyframes_per_s"])
+    assert 0 < r["features_pct_of_worker_wall"] < 100
+    assert r["store_bytes_per_keyframe"] > 0 and r["peak_rss_mb_per_worker"] > 0
