@@ -32,6 +32,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 from bevlabels import geometry as g
 from bevlabels.datasets.base import DriveDataset, Frame, LidarSweep
@@ -144,17 +145,34 @@ def build_tracks(frames: list[Frame]) -> dict[str, InstanceTrack]:
     return tracks
 
 
-def voxel_dedup(points: np.ndarray, voxel_size: float, *extra: np.ndarray) -> tuple[np.ndarray, ...]:
-    """The first point of each ``voxel_size`` voxel ``(P', C)`` (in input order), and ``extra`` arrays subset alike."""
+def voxel_dedup(points, voxel_size: float, *extra):
+    """The first point of each ``voxel_size`` voxel ``(P', C)`` (in input order), and ``extra`` arrays subset alike.
+
+    numpy or torch (on any device) alike: the same points survive, in the same order.
+    """
     if len(points) == 0:
         return (points, *extra)
-    vox = np.floor(points[:, :3] / voxel_size).astype(np.int64) + _KEY_OFF
+    if isinstance(points, torch.Tensor):
+        vox = torch.floor(points[:, :3].double() / voxel_size).long() + _KEY_OFF
+    else:
+        vox = np.floor(points[:, :3] / voxel_size).astype(np.int64) + _KEY_OFF
     if vox.min() < 0 or vox.max() >= (1 << _KEY_BITS):
         raise ValueError(f"coordinates beyond +-{_KEY_OFF * voxel_size:.0f} m cannot be voxel-keyed at {voxel_size} m")
     key = (vox[:, 0] << (2 * _KEY_BITS)) | (vox[:, 1] << _KEY_BITS) | vox[:, 2]
-    _, first = np.unique(key, return_index=True)
-    first.sort()  # keep input (time) order: deterministic and stable under appends
+    if isinstance(points, torch.Tensor):
+        _, inverse = torch.unique(key, return_inverse=True)
+        index = torch.arange(len(key), device=key.device)
+        first = torch.full((int(inverse.max()) + 1,), len(key), dtype=torch.long, device=key.device)
+        first = first.scatter_reduce(0, inverse, index, reduce="amin").sort().values
+    else:
+        _, first = np.unique(key, return_index=True)
+        first.sort()  # keep input (time) order: deterministic and stable under appends
     return (points[first], *(e[first] for e in extra))
+
+
+def _cat(parts: list):
+    """``np.concatenate`` or ``torch.cat`` of a list of like arrays."""
+    return torch.cat(parts) if isinstance(parts[0], torch.Tensor) else np.concatenate(parts)
 
 
 @dataclass
@@ -172,11 +190,20 @@ def split_sweep(
     sweep: LidarSweep,
     tracks: dict[str, InstanceTrack],
     cfg: AccumulationConfig,
+    device: torch.device | str | None = None,
 ) -> _SweepSplit:
-    """Split one sweep's points ``(N, >=4)`` (sensor frame) into static (global) and per-box points."""
-    rng = np.linalg.norm(points_lidar[:, :2], axis=1)
+    """Split one sweep's points ``(N, >=4)`` (sensor frame) into static (global) and per-box points.
+
+    With ``device`` the work runs in torch on that device (float64, as the numpy reference), and the
+    split holds tensors there.
+    """
+    if device is not None:
+        points_lidar = torch.as_tensor(np.asarray(points_lidar[:, :4]), dtype=torch.float64, device=device)
+        rng = torch.linalg.norm(points_lidar[:, :2], dim=1)
+    else:
+        rng = np.linalg.norm(points_lidar[:, :2], axis=1)
     pts = points_lidar[(rng >= cfg.min_range) & (rng <= cfg.max_range), :4]
-    pts_global = g.transform_points(sweep.global_from_lidar, pts.astype(np.float64))  # (N, 4)
+    pts_global = g.transform_points(sweep.global_from_lidar, pts if device is not None else pts.astype(np.float64))
     t = sweep.timestamp * 1e-6
     insts, boxes = [], []
     for inst, tr in tracks.items():  # one interpolation per instance, not per point
@@ -187,14 +214,23 @@ def split_sweep(
     if not boxes:
         return _SweepSplit(t, pts_global, token=sweep.token)
     boxes = np.stack(boxes)  # (M, 9)
+    if device is not None:
+        boxes_dev = torch.as_tensor(boxes, dtype=torch.float64, device=device)
     # Static: outside every enlarged box. Dynamic: inside the (un-enlarged) box; points in the
     # margin band belong to neither, which keeps ground points under a car out of its cloud.
-    enlarged = g.points_box_index(pts_global, boxes, margin=cfg.box_margin)
-    near = np.flatnonzero(enlarged >= 0)  # only these can be inside an exact box
-    exact = np.full(len(pts_global), -1, dtype=np.int64)
-    exact[near] = g.points_box_index(pts_global[near], boxes)
+    enlarged = g.points_box_index(pts_global, boxes if device is None else boxes_dev, margin=cfg.box_margin)
+    if device is not None:
+        near = torch.nonzero(enlarged >= 0).squeeze(1)
+        exact = torch.full((len(pts_global),), -1, dtype=torch.int64, device=pts_global.device)
+        exact[near] = g.points_box_index(pts_global[near], boxes_dev)
+        present = torch.unique(exact[exact >= 0]).tolist()
+    else:
+        near = np.flatnonzero(enlarged >= 0)  # only these can be inside an exact box
+        exact = np.full(len(pts_global), -1, dtype=np.int64)
+        exact[near] = g.points_box_index(pts_global[near], boxes)
+        present = np.unique(exact[exact >= 0]).tolist()
     split = _SweepSplit(t, pts_global[enlarged < 0], token=sweep.token)
-    for m in np.unique(exact[exact >= 0]):
+    for m in present:
         sel = pts_global[exact == m]
         box_from_global = g.invert_transform(g.make_transform(g.rot_z(boxes[m, g.YAW]), boxes[m, :3]))
         split.dynamic_box[insts[m]] = g.transform_points(box_from_global, sel)
@@ -204,8 +240,8 @@ def split_sweep(
 class _Accumulator:
     """Static and per-instance clouds, deduplicated as they grow."""
 
-    def __init__(self, cfg: AccumulationConfig):
-        self.cfg = cfg
+    def __init__(self, cfg: AccumulationConfig, device: torch.device | str | None = None):
+        self.cfg, self.device = cfg, device
         self.static: list[np.ndarray] = []
         self.dynamic: dict[str, list[np.ndarray]] = {}
         self._since_dedup = 0
@@ -221,43 +257,64 @@ class _Accumulator:
     def compact(self):
         self._since_dedup = 0
         if self.static:
-            self.static = [voxel_dedup(np.concatenate(self.static), self.cfg.voxel_size)[0]]
+            self.static = [voxel_dedup(_cat(self.static), self.cfg.voxel_size)[0]]
         for inst, parts in self.dynamic.items():
-            self.dynamic[inst] = [voxel_dedup(np.concatenate(parts), self.cfg.voxel_size)[0]]
+            self.dynamic[inst] = [voxel_dedup(_cat(parts), self.cfg.voxel_size)[0]]
 
-    def static_cloud(self) -> np.ndarray:
+    def static_cloud(self):
         self.compact()
-        return self.static[0] if self.static else np.zeros((0, 4))
+        if self.static:
+            return self.static[0]
+        return torch.zeros((0, 4), dtype=torch.float64, device=self.device) if self.device is not None else np.zeros((0, 4))
 
     def instance_cloud(self, inst: str) -> np.ndarray | None:
         parts = self.dynamic.get(inst)
         return None if not parts else parts[0]
 
 
-def place_at_keyframe(frame: Frame, static_global: np.ndarray, acc: _Accumulator) -> AccumulatedCloud:
-    """The keyframe's cloud: static points moved to its ego frame plus each present instance's points at its box."""
+def place_at_keyframe(frame: Frame, static_global, acc: _Accumulator) -> AccumulatedCloud:
+    """The keyframe's cloud: static points moved to its ego frame plus each present instance's points at its box.
+
+    numpy in, numpy out; torch in (the device path), float32 / int32 tensors on that device out.
+    """
+    dev = static_global.device if isinstance(static_global, torch.Tensor) else None
+
+    def f32(a):
+        return a.float() if dev is not None else a.astype(np.float32)
+
+    def label(n: int, m: int):
+        return torch.full((n,), m, dtype=torch.int32, device=dev) if dev is not None else np.full(n, m, dtype=np.int32)
+
     ego_from_global = g.invert_transform(frame.global_from_ego)
-    parts = [g.transform_points(ego_from_global, static_global).astype(np.float32)]
-    labels = [np.full(len(static_global), -1, dtype=np.int32)]
+    parts = [f32(g.transform_points(ego_from_global, static_global))]
+    labels = [label(len(static_global), -1)]
     for m, inst in enumerate(frame.boxes.instance_id):
         pts_box = acc.instance_cloud(inst)
         if pts_box is None:
             continue
         b = frame.boxes.boxes[m]
         ego_from_box = g.make_transform(g.rot_z(b[g.YAW]), b[:3])
-        parts.append(g.transform_points(ego_from_box, pts_box).astype(np.float32))
-        labels.append(np.full(len(pts_box), m, dtype=np.int32))
-    return AccumulatedCloud(frame, np.concatenate(parts), np.concatenate(labels))
+        parts.append(f32(g.transform_points(ego_from_box, pts_box)))
+        labels.append(label(len(pts_box), m))
+    return AccumulatedCloud(frame, _cat(parts), _cat(labels))
 
 
 def accumulate_scene(
-    ds: DriveDataset, scene: str, cfg: AccumulationConfig | None = None, frames: list[Frame] | None = None
+    ds: DriveDataset,
+    scene: str,
+    cfg: AccumulationConfig | None = None,
+    frames: list[Frame] | None = None,
+    device: torch.device | str | None = None,
 ) -> Iterator[AccumulatedCloud]:
     """Yield each keyframe's accumulated cloud (ego frame of that keyframe), in keyframe order.
 
     With ``cfg.time_window=None`` the whole scene is read once and every keyframe shares the same
     static map; with a window, sweeps are read in time order and only those within the window of
     the current keyframe are held (a sliding deque), so memory is bounded by the window.
+
+    ``device``: run the splitting, deduplication and placing in torch on that device (float64, the
+    numpy path's precision); the clouds are then float32 / int32 tensors there. ``None`` (default) is
+    the numpy reference, which the device path equals (``tests/unit/test_accumulate.py``).
     """
     cfg = cfg or AccumulationConfig()
     frames = ds.keyframes(scene) if frames is None else frames
@@ -268,17 +325,17 @@ def accumulate_scene(
 
     def splits() -> Iterator[_SweepSplit]:
         for sw in sweeps:
-            yield split_sweep(ds.load_points(sw), sw, tracks, cfg)
+            yield split_sweep(ds.load_points(sw), sw, tracks, cfg, device=device)
 
     def own_sweep_objects(f: Frame, split: _SweepSplit | None) -> _Accumulator:
         """Static-only accumulation: the keyframe's objects from its own sweep alone."""
-        own = _Accumulator(cfg)
+        own = _Accumulator(cfg, device)
         if split is not None:
             own.dynamic = {inst: [p] for inst, p in split.dynamic_box.items()}
         return own
 
     if cfg.time_window is None:
-        acc = _Accumulator(cfg)
+        acc = _Accumulator(cfg, device)
         key_splits = {}
         for s in splits():
             acc.add(s)
@@ -300,7 +357,7 @@ def accumulate_scene(
             pending = next(source, None)
         while window and window[0].time < t_key - cfg.time_window:
             window.popleft()
-        acc = _Accumulator(cfg)
+        acc = _Accumulator(cfg, device)
         for s in window:
             acc.add(s)
         if not cfg.dynamic:
