@@ -202,24 +202,37 @@ def pool_bev(
     )
 
 
-def lidar_pixels(frame: Frame, points_lidar: np.ndarray, min_depth: float = 1.0, sweep=None) -> dict[str, np.ndarray]:
+def lidar_pixels(
+    frame: Frame, points_lidar: np.ndarray, min_depth: float = 1.0, sweep=None, device: torch.device | str | None = None
+) -> dict[str, np.ndarray]:
     """The ``lidar_px`` table of a keyframe: every point of a sweep projected into every camera it lands in.
 
     ``points_lidar (N, >=3)`` are in the sensor frame of ``sweep`` (default the keyframe sweep).
     Returns R rows: ``cam`` uint8, ``u, v, depth`` float32 at the original image resolution, and
     ``obj`` int32, the index in ``frame.boxes`` of the GT box the point lies in (-1 for none).
+    ``device``: project in torch (float64) on that device; the same table as the numpy reference.
     """
     sweep = frame.lidar if sweep is None else sweep
-    pts_ego = g.transform_points(frame.key_ego_from_lidar(sweep), np.asarray(points_lidar[:, :3], dtype=np.float64))
-    obj = g.points_box_index(pts_ego, frame.boxes.boxes) if len(frame.boxes) else np.full(len(pts_ego), -1)
-    cols: dict[str, list[np.ndarray]] = {"cam": [], "u": [], "v": [], "depth": [], "obj": []}
-    for n, cam in enumerate(frame.cameras):
+    pts = np.asarray(points_lidar[:, :3], dtype=np.float64)
+    if device is not None:
+        pts = torch.as_tensor(pts, device=device)
+    pts_ego = g.transform_points(frame.key_ego_from_lidar(sweep), pts)
+    n = len(pts_ego)
+    obj = g.points_box_index(pts_ego, frame.boxes.boxes) if len(frame.boxes) else None
+    if obj is None:
+        obj = torch.full((n,), -1, dtype=torch.int64, device=device) if device is not None else np.full(n, -1)
+    cols: dict[str, list] = {"cam": [], "u": [], "v": [], "depth": [], "obj": []}
+    for i, cam in enumerate(frame.cameras):
         uv, depth, mask = g.project_points(
-            pts_ego, frame.cam_from_key_ego(n), cam.K, (cam.width, cam.height), min_depth
+            pts_ego, frame.cam_from_key_ego(i), cam.K, (cam.width, cam.height), min_depth
         )
-        cols["cam"].append(np.full(int(mask.sum()), n, dtype=np.uint8))
-        cols["u"].append(uv[mask, 0].astype(np.float32))
-        cols["v"].append(uv[mask, 1].astype(np.float32))
-        cols["depth"].append(depth[mask].astype(np.float32))
-        cols["obj"].append(obj[mask].astype(np.int32))
+        if device is not None:
+            uv, depth, mask, obj_i = uv[mask].cpu().numpy(), depth[mask].cpu().numpy(), None, obj[mask].cpu().numpy()
+        else:
+            uv, depth, obj_i = uv[mask], depth[mask], obj[mask]
+        cols["cam"].append(np.full(len(depth), i, dtype=np.uint8))
+        cols["u"].append(uv[:, 0].astype(np.float32))
+        cols["v"].append(uv[:, 1].astype(np.float32))
+        cols["depth"].append(depth.astype(np.float32))
+        cols["obj"].append(obj_i.astype(np.int32))
     return {k: np.concatenate(v) for k, v in cols.items()}
