@@ -58,6 +58,24 @@ class LabelJob:
     accumulation: dict
     visibility: dict
     lidar_px_min_depth: float = 1.0
+    geometry_device: str = "auto"  # see resolve_geometry_device
+
+
+def resolve_geometry_device(setting: str, features_device):
+    """Where a task's LiDAR geometry (accumulation, lidar_px) runs: ``None`` for the numpy reference, else a torch device.
+
+    ``auto``: the feature model's device when it is a GPU, else the numpy reference (the torch path's CPU
+    speed is not measured yet); ``numpy``: the reference; anything else (``cpu``, ``cuda``, ``cuda:1``):
+    torch on that device. Projection and pooling (:func:`bevlabels.lidar.project.pool_bev`) always run
+    in torch on the features' device.
+    """
+    import torch
+
+    if setting == "numpy":
+        return None
+    if setting == "auto":
+        return features_device if torch.device(features_device).type == "cuda" else None
+    return torch.device(setting)
 
 
 def load_images(frame) -> list[np.ndarray]:
@@ -127,7 +145,8 @@ def label_scene(job: LabelJob, scene: str, indices: list[int], tokens: list[str]
             raise KeyError(f"store rows name keyframes the dataset's scene {scene} lacks: {sorted(missing)[:3]}")
         grid = GridSpec.from_dict(job.grid)
         vis = VisibilityConfig(**job.visibility)
-        clouds = accumulate_scene(ds, scene, AccumulationConfig(**job.accumulation), frames=frames)
+        geo = resolve_geometry_device(job.geometry_device, extractor.device)
+        clouds = accumulate_scene(ds, scene, AccumulationConfig(**job.accumulation), frames=frames, device=geo)
         while True:
             with Timer(res.seconds, "accumulate"):
                 cloud = next(clouds, None)
@@ -145,7 +164,7 @@ def label_scene(job: LabelJob, scene: str, indices: list[int], tokens: list[str]
                 feat = pooled.feat.cpu().numpy().astype(np.float16)
                 count = pooled.count.clamp(max=np.iinfo(np.uint16).max).cpu().numpy().astype(np.uint16)
             with Timer(res.seconds, "lidar_px"):
-                px = lidar_pixels(frame, ds.load_points(frame.lidar), min_depth=job.lidar_px_min_depth)
+                px = lidar_pixels(frame, ds.load_points(frame.lidar), min_depth=job.lidar_px_min_depth, device=geo)
             with Timer(res.seconds, "write"):
                 store.write_keyframe(todo[frame.token], dino_feat=feat, dino_count=count, lidar_px=px)
             res.done += 1
@@ -226,6 +245,7 @@ def prepare(cfg: dict):
         accumulation=cfg["accumulation"],
         visibility=cfg["visibility"],
         lidar_px_min_depth=float(cfg["lidar_px"]["min_depth"]),
+        geometry_device=str(cfg.get("geometry_device", "auto")),
     )
     return writer, job, per_scene
 

@@ -178,6 +178,23 @@ def test_kill_and_resume_gives_the_same_arrays(synth_tiny, tmp_path, compose_lab
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
+def test_the_torch_geometry_path_gives_the_reference_store(synth_tiny, tmp_path, compose_labels):
+    """Issue 15: accumulation and lidar_px in torch (geometry_device=cpu, the GPU path run on the CPU) write the same
+    store as the numpy reference (geometry_device=numpy)."""
+    from pipelines.labels import run
+
+    ref, dev = tmp_path / "ref.zarr", tmp_path / "dev.zarr"
+    run(compose_labels(label_overrides(synth_tiny, ref, "geometry_device=numpy")))
+    run(compose_labels(label_overrides(synth_tiny, dev, "geometry_device=cpu")))
+    a, b = _arrays(ref), _arrays(dev)
+    assert a.keys() == b.keys()
+    for k in a:
+        if "count" in k or k.endswith(("cam", "obj")):
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+        else:  # float32 (float16 features) of float64 computations in numpy and torch
+            np.testing.assert_allclose(np.asarray(a[k], np.float64), np.asarray(b[k], np.float64), atol=2e-3, err_msg=k)
+
+
 def test_a_failing_scene_is_recorded_and_the_others_complete(synth_tiny, tmp_path, compose_labels, synth_ds):
     from bevlabels.cache import LabelStoreReader
     from pipelines.labels import run
