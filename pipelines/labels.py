@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +41,8 @@ from pipelines.scenes import (
 
 log = logging.getLogger("bevlabels.labels")
 
+#: a task's timers; "decode", "read" (of each keyframe sweep) and "write" run in the task's prefetch and writer
+#: threads, overlapping the model
 TIMERS = ("read", "accumulate", "decode", "features", "project_pool", "lidar_px", "write")
 
 
@@ -147,27 +150,51 @@ def label_scene(job: LabelJob, scene: str, indices: list[int], tokens: list[str]
         vis = VisibilityConfig(**job.visibility)
         geo = resolve_geometry_device(job.geometry_device, extractor.device)
         clouds = accumulate_scene(ds, scene, AccumulationConfig(**job.accumulation), frames=frames, device=geo)
-        while True:
-            with Timer(res.seconds, "accumulate"):
-                cloud = next(clouds, None)
-            if cloud is None:
-                break
-            frame = cloud.frame
-            if frame.token not in todo:
-                continue
+        order = [f for f in frames if f.token in todo]  # what this task labels, in time order
+
+        def fetch(frame):  # in the prefetch thread: the next keyframe decodes while this one runs
             with Timer(res.seconds, "decode"):
-                images = extractor.load_inputs(frame)  # N x (3, H_n, W_n) images (the oracle: label maps)
-            with Timer(res.seconds, "features"):
-                feats = extractor.encode_cameras(images)  # N x (C, h_n, w_n): one batch per image size
-            with Timer(res.seconds, "project_pool"):
-                pooled = pool_bev(cloud.points, feats, CameraSet.from_frame(frame), grid, vis)
-                feat = pooled.feat.cpu().numpy().astype(np.float16)
-                count = pooled.count.clamp(max=np.iinfo(np.uint16).max).cpu().numpy().astype(np.uint16)
-            with Timer(res.seconds, "lidar_px"):
-                px = lidar_pixels(frame, ds.load_points(frame.lidar), min_depth=job.lidar_px_min_depth, device=geo)
+                inputs = extractor.load_inputs(frame)  # N x (3, H_n, W_n) images (the oracle: label maps)
+            with Timer(res.seconds, "read"):
+                points = ds.load_points(frame.lidar)
+            return inputs, points
+
+        def write(row: int, arrays: dict) -> None:  # in the writer thread: writes do not stall the model
             with Timer(res.seconds, "write"):
-                store.write_keyframe(todo[frame.token], dino_feat=feat, dino_count=count, lidar_px=px)
+                store.write_keyframe(row, **arrays)  # arrays first, then the row's done flag
             res.done += 1
+
+        # One thread each, so fetches and writes keep keyframe order; a task fails on the first error of any.
+        with ThreadPoolExecutor(1, thread_name_prefix="prefetch") as prefetch, ThreadPoolExecutor(
+            1, thread_name_prefix="write"
+        ) as writer:
+            ahead = {order[0].token: prefetch.submit(fetch, order[0])}
+            pending = []
+            for k in range(len(order)):
+                while True:  # the clouds of keyframes already done are skipped
+                    with Timer(res.seconds, "accumulate"):
+                        cloud = next(clouds)
+                    if cloud.frame.token in todo:
+                        break
+                frame = cloud.frame
+                assert frame.token == order[k].token, "clouds and keyframes out of step"
+                if k + 1 < len(order):
+                    ahead[order[k + 1].token] = prefetch.submit(fetch, order[k + 1])
+                images, points = ahead.pop(frame.token).result()
+                with Timer(res.seconds, "features"):
+                    feats = extractor.encode_cameras(images)  # N x (C, h_n, w_n): one batch per image size
+                with Timer(res.seconds, "project_pool"):
+                    pooled = pool_bev(cloud.points, feats, CameraSet.from_frame(frame), grid, vis)
+                    feat = pooled.feat.cpu().numpy().astype(np.float16)
+                    count = pooled.count.clamp(max=np.iinfo(np.uint16).max).cpu().numpy().astype(np.uint16)
+                with Timer(res.seconds, "lidar_px"):
+                    px = lidar_pixels(frame, points, min_depth=job.lidar_px_min_depth, device=geo)
+                pending.append(writer.submit(write, todo[frame.token], {"dino_feat": feat, "dino_count": count,
+                                                                         "lidar_px": px}))  # fmt: skip
+                while len(pending) > 2:  # bounded: at most two keyframes' arrays wait for the store
+                    pending.pop(0).result()
+            for w in pending:
+                w.result()
     return res
 
 

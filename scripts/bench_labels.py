@@ -17,7 +17,9 @@ a fresh store (``overwrite=true``), and prints:
 - keyframes/s and wall time (stage start to summary, cluster start-up included);
 - the per-part breakdown of the task time summed over workers, in seconds and %: dataset read,
   LiDAR accumulation, image decode, DINOv2, projection + pooling, lidar_px, store write; and how
-  much of ``n_workers x wall`` the tasks filled (the rest is start-up, scheduling and idle workers);
+  much of ``n_workers x wall`` the tasks filled (the rest is start-up, scheduling and idle workers).
+  Decode and the keyframe sweep's read run ahead in a prefetch thread and store writes in a writer
+  thread (``pipelines.labels.label_scene``), so the parts may add up to more than a task's wall time;
 - peak RSS per worker, store size on disk (total and per keyframe), mean BEV coverage;
 - the DINOv2-only floor, measured in the same run (:func:`dino_floor`: the feature model alone on
   ``--floor-keyframes`` keyframes, per worker, times the workers), the end-to-end rate as a share of it,
@@ -40,7 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 #: the stage's timers, in pipeline order, with the names this report prints
 PARTS = {
-    "read": "dataset read",
+    "read": "dataset/sweep read",
     "accumulate": "LiDAR accumulation",
     "decode": "image decode",
     "features": "DINOv2 (features)",
