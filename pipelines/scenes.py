@@ -17,6 +17,7 @@ import asyncio
 import concurrent.futures
 import importlib
 import logging
+import os
 import time
 import traceback
 from collections import defaultdict, deque
@@ -231,6 +232,7 @@ def run_scene_tasks(
     queue = deque(submit)
     running: dict[str, str] = {}  # future key -> scene
     seen = 0  # keyframes of running scenes seen done by polls
+    environ = dict(os.environ)  # distributed's Nanny writes its pre-spawn variables (OMP_NUM_THREADS=1, ...) here
     client, cluster = make_client(cluster_cfg)
     try:
         finished = as_completed()
@@ -279,6 +281,10 @@ def run_scene_tasks(
         client.close()
         if cluster is not None:
             cluster.close()
+        # ... and leaves them for the rest of the process: a caller's later subprocesses (a training run after
+        # the label stage, tests) would inherit one-thread BLAS. Put the caller's environment back.
+        os.environ.clear()
+        os.environ.update(environ)
     return results
 
 

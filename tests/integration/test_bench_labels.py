@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -21,8 +22,13 @@ def test_bench_reports_parts_and_the_dino_floor(synth_tiny, tmp_path, monkeypatc
     (data / "synthetic" / "tiny-seed0").symlink_to(synth_tiny)  # the session's tiny world: not generated again
     monkeypatch.setenv("BEVLABELS_DATA", str(data))
     out = tmp_path / "bench.json"
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")  # what the script sets
+    environ = dict(os.environ)
     bench_labels.main(["--preset", "tiny", "--n-workers", "1", "--floor-keyframes", "2", "--json", str(out),
                        "features.weights=random", "features.image_height=56"])  # fmt: skip
+    # distributed's Nanny writes OMP_NUM_THREADS=1 & co. into the process environment; the stage puts it back, so
+    # later subprocesses (training, the oneDNN checks of tests/unit/test_pointwise.py) keep their threads
+    assert dict(os.environ) == environ
     r = json.loads(out.read_text())
     assert r["keyframes"] == 8 and r["keyframes_per_s"] > 0  # today's keys
     assert set(r["parts"]) >= {"read", "accumulate", "decode", "features", "project_pool", "lidar_px", "write"}
