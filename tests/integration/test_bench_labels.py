@@ -28,7 +28,8 @@ def test_bench_reports_parts_and_the_dino_floor(synth_tiny, tmp_path, monkeypatc
                        "features.weights=random", "features.image_height=56"])  # fmt: skip
     # distributed's Nanny writes OMP_NUM_THREADS=1 & co. into the process environment; the stage puts it back, so
     # later subprocesses (training, the oneDNN checks of tests/unit/test_pointwise.py) keep their threads
-    assert dict(os.environ) == environ
+    nanny = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MALLOC_TRIM_THRESHOLD_")
+    assert {k: os.environ.get(k) for k in nanny} == {k: environ.get(k) for k in nanny}
     r = json.loads(out.read_text())
     assert r["keyframes"] == 8 and r["keyframes_per_s"] > 0  # today's keys
     assert set(r["parts"]) >= {"read", "accumulate", "decode", "features", "project_pool", "lidar_px", "write"}
