@@ -41,10 +41,6 @@ from pipelines.scenes import (
 
 log = logging.getLogger("bevlabels.labels")
 
-#: a task's timers; "decode", "read" (of each keyframe sweep) and "write" run in the task's prefetch and writer
-#: threads, overlapping the model
-TIMERS = ("read", "accumulate", "decode", "features", "project_pool", "lidar_px", "write")
-
 
 # ---------------------------------------------------------------------------------------------
 # The pure per-scene function
@@ -79,13 +75,6 @@ def resolve_geometry_device(setting: str, features_device):
     if setting == "auto":
         return features_device if torch.device(features_device).type == "cuda" else None
     return torch.device(setting)
-
-
-def load_images(frame) -> list[np.ndarray]:
-    """The keyframe's camera images at their own sizes (:func:`bevlabels.features.base.load_frame_images`)."""
-    from bevlabels.features.base import load_frame_images
-
-    return load_frame_images(frame)
 
 
 class FeatureModelMismatchError(RuntimeError):

@@ -139,7 +139,10 @@ def main(argv: list[str] | None = None) -> int:
 
     rows: list[dict] = []
     if not a.collect:
-        has_world = (root / "v1.0-mini").is_dir() or (root / "v1.0-trainval").is_dir()
+        from bevlabels.synthetic import SynthConfig
+        from bevlabels.synthetic.formats import writer
+
+        has_world = writer("nuscenes").exists(root, {"version": SynthConfig.from_preset(a.preset).version})
         oracle = any("features=synthetic_oracle" in o for o in spec["stores"].values())
         if not has_world or (oracle and not (root / "oracle").is_dir()):
             # a world written before the oracle maps existed is rewritten (same bytes, plus oracle/)

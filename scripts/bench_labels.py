@@ -108,20 +108,12 @@ def compose(args: argparse.Namespace):
 
 def ensure_world(ds_cfg: dict, workers: int) -> float:
     """Seconds spent generating the synthetic world at ``dataset.root`` (0 when it exists), scenes in parallel."""
-    root = Path(ds_cfg["root"])
-    if (root / ds_cfg["version"]).is_dir():
-        return 0.0
-    from bevlabels.synthetic import SynthConfig, generate
+    from bevlabels.synthetic.formats import ensure_world as ensure
     from pipelines.synth import dask_map
 
     t0 = time.perf_counter()
-    gen = ds_cfg["generate"]
-    generate(
-        SynthConfig.from_preset(gen["preset"], seed=int(gen["seed"])),
-        root,
-        map_fn=dask_map(workers) if workers > 1 else None,
-    )
-    return time.perf_counter() - t0
+    generated = ensure(ds_cfg, map_fn=dask_map(workers) if workers > 1 else None)
+    return time.perf_counter() - t0 if generated else 0.0
 
 
 def dir_size(path: Path) -> tuple[int, int]:

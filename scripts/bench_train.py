@@ -363,10 +363,11 @@ def main(argv: list[str] | None = None) -> None:
     store = Path(a.store or data / "labels" / own)
     dataset = [f"dataset={a.dataset}", f"dataset.root={root}", f"dataset.generate.preset={a.preset}"]
 
+    from bevlabels.synthetic import SynthConfig
     from bevlabels.synthetic.formats import writer
 
     fmt = "av2" if av2 else "nuscenes"
-    if not writer(fmt).exists(root, {"version": "v1.0-mini" if (root / "v1.0-mini").is_dir() else "v1.0-trainval"}):
+    if not writer(fmt).exists(root, {"version": SynthConfig.from_preset(a.preset).version}):
         synth = [py, "-m", "pipelines.synth", f"format={fmt}", f"preset={a.preset}", "seed=0", f"out={root}"]
         run(synth, out / "synth.log")
     if store_complete(store):

@@ -494,7 +494,7 @@ def run_av2_eval(
     unknown = sorted({str(p["sample_token"]) for p in predictions} - set(tokens))
     if unknown:
         raise KeyError(f"predictions for {len(unknown)} samples not among the evaluated keyframes (e.g. {unknown[:3]})")
-    per_scene = {scene: [f.token for f in adapter.keyframes(scene)] for scene in adapter.scenes(eval_set)}
+    per_scene = {scene: adapter.keyframe_tokens(scene) for scene in adapter.scenes(eval_set)}
     evaluated = coverage_of(per_scene, eval_set, tokens)
     if evaluated["partial"]:
         log.warning("evaluating part of the split: %s", describe_coverage(evaluated))

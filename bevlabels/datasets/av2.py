@@ -244,6 +244,10 @@ class AV2Dataset(DriveDataset):
             log.frames = [self._make_frame(log, i) for i in range(len(log.key_ns))]
         return list(log.frames)
 
+    def keyframe_tokens(self, scene: str) -> list[str]:
+        """``"<log_id>:<timestamp_ns>"`` of the log's keyframes, from its index alone (no frames, cameras or boxes built)."""
+        return [f"{scene}:{int(ts)}" for ts in self._log(scene).key_ns]
+
     def sweeps(self, scene: str) -> list[LidarSweep]:
         """Every LiDAR sweep of the log in time order; ``is_key`` where the sweep has labels."""
         log = self._log(scene)

@@ -199,6 +199,10 @@ class DriveDataset(abc.ABC):
         for s in self.scenes() if scenes is None else scenes:
             yield from self.keyframes(s)
 
+    def keyframe_tokens(self, scene: str) -> list[str]:
+        """The tokens of the scene's keyframes in time order (adapters may override without building frames)."""
+        return [f.token for f in self.keyframes(scene)]
+
     def frame(self, token: str) -> Frame:
         """The keyframe with this token (linear search; adapters may override with a lookup)."""
         for f in self.frames():

@@ -226,10 +226,9 @@ def lidar_pixels(
         uv, depth, mask = g.project_points(
             pts_ego, frame.cam_from_key_ego(i), cam.K, (cam.width, cam.height), min_depth
         )
+        uv, depth, obj_i = uv[mask], depth[mask], obj[mask]
         if device is not None:
-            uv, depth, mask, obj_i = uv[mask].cpu().numpy(), depth[mask].cpu().numpy(), None, obj[mask].cpu().numpy()
-        else:
-            uv, depth, obj_i = uv[mask], depth[mask], obj[mask]
+            uv, depth, obj_i = uv.cpu().numpy(), depth.cpu().numpy(), obj_i.cpu().numpy()
         cols["cam"].append(np.full(len(depth), i, dtype=np.uint8))
         cols["u"].append(uv[:, 0].astype(np.float32))
         cols["v"].append(uv[:, 1].astype(np.float32))

@@ -367,3 +367,9 @@ def test_ensure_dataset_generates_a_missing_world_in_its_format(tmp_path, monkey
     assert len(calls) == 2
     with pytest.raises(SynthConfigError, match="unknown dataset format"):
         ensure_dataset({"name": "s", "root": str(tmp_path / "y"), "version": "v", "generate": {"format": "kitti"}})
+
+
+def test_keyframe_tokens_come_from_the_log_index_alone(ds):
+    """AV2Dataset.keyframe_tokens (what the evaluation's coverage check reads) equals the keyframes' own tokens."""
+    for scene in ds.scenes():
+        assert ds.keyframe_tokens(scene) == [f.token for f in ds.keyframes(scene)]
