@@ -111,7 +111,6 @@ def label_scene(job: LabelJob, scene: str, indices: list[int], tokens: list[str]
     ``tokens[i]`` is the sample token expected at store row ``indices[i]``; keyframes already
     ``done`` in the store are skipped (the scene is still accumulated once if any remain).
     """
-    import torch
 
     from bevlabels.cache import LabelStoreWriter
     from bevlabels.features import get_extractor
@@ -154,9 +153,10 @@ def label_scene(job: LabelJob, scene: str, indices: list[int], tokens: list[str]
             res.done += 1
 
         # One thread each, so fetches and writes keep keyframe order; a task fails on the first error of any.
-        with ThreadPoolExecutor(1, thread_name_prefix="prefetch") as prefetch, ThreadPoolExecutor(
-            1, thread_name_prefix="write"
-        ) as writer:
+        with (
+            ThreadPoolExecutor(1, thread_name_prefix="prefetch") as prefetch,
+            ThreadPoolExecutor(1, thread_name_prefix="write") as writer,
+        ):
             ahead = {order[0].token: prefetch.submit(fetch, order[0])}
             pending = []
             for k in range(len(order)):

@@ -25,6 +25,7 @@ from bevlabels.synthetic import OutputDirError, SynthConfig, SynthConfigError
 from bevlabels.synthetic.formats import writer
 from bevlabels.synthetic.generate import check_output_dir
 
+
 def dask_map(workers: int) -> Callable[[Callable, Iterable], list]:
     """A ``map(f, items)`` that runs ``f`` on every item in ``workers`` dask worker processes."""
 

@@ -95,7 +95,9 @@ def write_table(out: Path, runs: list[dict], seeds: list[int], head: str) -> str
     per_class = [k for k in runs[0] if k.startswith("AP ")] if runs else []
     per_class = [k for k in per_class if all(r.get(k) is not None for r in runs)]
     text = f"{head}\n\n## Runs\n\n{bt.markdown(runs)}\n"
-    text += f"\n## Mean +- spread (half the range) over seeds {' '.join(map(str, seeds))}\n\n{fmt_summary(runs, present)}\n"
+    text += (
+        f"\n## Mean +- spread (half the range) over seeds {' '.join(map(str, seeds))}\n\n{fmt_summary(runs, present)}\n"
+    )
     if per_class:
         text += f"\n## Per-class AP, mean +- spread over seeds\n\n{fmt_summary(runs, per_class)}\n"
     (out / "ablation.md").write_text(text)
@@ -127,7 +129,11 @@ def main(argv: list[str] | None = None) -> int:
 
     def overrides_of(row: dict) -> list[str]:
         o = [*dataset, f"grid={a.grid}", f"data.label_store={stores[row['store']]}", *row["overrides"]]
-        return o + (bt.cpu_model(experiment_of(row["overrides"])) + bt.CPU_DEPTH.get(a.grid, []) if a.model == "cpu" else []) + list(a.extra)
+        return (
+            o
+            + (bt.cpu_model(experiment_of(row["overrides"])) + bt.CPU_DEPTH.get(a.grid, []) if a.model == "cpu" else [])
+            + list(a.extra)
+        )
 
     if a.print_commands:
         for row, seed in runs_todo:
@@ -152,7 +158,15 @@ def main(argv: list[str] | None = None) -> int:
             if bt.store_complete(path):
                 print(f"store {name}: {path} is complete; reusing it", flush=True)
             else:
-                cmd = [sys.executable, "-m", "pipelines.labels", *dataset, f"grid={a.grid}", f"out={path}", *spec["stores"][name]]
+                cmd = [
+                    sys.executable,
+                    "-m",
+                    "pipelines.labels",
+                    *dataset,
+                    f"grid={a.grid}",
+                    f"out={path}",
+                    *spec["stores"][name],
+                ]
                 bt.run(cmd, out / f"labels-{name}.log")
     for row, seed in runs_todo:
         tag = f"{row['name']}-s{seed}"

@@ -71,7 +71,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
         "--out", type=Path, default=None, help="store path (replaced); default <data>/bench/labels-<preset>.zarr"
     )
     p.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
-    p.add_argument("--floor-keyframes", type=int, default=4, help="keyframes timed for the DINOv2-only floor (default 4)")
+    p.add_argument(
+        "--floor-keyframes", type=int, default=4, help="keyframes timed for the DINOv2-only floor (default 4)"
+    )
     p.add_argument("overrides", nargs="*", metavar="key=value", help="extra Hydra overrides of conf/labels.yaml")
     args = p.parse_args(argv)
     bad = [o for o in args.overrides if "=" not in o]

@@ -339,8 +339,12 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--experiments", nargs="+", default=["bevdepth", "bevdepth_dino"])
     p.add_argument("--preset", default="small", help="synthetic world preset (conf/preset)")
-    p.add_argument("--dataset", default="synthetic", choices=["synthetic", "av2_synthetic"],
-                   help="the synthetic world as nuScenes (scored by the devkit) or as AV2 logs (scored by av2)")
+    p.add_argument(
+        "--dataset",
+        default="synthetic",
+        choices=["synthetic", "av2_synthetic"],
+        help="the synthetic world as nuScenes (scored by the devkit) or as AV2 logs (scored by av2)",
+    )
     p.add_argument("--grid", default="default", help="conf/grid of the store and the models")
     p.add_argument("--store", default=None, help="label store (default: see the module docstring)")
     p.add_argument("--out", default=None, help="output folder (default outputs/bench_train/<time>)")

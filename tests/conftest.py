@@ -119,7 +119,9 @@ def build_tiny_store(compose_labels, dataset: str, root: Path, out: Path) -> Pat
 @pytest.fixture(scope="session")
 def synth_tiny_store(synth_tiny, compose_labels, tmp_path_factory) -> Path:
     """The label store of ``synth_tiny`` on ``grid=near`` with tiny random features (C=32), built once (~20 s)."""
-    return build_tiny_store(compose_labels, "synthetic", synth_tiny, tmp_path_factory.mktemp("labels") / "synthetic.zarr")
+    return build_tiny_store(
+        compose_labels, "synthetic", synth_tiny, tmp_path_factory.mktemp("labels") / "synthetic.zarr"
+    )
 
 
 @pytest.fixture(scope="session")

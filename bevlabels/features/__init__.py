@@ -26,7 +26,6 @@ from .base import (
     round_to_multiple,
     sample_features,
 )
-from .oracle import SyntheticOracle
 from .hf import (
     BUILTIN_CONFIGS,
     DEFAULT_MODEL,
@@ -37,6 +36,7 @@ from .hf import (
     how_to_provide_weights,
     num_prefix_tokens,
 )
+from .oracle import SyntheticOracle
 
 __all__ = [
     "BACKENDS",

@@ -153,7 +153,12 @@ class SyntheticOracle(FeatureExtractor):
         for k in ("image_mean", "image_std"):
             d.pop(k, None)
         d.update(
-            {"oracle": True, "noise": self.noise, "instance_scale": self.instance_scale, "seed": self.seed,
-             "classes": list(self.classes)}  # fmt: skip
+            {
+                "oracle": True,
+                "noise": self.noise,
+                "instance_scale": self.instance_scale,
+                "seed": self.seed,
+                "classes": list(self.classes),
+            }  # fmt: skip
         )
         return d

@@ -265,7 +265,11 @@ class _Accumulator:
         self.compact()
         if self.static:
             return self.static[0]
-        return torch.zeros((0, 4), dtype=torch.float64, device=self.device) if self.device is not None else np.zeros((0, 4))
+        return (
+            torch.zeros((0, 4), dtype=torch.float64, device=self.device)
+            if self.device is not None
+            else np.zeros((0, 4))
+        )
 
     def instance_cloud(self, inst: str) -> np.ndarray | None:
         parts = self.dynamic.get(inst)

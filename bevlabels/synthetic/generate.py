@@ -210,7 +210,9 @@ class _Scene:
         agent_cls = np.array([ORACLE_CLASSES.index(a.cls) for a in self.world.agents] + [0], dtype=np.int64)
         cls = np.where(kind == 0, 0, np.where(kind == 1, 1, np.where(obj >= 0, agent_cls[obj], 2)))  # (H, W)
         if len(self.world.agents) + 1 >= ORACLE_INSTANCE_BASE:
-            raise ValueError(f"{len(self.world.agents)} agents: the oracle PNG holds at most {ORACLE_INSTANCE_BASE - 2}")
+            raise ValueError(
+                f"{len(self.world.agents)} agents: the oracle PNG holds at most {ORACLE_INSTANCE_BASE - 2}"
+            )
         label = (cls * ORACLE_INSTANCE_BASE + np.where(obj >= 0, obj + 1, 0)).astype(np.uint16)
         path = self.out / rel
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -62,7 +62,6 @@ def test_fast_dev_run_of_the_lidar_teacher_on_the_av2_world(compose_train, av2_t
 
 def test_av2_scores_the_worlds_own_gt_perfectly_and_moved_boxes_lower(av2_tiny):
     """av2's evaluation of the AV2-format world's GT (val log), written as predictions through our conversion."""
-    import numpy as np
     from test_av2_eval import _gt_predictions  # tests/integration/test_av2_eval.py
 
     from bevlabels.datasets.av2 import AV2_CLASSES, AV2Dataset

@@ -94,7 +94,9 @@ def test_each_moving_objects_points_accumulate_inside_its_box(av2_ds):
         for c in accumulate_scene(av2_ds, scene, AccumulationConfig()):
             boxes = c.frame.boxes.boxes
             speed = np.nan_to_num(np.hypot(boxes[:, g.VX], boxes[:, g.VY]))
-            pts_key = g.transform_points(c.frame.key_ego_from_lidar(c.frame.lidar), av2_ds.load_points(c.frame.lidar)[:, :3])
+            pts_key = g.transform_points(
+                c.frame.key_ego_from_lidar(c.frame.lidar), av2_ds.load_points(c.frame.lidar)[:, :3]
+            )
             own = np.bincount(np.maximum(g.points_box_index(pts_key, boxes), -1) + 1, minlength=len(boxes) + 1)[1:]
             for m in np.flatnonzero(speed > 1.0):
                 pts = c.points[c.box_index == m, :3]

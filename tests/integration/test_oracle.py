@@ -98,7 +98,9 @@ def test_noise_and_instances_are_what_the_config_says(tiny_ds):
     assert has_agent and diff.max() > 0.1 and diff.min() == 0.0  # patches with an agent move, the others do not
 
 
-def test_label_stage_records_an_oracle_and_pools_it_where_the_objects_are(synth_tiny, compose_labels, tmp_path, tiny_ds):
+def test_label_stage_records_an_oracle_and_pools_it_where_the_objects_are(
+    synth_tiny, compose_labels, tmp_path, tiny_ds
+):
     from bevlabels.cache import LabelStoreReader
     from bevlabels.features import build_extractor
     from bevlabels.grid import GridSpec

@@ -79,7 +79,9 @@ def sweep(tmp_path, monkeypatch):
     (tmp_path / "data" / "synthetic" / "small-seed0" / "v1.0-mini").mkdir(parents=True)
     (tmp_path / "data" / "synthetic" / "small-seed0" / "oracle").mkdir()
     out = tmp_path / "out"
-    return lambda *extra: ablate.main([str(spec), "--seeds", "1", "2", "--steps", "600", "--out", str(out), *extra]), out
+    return lambda *extra: ablate.main(
+        [str(spec), "--seeds", "1", "2", "--steps", "600", "--out", str(out), *extra]
+    ), out
 
 
 def test_an_interrupted_sweep_resumes_without_redoing_finished_runs(sweep, monkeypatch):
@@ -111,7 +113,9 @@ def test_the_table_equals_a_hand_computation(sweep, monkeypatch):
     # mAP base (0.20, 0.24) -> 0.22 +- 0.02, new (0.21, 0.25) -> 0.23 +- 0.02: +0.01, within
     assert summary["new"]["mAP vs base"] == "+0.0100 (within spread)"
     # AMOTA base 0.12 +- 0.02, new 0.10 +- 0.01: -0.02, within (not more than base's 0.02)
-    assert summary["new"]["AMOTA"] == "0.1000 +- 0.0100" and summary["new"]["AMOTA vs base"] == "-0.0200 (within spread)"
+    assert (
+        summary["new"]["AMOTA"] == "0.1000 +- 0.0100" and summary["new"]["AMOTA vs base"] == "-0.0200 (within spread)"
+    )
     # IDS base (40, 60) -> 50 +- 10, new (30, 34) -> 32 +- 2: -18, beyond
     assert summary["new"]["IDS"] == "32.0000 +- 2.0000" and summary["new"]["IDS vs base"] == "-18.0000 (beyond spread)"
     # foreground AbsRel base (0.30, 0.26) -> 0.28 +- 0.02, new (0.20, 0.22) -> 0.21 +- 0.01: -0.07, beyond

@@ -75,7 +75,8 @@ def test_impossible_parameters_name_the_field(override, message):
 
 def test_unknown_preset_lists_the_known_ones():
     with pytest.raises(
-        SynthConfigError, match=r"unknown synthetic-world preset 'huge'; known presets: \['fullsize', 'medium', 'small', 'tiny'\]"
+        SynthConfigError,
+        match=r"unknown synthetic-world preset 'huge'; known presets: \['fullsize', 'medium', 'small', 'tiny'\]",
     ):
         SynthConfig.from_preset("huge")
 
