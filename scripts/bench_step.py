@@ -40,6 +40,8 @@ def build(experiment: str, full: bool):
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
+    import trainer  # noqa: F401  (registers the ${len:} resolver the configs use)
+
     overrides = [f"experiment={experiment}", "run_dir=/tmp/bench_step"]
     if not full:
         overrides += cpu_model(experiment) + CPU_DEPTH["default"]
