@@ -58,6 +58,7 @@ class LabelJob:
     visibility: dict
     lidar_px_min_depth: float = 1.0
     geometry_device: str = "auto"  # see resolve_geometry_device
+    keyframe_batch: int | str = "auto"  # see resolve_keyframe_batch
 
 
 def resolve_geometry_device(setting: str, features_device):
@@ -70,11 +71,85 @@ def resolve_geometry_device(setting: str, features_device):
     """
     import torch
 
+    check_geometry_device(setting)
     if setting == "numpy":
         return None
     if setting == "auto":
         return features_device if torch.device(features_device).type == "cuda" else None
     return torch.device(setting)
+
+
+def check_geometry_device(setting: str) -> None:
+    """Raise a ``ValueError`` naming the ``geometry_device`` key unless ``setting`` is ``auto``, ``numpy`` or a
+    torch device string (checked on the driver, before any worker starts)."""
+    import torch
+
+    if setting in ("auto", "numpy"):
+        return
+    try:
+        torch.device(setting)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(
+            f"geometry_device={setting!r} (conf/labels.yaml): expected 'auto', 'numpy' or a torch device such as "
+            f"'cpu', 'cuda', 'cuda:1' ({e})"
+        ) from None
+
+
+#: keyframes per feature-model batch under ``keyframe_batch=auto`` on a GPU (6 nuScenes images each: 48 at once)
+GPU_KEYFRAME_BATCH = 8
+
+
+def resolve_keyframe_batch(setting: int | str, features_device) -> int:
+    """Keyframes whose camera images go through the feature model as one batch (``keyframe_batch``).
+
+    ``auto``: :data:`GPU_KEYFRAME_BATCH` when the feature model runs on a GPU (a batch of a few
+    dozen images fills it), else 1 (on a CPU a bigger batch is no faster and holds more images); an
+    int >= 1 as given. The features do not depend on it (``test_keyframe_batches_give_the_same_store``).
+    """
+    import torch
+
+    if setting == "auto":
+        return GPU_KEYFRAME_BATCH if torch.device(features_device).type == "cuda" else 1
+    try:
+        n = int(setting)
+    except (TypeError, ValueError):
+        n = 0
+    if n < 1 or str(n) != str(setting).strip():
+        raise ValueError(f"keyframe_batch={setting!r} (conf/labels.yaml): expected 'auto' or an integer >= 1")
+    return n
+
+
+def resolve_resources(setting, features: dict) -> dict | None:
+    """The dask resources of a label task (``cluster.resources``): ``auto`` is ``{GPU: 1}`` when the feature model
+    runs on a GPU (``features.device`` a CUDA device, or ``auto`` on a driver that sees one), else none; a
+    mapping or null as given. With a CPU-only driver attached to GPU workers (``cluster.address``), say
+    ``cluster.resources={GPU:1}``: the driver cannot see their GPUs."""
+    from bevlabels.features import resolve_device
+
+    if setting == "auto":
+        on_gpu = resolve_device(features.get("device", "auto")).type == "cuda"
+        return {"GPU": 1} if on_gpu else None
+    return setting
+
+
+def worker_device(device: str):
+    """The feature model's device in this worker: ``device`` (``features.device``) resolved, and a bare ``cuda``
+    on a machine with several GPUs spread over the LocalCluster's workers by their number (``cuda:<n % GPUs>``).
+    Workers started by hand (``dask worker``) keep ``cuda``: give each its GPU with ``CUDA_VISIBLE_DEVICES``."""
+    import torch
+
+    from bevlabels.features import resolve_device
+
+    d = resolve_device(device)
+    if d.type != "cuda" or d.index is not None or torch.cuda.device_count() < 2:
+        return str(d)
+    try:
+        from distributed import get_worker
+
+        n = get_worker().name
+    except (ImportError, ValueError):  # not in a dask worker
+        return str(d)
+    return f"cuda:{n % torch.cuda.device_count()}" if isinstance(n, int) else str(d)
 
 
 class FeatureModelMismatchError(RuntimeError):
@@ -126,7 +201,10 @@ def label_scene(job: LabelJob, scene: str, indices: list[int], tokens: list[str]
         res.skipped = len(indices) - len(todo)
         if not todo:
             return res
-        extractor = get_extractor(**job.features)
+        features = dict(job.features)
+        if "device" in features:  # a bare `cuda` on a many-GPU machine: this worker's own GPU
+            features["device"] = worker_device(features["device"])
+        extractor = get_extractor(**features)
         check_feature_model(store.attrs["feature_model"], extractor, job.store)
         with Timer(res.seconds, "read"):
             ds = get_dataset(job.adapter)
@@ -137,15 +215,20 @@ def label_scene(job: LabelJob, scene: str, indices: list[int], tokens: list[str]
         grid = GridSpec.from_dict(job.grid)
         vis = VisibilityConfig(**job.visibility)
         geo = resolve_geometry_device(job.geometry_device, extractor.device)
+        kb = resolve_keyframe_batch(job.keyframe_batch, extractor.device)
         clouds = accumulate_scene(ds, scene, AccumulationConfig(**job.accumulation), frames=frames, device=geo)
         order = [f for f in frames if f.token in todo]  # what this task labels, in time order
+        chunks = [order[i : i + kb] for i in range(0, len(order), kb)]  # one feature-model batch each
 
-        def fetch(frame):  # in the prefetch thread: the next keyframe decodes while this one runs
-            with Timer(res.seconds, "decode"):
-                inputs = extractor.load_inputs(frame)  # N x (3, H_n, W_n) images (the oracle: label maps)
-            with Timer(res.seconds, "read"):
-                points = ds.load_points(frame.lidar)
-            return inputs, points
+        def fetch(chunk):  # in the prefetch thread: the next chunk decodes while this one runs
+            out = []
+            for frame in chunk:
+                with Timer(res.seconds, "decode"):
+                    inputs = extractor.load_inputs(frame)  # N x (3, H_n, W_n) images (the oracle: label maps)
+                with Timer(res.seconds, "read"):
+                    points = ds.load_points(frame.lidar)
+                out.append((inputs, points))
+            return out
 
         def write(row: int, arrays: dict) -> None:  # in the writer thread: writes do not stall the model
             with Timer(res.seconds, "write"):
@@ -157,31 +240,34 @@ def label_scene(job: LabelJob, scene: str, indices: list[int], tokens: list[str]
             ThreadPoolExecutor(1, thread_name_prefix="prefetch") as prefetch,
             ThreadPoolExecutor(1, thread_name_prefix="write") as writer,
         ):
-            ahead = {order[0].token: prefetch.submit(fetch, order[0])}
+            ahead = prefetch.submit(fetch, chunks[0])
             pending = []
-            for k in range(len(order)):
-                while True:  # the clouds of keyframes already done are skipped
-                    with Timer(res.seconds, "accumulate"):
-                        cloud = next(clouds)
-                    if cloud.frame.token in todo:
-                        break
-                frame = cloud.frame
-                assert frame.token == order[k].token, "clouds and keyframes out of step"
-                if k + 1 < len(order):
-                    ahead[order[k + 1].token] = prefetch.submit(fetch, order[k + 1])
-                images, points = ahead.pop(frame.token).result()
+            for c, chunk in enumerate(chunks):
+                loaded = ahead.result()
+                if c + 1 < len(chunks):
+                    ahead = prefetch.submit(fetch, chunks[c + 1])
+                images = [im for inputs, _ in loaded for im in inputs]
                 with Timer(res.seconds, "features"):
-                    feats = extractor.encode_cameras(images)  # N x (C, h_n, w_n): one batch per image size
-                with Timer(res.seconds, "project_pool"):
-                    pooled = pool_bev(cloud.points, feats, CameraSet.from_frame(frame), grid, vis)
-                    feat = pooled.feat.cpu().numpy().astype(np.float16)
-                    count = pooled.count.clamp(max=np.iinfo(np.uint16).max).cpu().numpy().astype(np.uint16)
-                with Timer(res.seconds, "lidar_px"):
-                    px = lidar_pixels(frame, points, min_depth=job.lidar_px_min_depth, device=geo)
-                pending.append(writer.submit(write, todo[frame.token], {"dino_feat": feat, "dino_count": count,
-                                                                         "lidar_px": px}))  # fmt: skip
-                while len(pending) > 2:  # bounded: at most two keyframes' arrays wait for the store
-                    pending.pop(0).result()
+                    feats = extractor.encode_cameras(images)  # one batch per image size over the chunk's cameras
+                start = 0
+                for frame, (inputs, points) in zip(chunk, loaded):
+                    kf_feats, start = feats[start : start + len(inputs)], start + len(inputs)  # N x (C, h_n, w_n)
+                    while True:  # the clouds of keyframes already done are skipped
+                        with Timer(res.seconds, "accumulate"):
+                            cloud = next(clouds)
+                        if cloud.frame.token in todo:
+                            break
+                    assert cloud.frame.token == frame.token, "clouds and keyframes out of step"
+                    with Timer(res.seconds, "project_pool"):
+                        pooled = pool_bev(cloud.points, kf_feats, CameraSet.from_frame(frame), grid, vis)
+                        feat = pooled.feat.cpu().numpy().astype(np.float16)
+                        count = pooled.count.clamp(max=np.iinfo(np.uint16).max).cpu().numpy().astype(np.uint16)
+                    with Timer(res.seconds, "lidar_px"):
+                        px = lidar_pixels(frame, points, min_depth=job.lidar_px_min_depth, device=geo)
+                    pending.append(writer.submit(write, todo[frame.token], {"dino_feat": feat, "dino_count": count,
+                                                                             "lidar_px": px}))  # fmt: skip
+                    while len(pending) > 2:  # bounded: at most two keyframes' arrays wait for the store
+                        pending.pop(0).result()
             for w in pending:
                 w.result()
     return res
@@ -231,6 +317,8 @@ def prepare(cfg: dict):
     from bevlabels.features import get_extractor
     from bevlabels.grid import GridSpec
 
+    check_geometry_device(str(cfg.get("geometry_device", "auto")))  # before any work, naming the key
+    resolve_keyframe_batch(cfg.get("keyframe_batch", "auto"), "cpu")
     ds_cfg = cfg["dataset"]
     ensure_dataset(ds_cfg)
     ds = get_dataset(ds_cfg["adapter"])
@@ -262,6 +350,7 @@ def prepare(cfg: dict):
         visibility=cfg["visibility"],
         lidar_px_min_depth=float(cfg["lidar_px"]["min_depth"]),
         geometry_device=str(cfg.get("geometry_device", "auto")),
+        keyframe_batch=cfg.get("keyframe_batch", "auto"),
     )
     return writer, job, per_scene
 
@@ -273,7 +362,8 @@ def run(cfg) -> dict:
     writer, job, per_scene = prepare(cfg)
     out = Path(cfg["out"])
     with writer:  # create_or_open took the store's lock; it is released on exit, errors included
-        results, skipped_scenes = run_stage(writer, "labels", cfg["cluster"], label_scene, job, per_scene, "labels")
+        cluster = {**cfg["cluster"], "resources": resolve_resources(cfg["cluster"].get("resources"), cfg["features"])}
+        results, skipped_scenes = run_stage(writer, "labels", cluster, label_scene, job, per_scene, "labels")
         summary = summarize(writer, results, time.perf_counter() - t_start, out, skipped_scenes)
     print_summary(summary)
     return summary

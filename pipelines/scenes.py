@@ -21,7 +21,7 @@ import os
 import time
 import traceback
 from collections import defaultdict, deque
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -101,13 +101,56 @@ def scene_task(res: SceneResult, n_keyframes: int, logger: logging.Logger = log)
 ALLOWED_FAILURES = 0
 
 
+def task_resources(cluster_cfg: dict) -> dict[str, float] | None:
+    """The dask resources every scene task asks for (``cluster.resources``: a mapping, or null for none).
+
+    A caller resolves ``auto`` first (the label stage: ``{GPU: 1}`` when its feature model runs on a GPU).
+    """
+    res = cluster_cfg.get("resources")
+    if res is None:
+        return None
+    if not isinstance(res, Mapping) or not all(isinstance(v, (int, float)) and v > 0 for v in res.values()):
+        raise ValueError(f"cluster.resources must be null or a mapping like {{GPU: 1}}; got {res!r}")
+    return {str(k): float(v) for k, v in res.items()} or None
+
+
+def check_resources(client, resources: dict[str, float] | None) -> None:
+    """Raise a ``ValueError`` (naming ``cluster.resources``) when no worker of the cluster offers ``resources``:
+    dask would otherwise keep the tasks waiting for such a worker forever."""
+    if not resources:
+        return
+    workers = client.scheduler_info().get("workers", {})
+    offered = [w.get("resources") or {} for w in workers.values()]
+    if not any(all(o.get(k, 0) >= v for k, v in resources.items()) for o in offered):
+        spec = ",".join(f"{k}={v:g}" for k, v in resources.items())
+        raise ValueError(
+            f"cluster.resources={resources}: none of the cluster's {len(workers)} workers offers them (theirs: "
+            f'{offered}). Start the GPU workers with `dask worker <scheduler> --resources "{spec}" --nworkers 1 '
+            f"--nthreads 2` (one per GPU), or set cluster.resources=null to run the tasks on any worker"
+        )
+
+
+def task_slots(client, resources: dict[str, float] | None) -> int:
+    """How many scene tasks the cluster runs at once: its threads, or with ``resources`` the threads of the
+    workers that offer them, each worker capped by how many tasks its resources cover."""
+    if not resources:
+        return sum(client.nthreads().values())
+    slots = 0
+    for w in client.scheduler_info().get("workers", {}).values():
+        offered = w.get("resources") or {}
+        fits = min(int(offered.get(k, 0) // v) for k, v in resources.items())
+        slots += min(int(w.get("nthreads", 1)), fits)
+    return slots
+
+
 def make_client(cluster_cfg: dict):
     """A dask client: attach to ``cluster.address`` if given, else start a LocalCluster.
 
     The LocalCluster's scheduler gives up on a scene after ``cluster.allowed_failures`` retries of a
     worker dying under it (default 0: a scene that is OOM-killed or segfaults would most likely kill
     every worker it is retried on; a rerun of the stage retries it). An attached cluster keeps its
-    scheduler's own ``distributed.scheduler.allowed-failures``.
+    scheduler's own ``distributed.scheduler.allowed-failures``. With ``cluster.resources`` (e.g. ``{GPU: 1}``)
+    every local worker offers them, so one worker per GPU: ``cluster.n_workers`` = the GPUs to use.
     """
     import dask
     from dask.distributed import Client, LocalCluster
@@ -126,6 +169,7 @@ def make_client(cluster_cfg: dict):
             processes=bool(cluster_cfg.get("processes", True)),
             memory_limit=cluster_cfg.get("memory_limit", "auto"),
             dashboard_address=cluster_cfg.get("dashboard_address", None),
+            resources=task_resources(cluster_cfg),
         )
     return Client(cluster), cluster
 
@@ -233,21 +277,23 @@ def run_scene_tasks(
     running: dict[str, str] = {}  # future key -> scene
     seen = 0  # keyframes of running scenes seen done by polls
     environ = dict(os.environ)  # distributed's Nanny writes its pre-spawn variables (OMP_NUM_THREADS=1, ...) here
+    resources = task_resources(cluster_cfg)
     client, cluster = make_client(cluster_cfg)
     try:
+        check_resources(client, resources)
         finished = as_completed()
 
         def top_up() -> None:
             if not queue:
                 return
             try:
-                threads = sum(client.nthreads().values())
+                threads = task_slots(client, resources)
             except Exception:  # the scheduler is gone: let the running futures report it
                 threads = 0
             while queue and len(running) < max(threads, 1):
                 s = queue.popleft()
                 rows, toks = submit[s]
-                fut = client.submit(fn, job, s, rows, toks, key=f"{desc}-{s}", pure=False)
+                fut = client.submit(fn, job, s, rows, toks, key=f"{desc}-{s}", pure=False, resources=resources)
                 running[fut.key] = s
                 finished.add(fut)
 

@@ -178,21 +178,44 @@ def test_kill_and_resume_gives_the_same_arrays(synth_tiny, tmp_path, compose_lab
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
-def test_the_torch_geometry_path_gives_the_reference_store(synth_tiny, tmp_path, compose_labels):
-    """Issue 15: accumulation and lidar_px in torch (geometry_device=cpu, the GPU path run on the CPU) write the same
-    store as the numpy reference (geometry_device=numpy)."""
+@pytest.fixture(scope="module")
+def reference_store(synth_tiny, tmp_path_factory, compose_labels) -> Path:
+    """The tiny world labelled by the reference path: numpy geometry, one keyframe per feature batch."""
     from pipelines.labels import run
 
-    ref, dev = tmp_path / "ref.zarr", tmp_path / "dev.zarr"
-    run(compose_labels(label_overrides(synth_tiny, ref, "geometry_device=numpy")))
-    run(compose_labels(label_overrides(synth_tiny, dev, "geometry_device=cpu")))
-    a, b = _arrays(ref), _arrays(dev)
+    ref = tmp_path_factory.mktemp("reference") / "ref.zarr"
+    run(compose_labels(label_overrides(synth_tiny, ref, "geometry_device=numpy", "keyframe_batch=1")))
+    return ref
+
+
+def _assert_same_store(ref: Path, out: Path, atol: float) -> None:
+    a, b = _arrays(ref), _arrays(out)
     assert a.keys() == b.keys()
     for k in a:
         if "count" in k or k.endswith(("cam", "obj")):
             np.testing.assert_array_equal(a[k], b[k], err_msg=k)
-        else:  # float32 (float16 features) of float64 computations in numpy and torch
-            np.testing.assert_allclose(np.asarray(a[k], np.float64), np.asarray(b[k], np.float64), atol=2e-3, err_msg=k)
+        else:
+            np.testing.assert_allclose(np.asarray(a[k], np.float64), np.asarray(b[k], np.float64), atol=atol, err_msg=k)
+
+
+def test_the_torch_geometry_path_gives_the_reference_store(synth_tiny, tmp_path, compose_labels, reference_store):
+    """Issue 15: accumulation and lidar_px in torch (geometry_device=cpu, the GPU path run on the CPU) write the same
+    store as the numpy reference (geometry_device=numpy): float32 (float16 features) of float64 computations."""
+    from pipelines.labels import run
+
+    dev = tmp_path / "dev.zarr"
+    run(compose_labels(label_overrides(synth_tiny, dev, "geometry_device=cpu", "keyframe_batch=1")))
+    _assert_same_store(reference_store, dev, atol=2e-3)
+
+
+def test_keyframe_batches_give_the_same_store(synth_tiny, tmp_path, compose_labels, reference_store):
+    """Issue 15: the feature model over several keyframes' cameras at once (keyframe_batch=3, chunks of 3 and a
+    remainder) writes the store of one keyframe at a time; only the batch's float rounding may differ."""
+    from pipelines.labels import run
+
+    out = tmp_path / "batched.zarr"
+    run(compose_labels(label_overrides(synth_tiny, out, "geometry_device=numpy", "keyframe_batch=3")))
+    _assert_same_store(reference_store, out, atol=1e-3)
 
 
 def test_a_failing_scene_is_recorded_and_the_others_complete(synth_tiny, tmp_path, compose_labels, synth_ds):

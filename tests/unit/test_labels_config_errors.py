@@ -1,0 +1,39 @@
+"""The label stage's settings are checked on the driver, and a bad one is named in the error."""
+
+import pytest
+import torch
+
+from pipelines.labels import check_geometry_device, resolve_geometry_device
+
+
+@pytest.mark.parametrize("bad", ["gpu", "cuda0", "numpy2", ""])
+def test_bad_geometry_device_names_the_key(bad):
+    with pytest.raises(ValueError, match=r"geometry_device="):
+        check_geometry_device(bad)
+    with pytest.raises(ValueError, match=r"geometry_device="):
+        resolve_geometry_device(bad, "cpu")
+
+
+def test_geometry_device_values():
+    for ok in ("auto", "numpy", "cpu", "cuda", "cuda:1"):
+        check_geometry_device(ok)  # a device string is accepted even without that device here
+    assert resolve_geometry_device("numpy", "cuda") is None
+    assert resolve_geometry_device("auto", "cpu") is None  # CPU features: the numpy reference
+    assert resolve_geometry_device("auto", "cuda:0") == "cuda:0"
+    assert resolve_geometry_device("cpu", "cpu") == torch.device("cpu")
+
+
+@pytest.mark.parametrize("bad", [0, -1, "two", "1.5", None])
+def test_bad_keyframe_batch_names_the_key(bad):
+    from pipelines.labels import resolve_keyframe_batch
+
+    with pytest.raises(ValueError, match=r"keyframe_batch="):
+        resolve_keyframe_batch(bad, "cpu")
+
+
+def test_keyframe_batch_values():
+    from pipelines.labels import GPU_KEYFRAME_BATCH, resolve_keyframe_batch
+
+    assert resolve_keyframe_batch("auto", "cpu") == 1
+    assert resolve_keyframe_batch("auto", "cuda:0") == GPU_KEYFRAME_BATCH
+    assert resolve_keyframe_batch(4, "cpu") == resolve_keyframe_batch("4", "cuda") == 4
