@@ -62,6 +62,7 @@ class SceneResult:
     error: str | None = None
     seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     peak_rss_mb: float = 0.0
+    peak_gpu_mb: float = 0.0  # torch's peak allocated CUDA memory in the worker (0 without CUDA)
 
 
 class Timer:
@@ -94,7 +95,18 @@ def scene_task(res: SceneResult, n_keyframes: int, logger: logging.Logger = log)
         logger.error("scene %s failed: %s\n%s", res.scene, res.error, traceback.format_exc())
     finally:
         res.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        res.peak_gpu_mb = _peak_gpu_mb()
         res.seconds = dict(res.seconds)
+
+
+def _peak_gpu_mb() -> float:
+    """The process's peak allocated CUDA memory (MiB) when torch has used CUDA, else 0 (never starts CUDA)."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_initialized():
+        return 0.0
+    return max(torch.cuda.max_memory_allocated(d) for d in range(torch.cuda.device_count())) / 2**20
 
 
 #: ``cluster.allowed_failures`` when the config does not say: a scene whose worker dies fails at once
@@ -400,6 +412,7 @@ def tally(results: list[SceneResult], wall: float, skipped_scenes: int = 0) -> d
         "keyframes_per_s": done_now / wall if wall > 0 else 0.0,
         "seconds": dict(seconds),
         "peak_rss_mb_per_worker": max((r.peak_rss_mb for r in results), default=0.0),
+        "peak_gpu_mb_per_worker": max((r.peak_gpu_mb for r in results), default=0.0),
     }
 
 
@@ -415,5 +428,7 @@ def summary_lines(s: dict) -> list[str]:
         parts = ", ".join(f"{k} {v:.1f}s ({100 * v / total:.0f}%)" for k, v in s["seconds"].items())
         lines.append(f"  task time    {parts}")
         lines.append(f"  peak RSS     {s['peak_rss_mb_per_worker']:.0f} MB per worker")
+        if s.get("peak_gpu_mb_per_worker"):
+            lines.append(f"  peak GPU     {s['peak_gpu_mb_per_worker']:.0f} MiB allocated per worker")
     lines += [f"  FAILED       {scene}: {err}" for scene, err in s["failures"].items()]
     return lines

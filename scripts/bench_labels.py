@@ -161,6 +161,7 @@ def report(summary: dict, cfg: dict, extra: dict) -> dict:
         "worker_utilisation": task_total / (n_workers * summary["wall_s"]) if summary["wall_s"] else None,
         "parts": parts,
         "peak_rss_mb_per_worker": summary["peak_rss_mb_per_worker"],
+        "peak_gpu_mb_per_worker": summary.get("peak_gpu_mb_per_worker", 0.0),
         "store_bytes": size,
         "store_files": files,
         "store_bytes_per_keyframe": size / done if done else None,
@@ -201,7 +202,8 @@ def print_report(r: dict) -> None:
         if "peak_gpu_mb" in fl:
             lines.append(f"  peak GPU mem    {fl['peak_gpu_mb']:.0f} MB (the feature model alone)")
     lines += [
-        f"  peak RSS        {r['peak_rss_mb_per_worker']:.0f} MB per worker",
+        f"  peak RSS        {r['peak_rss_mb_per_worker']:.0f} MB per worker"
+        + (f", peak GPU {r['peak_gpu_mb_per_worker']:.0f} MiB allocated" if r.get("peak_gpu_mb_per_worker") else ""),
         f"  store size      {r['store_bytes'] / 2**20:.1f} MiB in {r['store_files']} files "
         f"({(r['store_bytes_per_keyframe'] or 0) / 2**20:.2f} MiB per keyframe)  {r['store']}",
         f"  BEV coverage    {100 * (r['coverage'] or 0):.1f}% of cells have pooled points (mean over keyframes)",
@@ -211,7 +213,7 @@ def print_report(r: dict) -> None:
     print("\n".join(lines), flush=True)
 
 
-def dino_floor(cfg: dict, frames: list, threads: int, n_workers: int) -> dict:
+def dino_floor(cfg: dict, frames: list, threads: int, n_workers: int, keyframe_batch: int = 1) -> dict:
     """The DINOv2-only floor, measured in the same run: the feature model alone on keyframes of the store.
 
     Each keyframe's inputs are decoded first (not timed), then ``encode_cameras`` (one batch per image
@@ -225,13 +227,19 @@ def dino_floor(cfg: dict, frames: list, threads: int, n_workers: int) -> dict:
     torch.set_num_threads(threads)
     extractor = get_extractor(**cfg["features"])
     inputs = [extractor.load_inputs(f) for f in frames]
-    extractor.encode_cameras(inputs[0])  # warm-up (allocations, first-call overheads)
+    # as the stage batches them (keyframe_batch): the cameras of kb keyframes in one call
+    chunks = [[im for x in inputs[i : i + keyframe_batch] for im in x] for i in range(0, len(inputs), keyframe_batch)]
+    extractor.encode_cameras(chunks[0])  # warm-up (allocations, first-call overheads)
+    if extractor.device.type == "cuda":
+        torch.cuda.synchronize()
     t0 = time.perf_counter()
-    for x in inputs:
+    for x in chunks:
         extractor.encode_cameras(x)
+    if extractor.device.type == "cuda":
+        torch.cuda.synchronize()
     per_kf = (time.perf_counter() - t0) / len(inputs)
     out = {"s_per_keyframe": per_kf, "keyframes_timed": len(inputs), "threads": threads, "n_workers": n_workers,
-           "keyframes_per_s": n_workers / per_kf}  # fmt: skip
+           "keyframe_batch": keyframe_batch, "keyframes_per_s": n_workers / per_kf}  # fmt: skip
     if torch.cuda.is_available() and extractor.device.type == "cuda":
         out["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return out
@@ -273,7 +281,13 @@ def main(argv: list[str]) -> dict:
     }
     ds = get_dataset(cfg["dataset"]["adapter"])
     timed = [ds.frame(str(t)) for t in store.sample_tokens[: args.floor_keyframes]]
-    floor = dino_floor(cfg, timed, args.threads, args.n_workers)
+    from bevlabels.features import resolve_device
+    from pipelines.labels import resolve_keyframe_batch
+
+    kb = resolve_keyframe_batch(
+        cfg.get("keyframe_batch", "auto"), resolve_device(cfg["features"].get("device", "auto"))
+    )
+    floor = dino_floor(cfg, timed, args.threads, args.n_workers, kb)
     extra["dino_floor"] = floor
     r = report(summary, cfg, extra)
     r["ratio_to_floor"] = r["keyframes_per_s"] / floor["keyframes_per_s"]
