@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
 
-def build(experiment: str, full: bool):
+def build(experiment: str, full: bool, extra: list[str] | tuple[str, ...] = ()):
     from bench_train import CPU_DEPTH, cpu_model
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
@@ -45,6 +45,7 @@ def build(experiment: str, full: bool):
     overrides = [f"experiment={experiment}", "run_dir=/tmp/bench_step"]
     if not full:
         overrides += cpu_model(experiment) + CPU_DEPTH["default"]
+    overrides += list(extra)  # last: they win
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides)
     module = instantiate(cfg.model)

@@ -2,6 +2,7 @@
 
     python scripts/profile_step.py dvd              # seconds per step, then torch.profiler's top ops
     python scripts/profile_step.py dvd_bev --gt 30 --steps 3
+    python scripts/profile_step.py dvd --gt 42 model.detector.head.num_anchors=900   # with Hydra overrides
 
 The model is ``bench_train.py``'s CPU model of the experiment (``bench_step.build``), the batch
 ``bench_step.batch_for``'s synthetic one (random images, depth map) with ``--gt`` car boxes per sample
@@ -33,11 +34,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=3, help="timed steps (after 2 warm-up steps)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rows", type=int, default=25, help="profiler table rows (0: no profile)")
-    a = p.parse_args(argv)
+    p.add_argument("overrides", nargs="*", help="extra Hydra overrides of the model (key=value), after the CPU model's")
+    a = p.parse_intermixed_args(argv)
 
     torch.manual_seed(0)
     torch.set_num_threads(a.threads)
-    module, hw = build(a.experiment, False)
+    module, hw = build(a.experiment, False, a.overrides)
     module.train()
     batch = batch_for(module, hw)
     g = torch.Generator().manual_seed(1)
