@@ -81,7 +81,10 @@ CPU_HEAD = {
         "model.detector.head.num_head_convs=1",  # 36 hidden convs (6 tasks x 6 maps) at full BEV size: over a quarter
     ],
     "dvd": [
-        "model.detector.head.num_anchors=300",  # the small world has ~30 boxes a keyframe (nuScenes: 900 anchors)
+        # The small world has 42 boxes with LiDAR points in the grid a keyframe (max 63; counted with the devkit,
+        # 2026-12-02), so 7 anchors a box where Sparse4D has about 20 (900 anchors); 900 here costs ~1.6x per step
+        # (scripts/profile_step.py), and denoising covers the first max_dn_gt=32 boxes of a keyframe only.
+        "model.detector.head.num_anchors=300",
         "model.detector.head.operation_order.num_layers=4",  # Sparse4Dv3: 6
         "model.detector.head.num_dn_groups=2",
     ],
