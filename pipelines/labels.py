@@ -217,16 +217,21 @@ def label_scene(job: LabelJob, scene: str, indices: list[int], tokens: list[str]
         geo = resolve_geometry_device(job.geometry_device, extractor.device)
         kb = resolve_keyframe_batch(job.keyframe_batch, extractor.device)
         clouds = accumulate_scene(ds, scene, AccumulationConfig(**job.accumulation), frames=frames, device=geo)
-        order = [f for f in frames if f.token in todo]  # what this task labels, in time order
-        chunks = [order[i : i + kb] for i in range(0, len(order), kb)]  # one feature-model batch each
+        # One feature-model batch per chunk of kb keyframes, the chunks fixed by the scene's keyframe order (not by
+        # what is left to do): a chunk with any keyframe to do is encoded whole, so every keyframe is always encoded
+        # beside the same others and a resumed run writes the bytes of an uninterrupted one whatever kb is.
+        chunks = [frames[i : i + kb] for i in range(0, len(frames), kb)]
+        chunks = [c for c in chunks if any(f.token in todo for f in c)]
 
         def fetch(chunk):  # in the prefetch thread: the next chunk decodes while this one runs
             out = []
             for frame in chunk:
                 with Timer(res.seconds, "decode"):
                     inputs = extractor.load_inputs(frame)  # N x (3, H_n, W_n) images (the oracle: label maps)
-                with Timer(res.seconds, "read"):
-                    points = ds.load_points(frame.lidar)
+                points = None
+                if frame.token in todo:  # a done keyframe of the chunk is encoded only, not labelled again
+                    with Timer(res.seconds, "read"):
+                        points = ds.load_points(frame.lidar)
                 out.append((inputs, points))
             return out
 
@@ -252,6 +257,8 @@ def label_scene(job: LabelJob, scene: str, indices: list[int], tokens: list[str]
                 start = 0
                 for frame, (inputs, points) in zip(chunk, loaded):
                     kf_feats, start = feats[start : start + len(inputs)], start + len(inputs)  # N x (C, h_n, w_n)
+                    if frame.token not in todo:
+                        continue
                     while True:  # the clouds of keyframes already done are skipped
                         with Timer(res.seconds, "accumulate"):
                             cloud = next(clouds)
