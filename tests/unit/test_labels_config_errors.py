@@ -37,3 +37,29 @@ def test_keyframe_batch_values():
     assert resolve_keyframe_batch("auto", "cpu") == 1
     assert resolve_keyframe_batch("auto", "cuda:0") == GPU_KEYFRAME_BATCH
     assert resolve_keyframe_batch(4, "cpu") == resolve_keyframe_batch("4", "cuda") == 4
+
+
+def test_a_bare_cuda_is_spread_over_the_gpus_by_worker_number(monkeypatch):
+    """On a machine with several GPUs, LocalCluster worker n takes cuda:<n % GPUs> (faked: no GPU here)."""
+    import types
+
+    import distributed
+
+    from pipelines.labels import worker_device
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(distributed, "get_worker", lambda: types.SimpleNamespace(name=3))
+    assert worker_device("cuda") == "cuda:1"
+    assert worker_device("cuda:0") == "cuda:0"  # an explicit index is kept
+    assert worker_device("cpu") == "cpu"
+    monkeypatch.setattr(distributed, "get_worker", lambda: types.SimpleNamespace(name="tcp://10.0.0.2:4242"))
+    assert worker_device("cuda") == "cuda"  # a hand-started worker: CUDA_VISIBLE_DEVICES picks its GPU
+
+    def not_in_a_worker():
+        raise ValueError("No worker found")
+
+    monkeypatch.setattr(distributed, "get_worker", not_in_a_worker)
+    assert worker_device("cuda") == "cuda"
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(distributed, "get_worker", lambda: types.SimpleNamespace(name=3))
+    assert worker_device("cuda") == "cuda"  # one GPU: nothing to spread
