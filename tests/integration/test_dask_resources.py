@@ -74,3 +74,24 @@ def test_resources_setting():
     assert resolve_resources("auto", {"device": "cpu"}) is None
     assert resolve_resources("auto", {"device": "cuda:0"}) == {"GPU": 1}
     assert resolve_resources({"GPU": 2}, {"device": "cpu"}) == {"GPU": 2}
+
+
+def test_the_label_stage_runs_on_a_local_cluster_that_offers_the_resources(
+    synth_tiny, tmp_path, compose_labels, monkeypatch
+):
+    """cluster.resources={GPU: 1} on a LocalCluster: its workers offer the resource (else check_resources would refuse
+    the cluster), the scene tasks ask for it, and the stage completes (the CPU features need no real GPU)."""
+    from test_labels_synth import label_overrides  # tests/integration/
+
+    import pipelines.scenes
+    from pipelines.labels import run
+
+    asked = []
+    check = pipelines.scenes.check_resources
+    monkeypatch.setattr(
+        pipelines.scenes, "check_resources", lambda client, res: (asked.append(res), check(client, res))
+    )
+    out = tmp_path / "labels.zarr"
+    summary = run(compose_labels(label_overrides(synth_tiny, out, "limit_scenes=1", "cluster.resources={GPU:1}")))
+    assert asked == [{"GPU": 1.0}]
+    assert summary["keyframes_done_total"] == summary["keyframes_total"] == 4 and not summary["failures"]
