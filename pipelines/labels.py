@@ -37,6 +37,7 @@ from pipelines.scenes import (
     stage_main,
     summary_lines,
     tally,
+    task_resources,
 )
 
 log = logging.getLogger("bevlabels.labels")
@@ -366,10 +367,11 @@ def run(cfg) -> dict:
     """Run the label stage for a resolved config; return the summary (also printed)."""
     cfg = plain(cfg)
     t_start = time.perf_counter()
+    cluster = {**cfg["cluster"], "resources": resolve_resources(cfg["cluster"].get("resources"), cfg["features"])}
+    task_resources(cluster)  # a bad cluster.resources fails here, naming the key, before the store is touched
     writer, job, per_scene = prepare(cfg)
     out = Path(cfg["out"])
     with writer:  # create_or_open took the store's lock; it is released on exit, errors included
-        cluster = {**cfg["cluster"], "resources": resolve_resources(cfg["cluster"].get("resources"), cfg["features"])}
         results, skipped_scenes = run_stage(writer, "labels", cluster, label_scene, job, per_scene, "labels")
         summary = summarize(writer, results, time.perf_counter() - t_start, out, skipped_scenes)
     print_summary(summary)

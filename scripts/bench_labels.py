@@ -213,7 +213,7 @@ def print_report(r: dict) -> None:
     print("\n".join(lines), flush=True)
 
 
-def dino_floor(cfg: dict, frames: list, threads: int, n_workers: int, keyframe_batch: int = 1) -> dict:
+def dino_floor(cfg: dict, frames: list, threads: int, n_workers: int) -> dict:
     """The DINOv2-only floor, measured in the same run: the feature model alone on keyframes of the store.
 
     Each keyframe's inputs are decoded first (not timed), then ``encode_cameras`` (one batch per image
@@ -223,9 +223,11 @@ def dino_floor(cfg: dict, frames: list, threads: int, n_workers: int, keyframe_b
     import torch
 
     from bevlabels.features import get_extractor
+    from pipelines.labels import resolve_keyframe_batch
 
     torch.set_num_threads(threads)
     extractor = get_extractor(**cfg["features"])
+    keyframe_batch = resolve_keyframe_batch(cfg.get("keyframe_batch", "auto"), extractor.device)
     inputs = [extractor.load_inputs(f) for f in frames]
     # as the stage batches them (keyframe_batch): the cameras of kb keyframes in one call
     chunks = [[im for x in inputs[i : i + keyframe_batch] for im in x] for i in range(0, len(inputs), keyframe_batch)]
@@ -281,13 +283,7 @@ def main(argv: list[str]) -> dict:
     }
     ds = get_dataset(cfg["dataset"]["adapter"])
     timed = [ds.frame(str(t)) for t in store.sample_tokens[: args.floor_keyframes]]
-    from bevlabels.features import resolve_device
-    from pipelines.labels import resolve_keyframe_batch
-
-    kb = resolve_keyframe_batch(
-        cfg.get("keyframe_batch", "auto"), resolve_device(cfg["features"].get("device", "auto"))
-    )
-    floor = dino_floor(cfg, timed, args.threads, args.n_workers, kb)
+    floor = dino_floor(cfg, timed, args.threads, args.n_workers)
     extra["dino_floor"] = floor
     r = report(summary, cfg, extra)
     r["ratio_to_floor"] = r["keyframes_per_s"] / floor["keyframes_per_s"]

@@ -63,3 +63,13 @@ def test_a_bare_cuda_is_spread_over_the_gpus_by_worker_number(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setattr(distributed, "get_worker", lambda: types.SimpleNamespace(name=3))
     assert worker_device("cuda") == "cuda"  # one GPU: nothing to spread
+
+
+def test_a_bad_cluster_resources_fails_before_the_store_is_touched(compose_labels, tmp_path):
+    from pipelines.labels import run
+
+    out = tmp_path / "never.zarr"
+    cfg = compose_labels([f"out={out}", "cluster.resources=GPU"])
+    with pytest.raises(ValueError, match=r"cluster.resources"):
+        run(cfg)
+    assert not out.exists()
