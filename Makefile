@@ -29,8 +29,11 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 	@echo "setup done: $(VENV) ($$($(PY) -c 'import torch; print("torch", torch.__version__)'))"
 
-test: setup ## Run the test suite (excludes `slow` and `gpu` markers)
-	$(PY) -m pytest -q $(ARGS)
+# The suite runs in TEST_WORKERS pytest-xdist processes (0: in this process). A file's tests stay in one worker
+# (--dist loadfile), so module fixtures are built once; a worker that crashes fails its test, not the suite.
+TEST_WORKERS ?= 2
+test: setup ## Run the test suite in TEST_WORKERS processes (2; excludes `slow` and `gpu` markers)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(ARGS)
 
 test-all: setup ## Run every test, slow ones included
 	$(PY) -m pytest -q -m "" $(ARGS)

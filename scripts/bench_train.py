@@ -387,7 +387,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"store features: {fm.get('name')} ({fm.get('weights')})", flush=True)
 
     rows = []
-    for name, seed in [(n, s) for n in a.experiments for s in seeds]:
+    # seed-major: every experiment's first seed runs before any second seed, so a sweep cut short (or still
+    # running) already has one complete row per experiment
+    for name, seed in [(n, s) for s in seeds for n in a.experiments]:
         tag = name if len(seeds) == 1 else f"{name}-s{seed}"
         overrides = [f"experiment={name}", *dataset, f"grid={a.grid}", f"data.label_store={store}"]
         overrides += (cpu_model(name) + CPU_DEPTH.get(a.grid, []) if a.model == "cpu" else []) + list(a.extra)
@@ -403,6 +405,8 @@ def main(argv: list[str] | None = None) -> None:
     text = f"{head}\n\n{table}\n"
     if len(seeds) > 1:
         keys = SUMMARY_KEYS["av2" if av2 else "nuscenes"]
+        # the foreground depth metrics (TiG-BEV's Table 6) where every run has them (camera students do)
+        keys += tuple(k for k in ("fg AbsRel", "fg SILog", "fg RMSE") if all(r.get(k) is not None for r in rows))
         text += f"\nmean +- spread (half the range) over seeds\n\n{markdown(summarise(rows, keys))}\n"
     (out / "comparison.md").write_text(text)
     (out / "comparison.json").write_text(json.dumps(rows, indent=2))
