@@ -98,6 +98,9 @@ def cpu_model(experiment: str) -> list[str]:
     out = CPU_CAMERA + CPU_HEAD["dvd" if experiment.startswith("dvd") else "bevdepth"]
     if "temporal" in experiment:  # two thirds of the queries carried, as Sparse4Dv3's 600 of 900
         out = out + ["model.detector.bank.num_temp_instances=200"]
+    if "proposals" in experiment:  # the dense proposals' CenterHead shrunk as BEVDepth's; 100 of the 300 queries
+        out = out + [o.replace(".head.", ".proposals.head.") for o in CPU_HEAD["bevdepth"]]
+        out = out + ["model.detector.proposals.num_proposals=100"]
     return out
 
 

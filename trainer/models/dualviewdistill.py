@@ -43,6 +43,7 @@ from trainer.models.components.lift_splat import DepthBins
 from trainer.models.components.sparse.head import DEFAULT_DT, SparseHead
 from trainer.models.components.sparse.head import decode as decode_layer
 from trainer.models.components.sparse.instance_bank import InstanceBank
+from trainer.models.components.sparse.proposals import DenseProposals
 from trainer.models.losses import camera_bev_losses, sparse_detection_loss
 
 
@@ -58,6 +59,10 @@ class DualViewDistill(nn.Module):
         distill_channels: C of the store's ``dino/feat``; adds the 1x1 distillation projection of ``bev``.
         class_names: the label space of the head's classifier (``head.num_classes`` of them).
         topk: detections kept per sample by :meth:`decode` (Sparse4Dv3: 300).
+        bank: the temporal instance bank (None: single-frame).
+        proposals: dense proposals (not in the paper; None: the learned anchors only): a CenterHead on
+            ``bev`` whose best peaks start the first ``num_proposals`` queries, its loss added with its
+            ``loss_weight`` (:class:`~trainer.models.components.sparse.proposals.DenseProposals`).
     """
 
     def __init__(
@@ -68,6 +73,7 @@ class DualViewDistill(nn.Module):
         class_names: Sequence[str] = NUSCENES_CLASSES,
         topk: int = 300,
         bank: InstanceBank | None = None,
+        proposals: DenseProposals | None = None,
     ):
         super().__init__()
         self._class_names = tuple(str(c) for c in class_names)
@@ -111,6 +117,27 @@ class DualViewDistill(nn.Module):
                 raise ValueError("DualViewDistill: a bank needs 'temp_attn' ops (operation_order.temporal=true)")
         elif head.num_temp_instances:
             raise ValueError(f"DualViewDistill: head.num_temp_instances {head.num_temp_instances} without a bank")
+        if proposals is not None:
+            if proposals.in_channels != camera_bev.out_channels or proposals.embed_dims != head.embed_dims:
+                raise ValueError(
+                    f"DualViewDistill: proposals.head.in_channels {proposals.in_channels} and proposals.embed_dims "
+                    f"{proposals.embed_dims} must be camera_bev.bev_encoder.out_channels {camera_bev.out_channels} "
+                    f"and head.embed_dims {head.embed_dims}"
+                )
+            if tuple(proposals.head.class_names) != self._class_names:
+                raise ValueError(
+                    f"DualViewDistill: proposals.head.class_names {list(proposals.head.class_names)} != class_names "
+                    f"{list(self._class_names)}"
+                )
+            free = head.num_anchors - head.num_temp_instances
+            if proposals.num_proposals > free:
+                raise ValueError(
+                    f"DualViewDistill: proposals.num_proposals {proposals.num_proposals} > head.num_anchors "
+                    f"{head.num_anchors} - head.num_temp_instances {head.num_temp_instances} = {free}"
+                )
+            if camera_bev.channels_last:  # its convolutions read the channels-last BEV map
+                proposals.head.to(memory_format=torch.channels_last)
+        self.proposals = proposals
         self.bank = bank
         self.camera_bev, self.head, self.topk = camera_bev, head, int(topk)
         self.distill_channels = int(distill_channels) if distill_channels else None
@@ -154,6 +181,11 @@ class DualViewDistill(nn.Module):
         """
         out = self.camera_bev(images, K, ego_from_cam)
         img_from_ego = img_from_ego_of(K, ego_from_cam)  # (B, N, 4, 4)
+        proposals = None
+        if self.proposals is not None:
+            p = self.proposals(out["bev"], self.grid)
+            out["proposal_preds"] = p["preds"]
+            proposals = (p["anchor"], p["feature"])
         carried, hook = None, None
         if self.bank is not None and stream is not None:
             carried, intervals = self.bank.carried(stream["keys"], stream["timestamps"], stream["aug_from_global"])
@@ -178,6 +210,7 @@ class DualViewDistill(nn.Module):
                 gt_labels=gt_labels,
                 carried=carried,
                 after_refine=hook,
+                proposals=proposals,
             )
         )
         if self.bank is not None and stream is not None:
@@ -217,6 +250,8 @@ class DualViewDistill(nn.Module):
         ``det``: :func:`sparse_detection_loss` of every layer and the denoising groups (its parts
         prefixed ``det.``); ``depth`` (unweighted; only with ``depth_map (B, N, h, w)``); ``distill``
         (unweighted; only with a projection and ``dino_feat (B, C, H, W)``, ``dino_count (B, H, W)``).
+        ``proposal`` (unweighted, parts ``proposal.hm``, ``proposal.loc``; with dense proposals only): their
+        CenterPoint loss, added with ``proposals.loss_weight``.
         ``gt_boxes``: B ``(M_b, 9)`` in the batch's (augmented) ego frame, ``gt_labels`` B ``(M_b,)``.
         """
         det = sparse_detection_loss(outputs["layers"], gt_boxes, gt_labels, dn=outputs.get("dn"))
@@ -227,6 +262,11 @@ class DualViewDistill(nn.Module):
         )
         out.update(parts)
         total = det["loss"] + aux
+        if self.proposals is not None and "proposal_preds" in outputs:
+            dense = self.proposals.loss(outputs["proposal_preds"], gt_boxes, gt_labels, self.grid)
+            out["proposal.hm"], out["proposal.loc"] = dense["hm"], dense["loc"]
+            out["proposal"] = dense["loss"]
+            total = total + self.proposals.loss_weight * dense["loss"]
         if not self.uses_bev and "distill" not in parts:
             # PV-only without distillation: nothing reads bev; a zero term gives the BEV network a (zero)
             # gradient, so DDP finds no unused parameter.

@@ -445,12 +445,15 @@ class CenterHead(nn.Module):
 
     # -- decoding --------------------------------------------------------------------------------
     @torch.no_grad()
-    def decode(self, preds: Sequence[Mapping[str, torch.Tensor]], grid: GridSpec) -> list[dict[str, torch.Tensor]]:
-        """Detections per sample: ``{"boxes": (M, 9) in the map's (ego) frame, "scores": (M,), "labels": (M,)}``, best first.
+    def candidates(
+        self, preds: Sequence[Mapping[str, torch.Tensor]], grid: GridSpec, topk: int | None = None
+    ) -> list[dict[str, torch.Tensor]]:
+        """Per task, the ``topk`` (default ``self.topk``) best 3x3 local maxima over its classes and cells, undecided.
 
-        Per task: sigmoid heatmap, 3x3 local maxima, top-``topk`` over all its classes and cells,
-        boxes read from the regression maps at those cells, score threshold, circle NMS, at most
-        ``post_max_size`` kept. Velocity is NaN when the head has no ``vel``.
+        ``{"boxes": (B, k, 9) in the map's (ego) frame, "scores": (B, k) sigmoid, descending, "labels": (B, k)
+        global class indices, "radius": (B, k) the class's NMS radius, "cell": (B, k) flat cell index iy * W + ix}``;
+        velocity is NaN when the head has no ``vel``. No threshold and no NMS: :meth:`decode` applies those, the
+        DualViewDistill's dense proposals take the best of them as query anchors.
         """
         Hh, Ww = grid.shape
         per_task = []
@@ -459,7 +462,7 @@ class CenterHead(nn.Module):
             B, Kt = hm.shape[:2]
             assert hm.shape[-2:] == (Hh, Ww), f"task {t}: maps {tuple(hm.shape[-2:])} are not on the grid {(Hh, Ww)}"
             peaks = F.max_pool2d(hm, 3, stride=1, padding=1) == hm
-            k = min(self.topk, Kt * Hh * Ww)
+            k = min(self.topk if topk is None else int(topk), Kt * Hh * Ww)
             scores, idx = (hm * peaks).flatten(1).topk(k)  # (B, k) over classes x cells
             local, cell = idx // (Hh * Ww), idx % (Hh * Ww)
             iy, ix = cell // Ww, cell % Ww
@@ -474,7 +477,18 @@ class CenterHead(nn.Module):
                 boxes[..., [VX, VY]] = at["vel"]
             labels = torch.as_tensor(self.task_labels[t], device=idx.device)[local]
             radius = torch.as_tensor(self.task_nms_radius[t], dtype=xy.dtype, device=xy.device)[local]
-            per_task.append((boxes, scores, labels, radius))
+            per_task.append({"boxes": boxes, "scores": scores, "labels": labels, "radius": radius, "cell": cell})
+        return per_task
+
+    @torch.no_grad()
+    def decode(self, preds: Sequence[Mapping[str, torch.Tensor]], grid: GridSpec) -> list[dict[str, torch.Tensor]]:
+        """Detections per sample: ``{"boxes": (M, 9) in the map's (ego) frame, "scores": (M,), "labels": (M,)}``, best first.
+
+        Per task: sigmoid heatmap, 3x3 local maxima, top-``topk`` over all its classes and cells,
+        boxes read from the regression maps at those cells (:meth:`candidates`), score threshold, circle NMS,
+        at most ``post_max_size`` kept. Velocity is NaN when the head has no ``vel``.
+        """
+        per_task = [(c["boxes"], c["scores"], c["labels"], c["radius"]) for c in self.candidates(preds, grid)]
 
         results = []
         for s in range(len(per_task[0][0]) if per_task else 0):

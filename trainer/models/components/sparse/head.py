@@ -681,6 +681,10 @@ class SparseHead(nn.Module):
     same of the denoising queries (B, D, ...), "gt_anchor", "labels", "valid"}}``, the input of
     :func:`~trainer.models.losses.sparse_detection_loss` (``layers``, ..., ``dn=out["dn"]``).
 
+    ``proposals`` (``(anchor (B, K, 11), feature (B, K, C))``, e.g. from
+    :class:`~trainer.models.components.sparse.proposals.DenseProposals`) replace the learned queries
+    ``0 .. K - 1`` of every sample, so the number of queries stays ``num_anchors``.
+
     Tracking hook (the instance bank is the next issue): ``carried`` (:class:`CarriedInstances`, T =
     ``num_temp_instances`` of them, in the current ego frame) are the keys of every ``temp_attn`` op, and
     ``after_refine`` (see :data:`AfterRefine`) receives and may replace the *normal* queries after each layer,
@@ -732,6 +736,7 @@ class SparseHead(nn.Module):
         gt_labels: Sequence[torch.Tensor] | None = None,
         carried: CarriedInstances | None = None,
         after_refine: AfterRefine | None = None,
+        proposals: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> dict:
         B, Q = _batch_size(bev, img_feats, dt), self.num_anchors
         if carried is not None and carried.anchor.shape[1] != self.num_temp_instances:
@@ -741,6 +746,20 @@ class SparseHead(nn.Module):
             )
         f = self.instance_feature[None].expand(B, -1, -1)  # (B, Q, C)
         anchor = self.anchor[None].expand(B, -1, -1)  # (B, Q, 11)
+        if proposals is not None:  # the first K queries start at the given anchors and features
+            p_anchor, p_feature = proposals
+            K = p_anchor.shape[1]
+            assert p_anchor.shape == (B, K, ANCHOR_DIM) and p_feature.shape == (B, K, self.embed_dims), (
+                f"proposals must be anchor (B={B}, K, 11) and feature (B, K, C={self.embed_dims}); got "
+                f"{tuple(p_anchor.shape)}, {tuple(p_feature.shape)}"
+            )
+            if K > Q - self.num_temp_instances:
+                raise ValueError(
+                    f"{K} proposals for {Q} queries of which {self.num_temp_instances} are carried: at most "
+                    f"{Q - self.num_temp_instances}"
+                )
+            anchor = torch.cat([p_anchor.to(anchor.dtype), anchor[:, K:]], dim=1)
+            f = torch.cat([p_feature.to(f.dtype), f[:, K:]], dim=1)
         dn = None
         if self.training and self.num_dn_groups > 0 and gt_boxes is not None:
             assert gt_labels is not None, "gt_boxes given without gt_labels"
