@@ -218,6 +218,7 @@ from conftest import TINY_CAMERA_MODEL as TINY_CAMERA  # noqa: E402  (tests/conf
 MODELS = {
     "bevdepth": ["experiment=bevdepth"],
     "dvd": ["experiment=dvd", "model.detector.head.num_anchors=100"],
+    "dvd_proposals": ["experiment=dvd_proposals", "model.detector.head.num_anchors=300"],  # + a CenterHead
     "bevdepth_tiny_channels_last": ["experiment=bevdepth", "grid=near", *TINY_CAMERA],
     "bevdepth_tiny_contiguous": [
         "experiment=bevdepth",
