@@ -34,7 +34,7 @@ def leaf(t: torch.Tensor) -> torch.Tensor:
 # Inner depth
 
 
-def bf_inner_depth(pred, gt, group, ref_score=None):
+def bf_inner_depth(pred, gt, group, ref_score=None, detach_reference=True):
     """Object by object: reference = first cell of least score, MSE of relative depths, mean over >= 2-cell objects."""
     terms = []
     for gid in sorted(set(group.tolist())):
@@ -43,7 +43,8 @@ def bf_inner_depth(pred, gt, group, ref_score=None):
             continue
         scores = [abs(gt[i].item() - pred[i].item()) if ref_score is None else ref_score[i].item() for i in idx]
         r = idx[scores.index(min(scores))]
-        sq = [((pred[i] - pred[r]) - (gt[i] - gt[r])) ** 2 for i in idx]
+        p_r = pred[r].detach() if detach_reference else pred[r]
+        sq = [((pred[i] - p_r) - (gt[i] - gt[r])) ** 2 for i in idx]
         terms.append(sum(sq) / len(idx))
     return sum(terms) / len(terms)
 
@@ -55,16 +56,23 @@ def test_inner_depth_reference_is_the_cell_of_least_error():
     loss = inner_depth_loss(pred, gt, group)
     # errors 1.0, 0.1, 2.0: the reference is cell 1; relative depths (-2, 0, 3) against (-1.1, 0, 0.9)
     assert loss.item() == pytest.approx((0.9**2 + 0 + 2.1**2) / 3, abs=1e-12)
-    # the choice is not differentiated, the reference's value is: d/dpred_1 = -sum of the others' residual terms
+    # neither the choice nor (by default, as the authors' code) the reference's value is differentiated:
+    # the reference gets no gradient, the others 2 * residual / 3
     (g,) = torch.autograd.grad(loss, pred)
+    np.testing.assert_allclose(g.numpy(), [2 * -0.9 / 3, 0.0, 2 * 2.1 / 3], atol=1e-12)
+    # with detach_reference=False the same value, and d/dpred_1 = -sum of the others' residual terms
+    moving = inner_depth_loss(pred, gt, group, detach_reference=False)
+    assert moving.item() == pytest.approx(loss.item(), abs=1e-12)
+    (g,) = torch.autograd.grad(moving, pred)
     np.testing.assert_allclose(g.numpy(), [2 * -0.9 / 3, -(2 * -0.9 + 2 * 2.1) / 3, 2 * 2.1 / 3], atol=1e-12)
     # an all-to-certain score picks another reference
     certain = inner_depth_loss(pred, gt, group, ref_score=torch.tensor([0.0, 5.0, 5.0]))
     assert certain.item() == pytest.approx(((2 - 1.1) ** 2 + (5 - 2) ** 2) / 3, abs=1e-12)
 
 
+@pytest.mark.parametrize("detach_reference", [True, False])
 @pytest.mark.parametrize("with_score", [False, True])
-def test_inner_depth_loss_equals_brute_force(with_score):
+def test_inner_depth_loss_equals_brute_force(with_score, detach_reference):
     gen = torch.Generator().manual_seed(3)
     E = 60
     pred = leaf(torch.rand(E, generator=gen, dtype=torch.float64) * 30 + 2)
@@ -72,8 +80,8 @@ def test_inner_depth_loss_equals_brute_force(with_score):
     group = torch.randint(0, 9, (E,), generator=gen) * 7 + 100  # arbitrary ids
     group[-1] = 5  # a one-cell object: no relative depth, left out
     score = torch.rand(E, generator=gen, dtype=torch.float64) if with_score else None
-    got = inner_depth_loss(pred, gt, group, score)
-    ref = bf_inner_depth(pred, gt, group, score)
+    got = inner_depth_loss(pred, gt, group, score, detach_reference)
+    ref = bf_inner_depth(pred, gt, group, score, detach_reference)
     torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(torch.autograd.grad(got, pred)[0], torch.autograd.grad(ref, pred)[0])
 
@@ -272,3 +280,13 @@ def test_tig_loss_module_inner_depth_equals_the_pure_function():
     torch.testing.assert_close(parts["tig_depth"], ref)
     torch.testing.assert_close(total, 2.0 * ref)
     assert ref.item() > 0
+    # the module passes detach_reference on: the same value, the pure function's gradient of each mode
+    grads = []
+    for detach in (True, False):
+        module = TiGLoss(student_channels=4, inner_depth_weight=1.0, detach_reference=detach)
+        (got,) = torch.autograd.grad(module({"depth_logits": logits}, {"fg_px": [px]}, bins, 4, GRID)[1], logits)
+        cells = inner_depth_cells(logits, [px], bins, 4)
+        (want,) = torch.autograd.grad(inner_depth_loss(cells["pred"], cells["gt"], cells["group"], None, detach), logits)
+        torch.testing.assert_close(got, want)
+        grads.append(got)
+    assert not torch.allclose(grads[0], grads[1])  # the two modes differ here, so the check above can fail

@@ -464,7 +464,11 @@ def _denoising_loss(
 
 
 def inner_depth_loss(
-    pred: torch.Tensor, gt: torch.Tensor, group: torch.Tensor, ref_score: torch.Tensor | None = None
+    pred: torch.Tensor,
+    gt: torch.Tensor,
+    group: torch.Tensor,
+    ref_score: torch.Tensor | None = None,
+    detach_reference: bool = True,
 ) -> torch.Tensor:
     """TiG-BEV's inner-depth loss (a scalar) over E cells grouped into objects.
 
@@ -476,6 +480,11 @@ def inner_depth_loss(
             "all-to-certain" reference, e.g. the distance to a projected centre); None: the cell of least
             ``|gt - pred|`` (Eq. 2, "all-to-adaptive"). The choice is not differentiated; ties go to the
             first cell.
+        detach_reference: True (default): the reference's predicted depth is a constant of the loss, so each
+            cell is pulled towards ``gt + (pred_ref - gt_ref)`` and the reference itself is not moved by it, as
+            the authors' code does (``ADLab3Ds/TiG-BEV``, ``get_inner_depth_loss``; the paper's Eqs. 3-4 are
+            silent). False: the reference's value is differentiated too, and carries minus the sum of its
+            group's residual gradients (measured to flatten the depth distributions, ``results/bench_tig_cpu.md``).
 
     Per group: relative depths ``pred - pred[ref]`` and ``gt - gt[ref]`` (Eq. 3), their mean squared
     difference over the group's cells (Eq. 4's L2); the mean over groups of >= 2 cells. 0 (with a graph)
@@ -497,7 +506,8 @@ def inner_depth_loss(
     idx = torch.arange(E, device=pred.device)
     ref = torch.full((G,), E, dtype=torch.long, device=pred.device)
     ref = ref.scatter_reduce(0, inv[is_best], idx[is_best], reduce="amin")  # the first cell of least score
-    r_pred = pred - pred[ref][inv]
+    ref_pred = pred[ref].detach() if detach_reference else pred[ref]
+    r_pred = pred - ref_pred[inv]
     r_gt = gt - gt[ref][inv]
     per_group = pred.new_zeros(G).index_add(0, inv, (r_pred - r_gt).square()) / counts.to(pred.dtype)
     keep = counts >= 2

@@ -213,6 +213,8 @@ class TiGLoss(nn.Module):
             store at setup). A linear adapter C -> C_t is learned when they differ.
         inner_depth_weight, inter_channel_weight, inter_keypoint_weight: the three terms' weights.
         reference: the inner-depth reference (:data:`REFERENCES`).
+        detach_reference: whether the reference cell's predicted depth is a constant of the inner-depth loss
+            (the authors' code; :func:`~trainer.models.losses.inner_depth_loss`).
         num_keypoints: ``(n_l, n_w)`` keypoints per box; enlarge: the boxes' BEV enlargement factor.
     """
 
@@ -224,6 +226,7 @@ class TiGLoss(nn.Module):
         inter_channel_weight: float = 0.0,
         inter_keypoint_weight: float = 0.0,
         reference: str = "adaptive",
+        detach_reference: bool = True,
         num_keypoints: Sequence[int] = (4, 4),
         enlarge: float = 1.2,
     ):
@@ -235,6 +238,7 @@ class TiGLoss(nn.Module):
             raise ValueError(f"model.tig weights must be >= 0; got {weights}")
         self.inner_depth_weight, self.inter_channel_weight, self.inter_keypoint_weight = (float(x) for x in weights)
         self.reference = reference
+        self.detach_reference = bool(detach_reference)
         self.num_keypoints = tuple(int(v) for v in num_keypoints)
         self.enlarge = float(enlarge)
         self.student_channels = int(student_channels)
@@ -271,7 +275,9 @@ class TiGLoss(nn.Module):
                     "gt_boxes": batch["gt_boxes"],
                 }
             cells = inner_depth_cells(outputs["depth_logits"], batch["fg_px"], bins, stride, self.reference, **extra)
-            parts["tig_depth"] = inner_depth_loss(cells["pred"], cells["gt"], cells["group"], cells["ref_score"])
+            parts["tig_depth"] = inner_depth_loss(
+                cells["pred"], cells["gt"], cells["group"], cells["ref_score"], self.detach_reference
+            )
             total = total + self.inner_depth_weight * parts["tig_depth"]
         if self.uses_teacher:
             teacher = batch.get("teacher_bev")
