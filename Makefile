@@ -127,26 +127,32 @@ BENCH_TRAIN_STEPS ?= 2800
 bench-train: setup ## bevdepth vs bevdepth_dino on the small world: same seed and BENCH_TRAIN_STEPS (2800), 1 h guard each, compared
 	$(PY) scripts/bench_train.py --steps $(BENCH_TRAIN_STEPS) --budget 00:01:00:00 $(ARGS)
 
-# TiG-BEV's Table 3 on the small world: baseline, +inner depth, +inner feature, both; BENCH_TIG_SEEDS seeds each, the
-# same BENCH_TRAIN_STEPS, 1 h guard per run. Resumable: a rerun reuses the runs already evaluated under BENCH_TIG_OUT.
+# TiG-BEV's Table 3 on the small world: baseline, +inner depth, +inner feature, both; BENCH_TIG_SEEDS seeds each,
+# BENCH_TIG_STEPS one-cycle steps (~30 min a run on 2 CPU cores), a 2 h guard per run. Resumable across machines: each
+# finished run's row is appended to BENCH_TIG_LEDGER (committed), and a rerun trains only the runs it lacks.
 # Needs teacher/bev in data/labels/synthetic.zarr from a teacher trained like bench-teacher:
 #   make teacher TEACHER_TRAIN="trainer.max_steps=1400 trainer.max_epochs=10000"
-BENCH_TIG_OUT   ?= outputs/bench_train/tig
-BENCH_TIG_SEEDS ?= 1 2
+BENCH_TIG_OUT    ?= outputs/bench_train/tig
+BENCH_TIG_SEEDS  ?= 1 2
+BENCH_TIG_STEPS  ?= 1400
+BENCH_TIG_LEDGER ?= results/bench_tig_cpu.jsonl
 .PHONY: bench-tig
-bench-tig: setup ## TiG-BEV Table 3 (bevdepth, _tig_depth, _tig_bev, _tig), BENCH_TIG_SEEDS seeds each, mean +- spread; resumable
+bench-tig: setup ## TiG-BEV Table 3 (bevdepth, _tig_depth, _tig_bev, _tig), BENCH_TIG_SEEDS seeds, mean +- spread; resumable
 	$(PY) scripts/bench_train.py --experiments bevdepth bevdepth_tig_depth bevdepth_tig_bev bevdepth_tig \
-	  --seeds $(BENCH_TIG_SEEDS) --steps $(BENCH_TRAIN_STEPS) --budget 00:01:00:00 --out $(BENCH_TIG_OUT) $(ARGS)
+	  --seeds $(BENCH_TIG_SEEDS) --steps $(BENCH_TIG_STEPS) --budget 00:02:00:00 --out $(BENCH_TIG_OUT) \
+	  --ledger $(BENCH_TIG_LEDGER) $(ARGS)
 
 # An ablation in one command (scripts/ablate.py): the rows of conf/ablation/$(ABLATION).yaml x SEEDS, each trained for
 # STEPS one-cycle steps (CPU model) and evaluated (NDS, mAP, AMOTA, IDS, per-class AP, foreground depth), one table with
-# mean +- spread and verdicts; resumable (a rerun skips finished runs). ARGS: more options or Hydra overrides.
+# mean +- spread and verdicts; resumable, across machines too (finished runs' rows go to a committed ledger under
+# results/). ARGS: more options or Hydra overrides.
 ABLATION ?= table7_oracle
 SEEDS    ?= 1 2
 STEPS    ?= 600
 .PHONY: ablate
 ablate: setup ## An ablation: ABLATION=table7_oracle|table7_dino|table10_weight|table8_accumulation SEEDS="1 2" STEPS=600
-	$(PY) scripts/ablate.py conf/ablation/$(ABLATION).yaml --seeds $(SEEDS) --steps $(STEPS) --budget 00:01:30:00 $(ARGS)
+	$(PY) scripts/ablate.py conf/ablation/$(ABLATION).yaml --seeds $(SEEDS) --steps $(STEPS) --budget 00:01:30:00 \
+	  --ledger results/ablate_$(ABLATION)_$(STEPS)steps.jsonl $(ARGS)
 
 clean: ## Remove caches and build debris (keeps .venv; `make clean VENV_TOO=1` removes it too)
 	rm -rf .pytest_cache .ruff_cache build *.egg-info outputs multirun

@@ -18,7 +18,10 @@ Every (row, seed) is a run folder ``<out>/<row>-s<seed>``: ``trainer.train`` (th
 store, ``seed``, and the budget options shared with ``scripts/bench_train.py``: ``--steps`` one-cycle
 steps, ``--budget`` wall guard, ``--model cpu`` the CPU-sized model), then ``trainer.evaluate``
 (the devkit's DetectionEval and TrackingEval, the foreground depth metrics). A run whose evaluation
-is complete is never redone, so an interrupted sweep resumes by rerunning the same command.
+is complete is never redone, so an interrupted sweep resumes by rerunning the same command. With
+``--ledger results/<ablation>.jsonl`` (``make ablate`` passes one) each finished run's row is also kept in a
+committed JSON-lines file and reused from there, so a sweep longer than one machine's life resumes on the next
+(``scripts/bench_train.py``'s module docstring).
 
 The table (``<out>/ablation.md``, ``ablation.json``): every run's row; then per row, over its seeds,
 the mean +- spread (half the range) of NDS, mAP, AMOTA, IDS and the foreground depth metrics, with
@@ -113,7 +116,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--grid", default="default", help="conf/grid of the stores and the models")
     p.add_argument("--out", type=Path, default=None, help="default outputs/ablate/<ablation file stem>")
     p.add_argument("--print-commands", action="store_true", help="print the pending runs' commands, run nothing")
-    p.add_argument("--collect", action="store_true", help="only write the table from the finished runs")
     bt.add_run_arguments(p)
     p.add_argument("extra", nargs="*", help="more Hydra overrides for every training run")
     a = p.parse_args(argv)
@@ -135,10 +137,12 @@ def main(argv: list[str] | None = None) -> int:
             + list(a.extra)
         )
 
+    ledger = bt.Ledger(a.ledger)
     if a.print_commands:
         for row, seed in runs_todo:
             run_dir = out / f"{row['name']}-s{seed}"
-            if not bt.run_complete(run_dir):
+            done = ledger.find(bt.Ledger.key(row["name"], seed, overrides_of(row), a)) is not None
+            if not done and not bt.run_complete(run_dir):
                 cmds = [bt.train_command(run_dir, overrides_of(row), seed, a), bt.evaluate_command(run_dir, a)]
                 print(" && ".join(shlex.join(c) for c in cmds))
         return 0
@@ -171,12 +175,11 @@ def main(argv: list[str] | None = None) -> int:
     for row, seed in runs_todo:
         tag = f"{row['name']}-s{seed}"
         run_dir = out / tag
-        if a.collect:
-            if bt.run_complete(run_dir):
-                t = json.loads((run_dir / "bench_timing.json").read_text())
-                rows.append(bt.row_of(row["name"], run_dir, t["train_s"], a.batch_size, t.get("peak_rss"), seed))
-            continue
-        rows.append(bt.train_and_evaluate(row["name"], run_dir, overrides_of(row), seed, a, log_dir=out, tag=tag))
+        got = bt.train_and_evaluate(
+            row["name"], run_dir, overrides_of(row), seed, a, log_dir=out, tag=tag, ledger=ledger, collect=a.collect
+        )
+        if got is not None:
+            rows.append(got)
     if not rows:
         print("no finished runs yet", flush=True)
         return 1

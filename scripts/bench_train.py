@@ -31,6 +31,14 @@ first experiment's by more than both spreads. A run whose evaluation is already 
 is reused, not retrained, so a benchmark longer than one sitting is resumed by rerunning the same
 command (an unfinished run is started again from scratch: its wall time must be its own).
 
+A ledger for benchmarks longer than one machine's life. ``--ledger results/<name>.jsonl`` keeps each finished
+run's row in a JSON-lines file meant to be committed: a run whose key (experiment, seed, steps, lr, batch
+size, model and the Hydra overrides, data paths left out) is in the ledger is not retrained, and each run
+that finishes is appended at once, with the date, the commit and the CPU. So a sweep spread over sessions on
+fresh machines (whose ``outputs/`` is gone) resumes from the ledger, and its table keeps every run. To redo a
+run (its code changed), delete its line. ``--collect`` trains nothing: it writes the table of the runs the
+ledger and ``--out`` already hold, and records the finished run folders in the ledger.
+
 Peak RSS is sampled every 2 s over the training process and its data-loader workers (psutil), summed:
 shared pages of the forked workers count twice, so it is an upper bound.
 
@@ -278,11 +286,84 @@ def summarise(rows: list[dict], keys=("NDS", "mAP", "car AP")) -> list[dict]:
 
 
 def markdown(rows: list[dict]) -> str:
-    cols = list(rows[0])
+    """A markdown table of the union of the rows' columns (first-seen order; a row without a column: blank)."""
+    cols = list(dict.fromkeys(c for r in rows for c in r))
     fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else ("" if v is None else str(v))  # noqa: E731
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(fmt(r[c]) for c in cols) + " |" for r in rows]
+    lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
     return "\n".join(lines)
+
+
+#: overrides that name a path on this machine, left out of a ledger key (the same run elsewhere has the same key)
+MACHINE_OVERRIDES = ("data.label_store=", "dataset.root=", "hydra.run.dir=")
+
+
+class Ledger:
+    """Finished runs' rows, one JSON object a line (module docstring): ``{"key", "row", "recorded"}``.
+
+    ``path`` None: an empty ledger that records nothing.
+    """
+
+    def __init__(self, path: Path | None):
+        self.path = Path(path) if path else None
+        self.entries: list[dict] = []
+        if self.path is not None and self.path.is_file():
+            for i, line in enumerate(self.path.read_text().splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    entry = json.loads(line)
+                    entry["key"], entry["row"]
+                except (json.JSONDecodeError, KeyError, TypeError) as e:
+                    raise SystemExit(f"{self.path}:{i}: not a ledger entry ({e}); fix or delete the line") from e
+                self.entries.append(entry)
+
+    @staticmethod
+    def key(name: str, seed: int, overrides: list[str], a) -> dict:
+        """What makes two runs the same run: never a path of one machine."""
+        kept = [o for o in overrides if not o.startswith(MACHINE_OVERRIDES)]
+        return {
+            "experiment": name,
+            "seed": seed,
+            "steps": a.steps,
+            "lr": a.lr if a.steps else None,
+            "batch_size": a.batch_size,
+            "model": a.model,
+            "overrides": kept,
+        }
+
+    def find(self, key: dict) -> dict | None:
+        """The row recorded under ``key`` (the last one, if recorded twice), or None."""
+        rows = [e["row"] for e in self.entries if e["key"] == key]
+        return rows[-1] if rows else None
+
+    def record(self, key: dict, row: dict) -> None:
+        if self.path is None:
+            return
+        entry = {"key": key, "row": row, "recorded": recorded_where()}
+        self.entries.append(entry)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as f:  # one line per run, appended as it finishes: nothing lost on a crash
+            f.write(json.dumps(entry) + "\n")
+
+
+def recorded_where() -> dict:
+    """The date, the commit and the CPU of this machine, for a ledger entry."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = None
+    cpu = None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"date": time.strftime("%Y-%m-%d"), "commit": commit, "cpu": cpu, "cores": os.cpu_count()}
 
 
 def run_complete(run_dir: Path) -> bool:
@@ -315,17 +396,41 @@ def evaluate_command(run_dir: Path, a) -> list[str]:
             f"hydra.run.dir={ev}", f"threads={a.threads}", f"device={a.device}", "num_workers=0"]  # fmt: skip
 
 
-def train_and_evaluate(name: str, run_dir: Path, overrides: list[str], seed: int, a, log_dir: Path, tag: str) -> dict:
-    """Train and evaluate one run (reusing it when :func:`run_complete`); its table row."""
+def train_and_evaluate(
+    name: str,
+    run_dir: Path,
+    overrides: list[str],
+    seed: int,
+    a,
+    log_dir: Path,
+    tag: str,
+    ledger: Ledger | None = None,
+    collect: bool = False,
+) -> dict | None:
+    """Train and evaluate one run, or reuse it (its row in ``ledger``, or ``run_dir`` when :func:`run_complete`);
+    its table row. ``collect``: never train (None for a run that is in neither)."""
+    ledger = ledger or Ledger(None)
+    key = Ledger.key(name, seed, overrides, a)
+    row = ledger.find(key)
+    if row is not None:
+        print(f"{tag}: in the ledger {ledger.path}; reusing its row", flush=True)
+        return row
     timing = run_dir / "bench_timing.json"
     if run_complete(run_dir):
         t = json.loads(timing.read_text())
         print(f"{tag}: evaluated already ({run_dir / 'eval'}); reusing it", flush=True)
-        return row_of(name, run_dir, t["train_s"], a.batch_size, t.get("peak_rss"), seed)
+        row = row_of(name, run_dir, t["train_s"], a.batch_size, t.get("peak_rss"), seed)
+        ledger.record(key, row)
+        return row
+    if collect:
+        print(f"{tag}: not run yet", flush=True)
+        return None
     wall, peak = run(train_command(run_dir, overrides, seed, a), log_dir / f"{tag}.train.log")
     run(evaluate_command(run_dir, a), log_dir / f"{tag}.eval.log")
     timing.write_text(json.dumps({"train_s": wall, "peak_rss": peak}))  # last: marks the run complete
-    return row_of(name, run_dir, wall, a.batch_size, peak, seed)
+    row = row_of(name, run_dir, wall, a.batch_size, peak, seed)
+    ledger.record(key, row)
+    return row
 
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
@@ -339,6 +444,13 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=None, help="optimiser steps per run under a one-cycle schedule")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of the --steps one-cycle schedule")
     p.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
+    p.add_argument(
+        "--ledger",
+        type=Path,
+        default=None,
+        help="JSON-lines file of finished runs' rows (commit it): its runs are reused, new ones appended",
+    )
+    p.add_argument("--collect", action="store_true", help="train nothing: the table of the runs already finished")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -377,18 +489,23 @@ def main(argv: list[str] | None = None) -> None:
     from bevlabels.synthetic.formats import writer
 
     fmt = "av2" if av2 else "nuscenes"
-    if not writer(fmt).exists(root, {"version": SynthConfig.from_preset(a.preset).version}):
+    if a.collect:
+        pass  # nothing is made or trained
+    elif not writer(fmt).exists(root, {"version": SynthConfig.from_preset(a.preset).version}):
         synth = [py, "-m", "pipelines.synth", f"format={fmt}", f"preset={a.preset}", "seed=0", f"out={root}"]
         run(synth, out / "synth.log")
-    if store_complete(store):
+    if a.collect:
+        pass
+    elif store_complete(store):
         print(f"label store {store} is complete; reusing it", flush=True)
     else:
         run([py, "-m", "pipelines.labels", *dataset, f"grid={a.grid}", f"out={store}"], out / "labels.log")
     from bevlabels.cache import LabelStoreReader
 
-    fm = LabelStoreReader(store).attrs.get("feature_model", {})
+    fm = LabelStoreReader(store).attrs.get("feature_model", {}) if (store / "zarr.json").is_file() else {}
     print(f"store features: {fm.get('name')} ({fm.get('weights')})", flush=True)
 
+    ledger = Ledger(a.ledger)
     rows = []
     # seed-major: every experiment's first seed runs before any second seed, so a sweep cut short (or still
     # running) already has one complete row per experiment
@@ -396,7 +513,13 @@ def main(argv: list[str] | None = None) -> None:
         tag = name if len(seeds) == 1 else f"{name}-s{seed}"
         overrides = [f"experiment={name}", *dataset, f"grid={a.grid}", f"data.label_store={store}"]
         overrides += (cpu_model(name) + CPU_DEPTH.get(a.grid, []) if a.model == "cpu" else []) + list(a.extra)
-        rows.append(train_and_evaluate(name, out / tag, overrides, seed, a, log_dir=out, tag=tag))
+        row = train_and_evaluate(
+            name, out / tag, overrides, seed, a, log_dir=out, tag=tag, ledger=ledger, collect=a.collect
+        )
+        if row is not None:
+            rows.append(row)
+    if not rows:
+        raise SystemExit("no finished runs yet (--collect trains nothing)")
 
     table = markdown(rows)
     head = (
@@ -406,7 +529,7 @@ def main(argv: list[str] | None = None) -> None:
         f"features {fm.get('name')} ({fm.get('weights')})"
     )
     text = f"{head}\n\n{table}\n"
-    if len(seeds) > 1:
+    if len({r.get("seed") for r in rows}) > 1:
         keys = SUMMARY_KEYS["av2" if av2 else "nuscenes"]
         # the foreground depth metrics (TiG-BEV's Table 6) where every run has them (camera students do)
         keys += tuple(k for k in ("fg AbsRel", "fg SILog", "fg RMSE") if all(r.get(k) is not None for r in rows))

@@ -136,3 +136,60 @@ def test_print_commands_lists_only_pending_runs(sweep, monkeypatch, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 3 and all("trainer.train" in ln and "trainer.evaluate" in ln for ln in lines)
     assert not any("base-s1" in ln for ln in lines)
+
+
+def test_a_ledger_carries_a_sweep_to_a_fresh_machine(sweep, monkeypatch, tmp_path):
+    """Runs recorded in the ledger are not retrained where outputs/ and the data live elsewhere; a deleted line is."""
+    go, out = sweep
+    ledger = tmp_path / "results" / "two.jsonl"
+    first = FakeRuns(fail_on=3)
+    monkeypatch.setattr(bt, "run", first)
+    with pytest.raises(KeyboardInterrupt):
+        go("--ledger", str(ledger))
+    lines = ledger.read_text().splitlines()
+    assert len(lines) == 3  # each finished run was appended as it finished, before the interruption
+    entry = json.loads(lines[0])
+    assert entry["key"]["experiment"] == "base" and entry["key"]["seed"] == 1 and entry["key"]["steps"] == 600
+    assert not any("/" in o for o in entry["key"]["overrides"])  # no path of this machine in the key
+    assert entry["row"]["NDS"] == SCORES["base", 1][0] and entry["recorded"]["date"]
+
+    # a fresh machine: no run folders, the data somewhere else; only the run missing from the ledger trains
+    import shutil
+
+    shutil.rmtree(out)
+    other = tmp_path / "elsewhere"
+    (other / "synthetic" / "small-seed0" / "oracle").mkdir(parents=True)
+    (other / "synthetic" / "small-seed0" / "v1.0-mini").mkdir()
+    monkeypatch.setenv("BEVLABELS_DATA", str(other))
+    second = FakeRuns()
+    monkeypatch.setattr(bt, "run", second)
+    assert go("--ledger", str(ledger)) == 0
+    assert second.trained == ["new-s2"]
+    runs = json.loads((out / "ablation.json").read_text())
+    assert [(r["experiment"], r["seed"], r["NDS"]) for r in runs] == [
+        (n, s, SCORES[n, s][0]) for n, s in [("base", 1), ("base", 2), ("new", 1), ("new", 2)]
+    ]
+    assert len(ledger.read_text().splitlines()) == 4
+
+    # delete a run's line (its code changed) and its folder: it is redone, the others are not
+    shutil.rmtree(out)
+    ledger.write_text("\n".join(ln for ln in ledger.read_text().splitlines() if '"seed": 2' not in ln or "base" not in ln))
+    third = FakeRuns()
+    monkeypatch.setattr(bt, "run", third)
+    assert go("--ledger", str(ledger)) == 0 and third.trained == ["base-s2"]
+
+
+def test_collect_trains_nothing_and_a_broken_ledger_line_is_named(sweep, monkeypatch, tmp_path):
+    go, out = sweep
+    ledger = tmp_path / "l.jsonl"
+    first = FakeRuns(fail_on=1)
+    monkeypatch.setattr(bt, "run", first)
+    with pytest.raises(KeyboardInterrupt):
+        go("--ledger", str(ledger))
+    idle = FakeRuns()
+    monkeypatch.setattr(bt, "run", idle)
+    assert go("--ledger", str(ledger), "--collect") == 0 and idle.trained == []
+    assert "1 of 4 runs finished" in (out / "ablation.md").read_text()
+    ledger.write_text(ledger.read_text() + "{not json\n")
+    with pytest.raises(SystemExit, match=r"l\.jsonl:2: not a ledger entry"):
+        go("--ledger", str(ledger), "--collect")
