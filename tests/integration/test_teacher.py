@@ -383,3 +383,30 @@ def test_cache_stage_refuses_a_store_without_the_dataset_keyframes(trained, synt
         run(teacher_cfg(result["last_ckpt"], store))
     with pytest.raises(FileNotFoundError, match="no label store"):
         run(teacher_cfg(result["last_ckpt"], tmp_path / "none.zarr"))
+
+
+def test_a_stripped_checkpoint_caches_the_same_teacher_maps(trained, synth_tiny_store, tmp_path):
+    """scripts/strip_checkpoint.py drops the training-only state: smaller, same weights, the same teacher/bev."""
+    import sys
+
+    from bevlabels.cache import LabelStoreReader
+    from pipelines.teacher import run
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+    import strip_checkpoint
+
+    result, _ = trained
+    stripped = tmp_path / "teacher.ckpt"
+    assert strip_checkpoint.main([result["last_ckpt"], str(stripped)]) == 0
+    full = torch.load(result["last_ckpt"], map_location="cpu", weights_only=False)
+    small = torch.load(stripped, map_location="cpu", weights_only=False)
+    assert "optimizer_states" in full and "optimizer_states" not in small
+    assert stripped.stat().st_size < Path(result["last_ckpt"]).stat().st_size
+    maps = []
+    for name, ckpt in (("a", result["last_ckpt"]), ("b", stripped)):
+        store = shutil.copytree(synth_tiny_store, tmp_path / f"{name}.zarr")
+        assert not run(teacher_cfg(ckpt, store))["failures"]
+        maps.append(LabelStoreReader(store).teacher_bev(2))
+    np.testing.assert_array_equal(maps[0], maps[1])
+    with pytest.raises(SystemExit):
+        strip_checkpoint.main([str(stripped), str(stripped)])
