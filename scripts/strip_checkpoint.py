@@ -17,7 +17,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 #: the entries that only resuming a training run reads
-TRAINING_ONLY = ("optimizer_states", "lr_schedulers", "callbacks", "loops", "MixedPrecision", "native_amp_scaling_state")
+TRAINING_ONLY = (
+    "optimizer_states",
+    "lr_schedulers",
+    "callbacks",
+    "loops",
+    "MixedPrecision",
+    "native_amp_scaling_state",
+)
 
 
 def main(argv: list[str] | None = None) -> int:

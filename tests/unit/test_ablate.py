@@ -173,7 +173,9 @@ def test_a_ledger_carries_a_sweep_to_a_fresh_machine(sweep, monkeypatch, tmp_pat
 
     # delete a run's line (its code changed) and its folder: it is redone, the others are not
     shutil.rmtree(out)
-    ledger.write_text("\n".join(ln for ln in ledger.read_text().splitlines() if '"seed": 2' not in ln or "base" not in ln))
+    ledger.write_text(
+        "\n".join(ln for ln in ledger.read_text().splitlines() if '"seed": 2' not in ln or "base" not in ln)
+    )
     third = FakeRuns()
     monkeypatch.setattr(bt, "run", third)
     assert go("--ledger", str(ledger)) == 0 and third.trained == ["base-s2"]

@@ -286,7 +286,9 @@ def test_tig_loss_module_inner_depth_equals_the_pure_function():
         module = TiGLoss(student_channels=4, inner_depth_weight=1.0, detach_reference=detach)
         (got,) = torch.autograd.grad(module({"depth_logits": logits}, {"fg_px": [px]}, bins, 4, GRID)[1], logits)
         cells = inner_depth_cells(logits, [px], bins, 4)
-        (want,) = torch.autograd.grad(inner_depth_loss(cells["pred"], cells["gt"], cells["group"], None, detach), logits)
+        (want,) = torch.autograd.grad(
+            inner_depth_loss(cells["pred"], cells["gt"], cells["group"], None, detach), logits
+        )
         torch.testing.assert_close(got, want)
         grads.append(got)
     assert not torch.allclose(grads[0], grads[1])  # the two modes differ here, so the check above can fail
