@@ -121,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
 
     spec = load_ablation(a.ablation)
+    ledger = bt.Ledger(a.ledger)  # before any long step: a broken ledger fails at once
     out = a.out or REPO / "outputs" / "ablate" / a.ablation.stem
     out.mkdir(parents=True, exist_ok=True)
     data = Path(os.environ.get("BEVLABELS_DATA", REPO / "data"))
@@ -137,11 +138,11 @@ def main(argv: list[str] | None = None) -> int:
             + list(a.extra)
         )
 
-    ledger = bt.Ledger(a.ledger)
     if a.print_commands:
         for row, seed in runs_todo:
             run_dir = out / f"{row['name']}-s{seed}"
-            done = ledger.find(bt.Ledger.key(row["name"], seed, overrides_of(row), a)) is not None
+            key = bt.Ledger.key(row["name"], seed, overrides_of(row), a, spec["stores"][row["store"]])
+            done = ledger.find(key) is not None
             if not done and not bt.run_complete(run_dir):
                 cmds = [bt.train_command(run_dir, overrides_of(row), seed, a), bt.evaluate_command(run_dir, a)]
                 print(" && ".join(shlex.join(c) for c in cmds))
@@ -176,7 +177,16 @@ def main(argv: list[str] | None = None) -> int:
         tag = f"{row['name']}-s{seed}"
         run_dir = out / tag
         got = bt.train_and_evaluate(
-            row["name"], run_dir, overrides_of(row), seed, a, log_dir=out, tag=tag, ledger=ledger, collect=a.collect
+            row["name"],
+            run_dir,
+            overrides_of(row),
+            seed,
+            a,
+            log_dir=out,
+            tag=tag,
+            ledger=ledger,
+            collect=a.collect,
+            store=spec["stores"][row["store"]],
         )
         if got is not None:
             rows.append(got)

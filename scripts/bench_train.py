@@ -62,6 +62,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -319,8 +320,10 @@ class Ledger:
                 self.entries.append(entry)
 
     @staticmethod
-    def key(name: str, seed: int, overrides: list[str], a) -> dict:
-        """What makes two runs the same run: never a path of one machine."""
+    def key(name: str, seed: int, overrides: list[str], a, store: Sequence[str] = ()) -> dict:
+        """What makes two runs the same run: never a path of one machine. The label store's path is left out, so
+        ``store`` gives what made it (its ``pipelines.labels`` overrides; none: ``make labels``' own store on the
+        preset and grid of ``overrides``). A ``--store`` of your own is not in the key."""
         kept = [o for o in overrides if not o.startswith(MACHINE_OVERRIDES)]
         return {
             "experiment": name,
@@ -330,6 +333,7 @@ class Ledger:
             "batch_size": a.batch_size,
             "model": a.model,
             "overrides": kept,
+            "store": list(store),
         }
 
     def find(self, key: dict) -> dict | None:
@@ -406,11 +410,13 @@ def train_and_evaluate(
     tag: str,
     ledger: Ledger | None = None,
     collect: bool = False,
+    store: Sequence[str] = (),
 ) -> dict | None:
     """Train and evaluate one run, or reuse it (its row in ``ledger``, or ``run_dir`` when :func:`run_complete`);
-    its table row. ``collect``: never train (None for a run that is in neither)."""
+    its table row. ``collect``: never train (None for a run that is in neither). ``store``: see
+    :meth:`Ledger.key`."""
     ledger = ledger or Ledger(None)
-    key = Ledger.key(name, seed, overrides, a)
+    key = Ledger.key(name, seed, overrides, a, store)
     row = ledger.find(key)
     if row is not None:
         print(f"{tag}: in the ledger {ledger.path}; reusing its row", flush=True)
@@ -489,23 +495,20 @@ def main(argv: list[str] | None = None) -> None:
     from bevlabels.synthetic.formats import writer
 
     fmt = "av2" if av2 else "nuscenes"
-    if a.collect:
-        pass  # nothing is made or trained
-    elif not writer(fmt).exists(root, {"version": SynthConfig.from_preset(a.preset).version}):
-        synth = [py, "-m", "pipelines.synth", f"format={fmt}", f"preset={a.preset}", "seed=0", f"out={root}"]
-        run(synth, out / "synth.log")
-    if a.collect:
-        pass
-    elif store_complete(store):
-        print(f"label store {store} is complete; reusing it", flush=True)
-    else:
-        run([py, "-m", "pipelines.labels", *dataset, f"grid={a.grid}", f"out={store}"], out / "labels.log")
+    ledger = Ledger(a.ledger)  # before any long step: a broken ledger fails at once
+    if not a.collect:  # --collect makes and trains nothing
+        if not writer(fmt).exists(root, {"version": SynthConfig.from_preset(a.preset).version}):
+            synth = [py, "-m", "pipelines.synth", f"format={fmt}", f"preset={a.preset}", "seed=0", f"out={root}"]
+            run(synth, out / "synth.log")
+        if store_complete(store):
+            print(f"label store {store} is complete; reusing it", flush=True)
+        else:
+            run([py, "-m", "pipelines.labels", *dataset, f"grid={a.grid}", f"out={store}"], out / "labels.log")
     from bevlabels.cache import LabelStoreReader
 
     fm = LabelStoreReader(store).attrs.get("feature_model", {}) if (store / "zarr.json").is_file() else {}
     print(f"store features: {fm.get('name')} ({fm.get('weights')})", flush=True)
 
-    ledger = Ledger(a.ledger)
     rows = []
     # seed-major: every experiment's first seed runs before any second seed, so a sweep cut short (or still
     # running) already has one complete row per experiment

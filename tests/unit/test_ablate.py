@@ -151,6 +151,7 @@ def test_a_ledger_carries_a_sweep_to_a_fresh_machine(sweep, monkeypatch, tmp_pat
     entry = json.loads(lines[0])
     assert entry["key"]["experiment"] == "base" and entry["key"]["seed"] == 1 and entry["key"]["steps"] == 600
     assert not any("/" in o for o in entry["key"]["overrides"])  # no path of this machine in the key
+    assert entry["key"]["store"] == ["features=synthetic_oracle"]  # but what made the store, in its place
     assert entry["row"]["NDS"] == SCORES["base", 1][0] and entry["recorded"]["date"]
 
     # a fresh machine: no run folders, the data somewhere else; only the run missing from the ledger trains
