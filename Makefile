@@ -142,6 +142,21 @@ bench-tig: setup ## TiG-BEV Table 3 (bevdepth, _tig_depth, _tig_bev, _tig), BENC
 	  --seeds $(BENCH_TIG_SEEDS) --steps $(BENCH_TIG_STEPS) --budget 00:02:00:00 --out $(BENCH_TIG_OUT) \
 	  --ledger $(BENCH_TIG_LEDGER) $(ARGS)
 
+# DualViewDistill's detector and tracker on the small world (issues 12 and 13): BEV then PV (dvd), BEV only, PV only,
+# with DINOv2 distillation, with dense proposals (not in the paper) and temporal (the instance bank; dvd's own row is
+# tracked by greedy association, the baseline). BENCH_DVD_STEPS one-cycle steps, seed-major; 45-75 min a run on 2 CPU
+# cores, a 1.5 h guard each. Resumable across machines through BENCH_DVD_LEDGER (committed), like bench-tig.
+BENCH_DVD_OUT    ?= outputs/bench_train/dvd-1500
+BENCH_DVD_EXPERIMENTS ?= dvd dvd_bev dvd_proposals dvd_temporal dvd_pv dvd_dino
+BENCH_DVD_SEEDS  ?= 12345
+BENCH_DVD_STEPS  ?= 1500
+BENCH_DVD_LEDGER ?= results/bench_dvd_cpu.jsonl
+.PHONY: bench-dvd
+bench-dvd: setup ## DualViewDistill rows (BENCH_DVD_EXPERIMENTS) x BENCH_DVD_SEEDS at BENCH_DVD_STEPS, one table; resumable
+	$(PY) scripts/bench_train.py --experiments $(BENCH_DVD_EXPERIMENTS) \
+	  --seeds $(BENCH_DVD_SEEDS) --steps $(BENCH_DVD_STEPS) --budget 00:01:30:00 --out $(BENCH_DVD_OUT) \
+	  --ledger $(BENCH_DVD_LEDGER) $(ARGS)
+
 # An ablation in one command (scripts/ablate.py): the rows of conf/ablation/$(ABLATION).yaml x SEEDS, each trained for
 # STEPS one-cycle steps (CPU model) and evaluated (NDS, mAP, AMOTA, IDS, per-class AP, foreground depth), one table with
 # mean +- spread and verdicts; resumable, across machines too (finished runs' rows go to a committed ledger under
