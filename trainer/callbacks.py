@@ -1,7 +1,8 @@
 """Lightning callbacks of the trainer (besides Lightning's own), each configured in ``conf/callbacks``.
 
 :class:`PreciseBN` recomputes BatchNorm running statistics from training batches before each
-validation and at each epoch's end, so validation, checkpoints (and so evaluation and the cached
+validation and at each epoch's end (shuffled keyframes, each with its own augmentation draw, even when
+training streams scenes: :meth:`~trainer.data.common.FrameDataModule.bn_dataloader`), so validation, checkpoints (and so evaluation and the cached
 teacher maps) use statistics of the current weights. CenterPoint's BatchNorms average with momentum
 0.01 (mmdet3d's setting): after 100 steps their running statistics are still 37% the initial
 ``mean 0, var 1``, and a short run's eval-mode outputs are meaningless without this (Wu & Johnson,
@@ -47,7 +48,12 @@ class PreciseBN(pl.Callback):
         if not bns:
             return
         datamodule = getattr(trainer, "datamodule", None)
-        loader = datamodule.train_dataloader() if datamodule is not None else trainer.train_dataloader
+        if datamodule is None:
+            loader = trainer.train_dataloader
+        elif hasattr(datamodule, "bn_dataloader"):  # shuffled keyframes even when training streams scenes
+            loader = datamodule.bn_dataloader()
+        else:
+            loader = datamodule.train_dataloader()
         momenta = [m.momentum for m in bns]
         for m in bns:
             m.reset_running_stats()
@@ -62,6 +68,9 @@ class PreciseBN(pl.Callback):
             n += 1
         for m, momentum in zip(bns, momenta):
             m.momentum = momentum
+        reset = getattr(pl_module, "reset_state", None)
+        if callable(reset):  # these batches were no stream: forget what a temporal model carried from them
+            reset()
         pl_module.train(was_training)
         self._done_at = trainer.global_step
         log.info("precise BN: running statistics of %d BatchNorms from %d training batches", len(bns), n)

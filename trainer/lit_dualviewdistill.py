@@ -97,21 +97,23 @@ class DualViewDistillModule(BEVDepthModule):
             }
         return self.detector(batch["images"], batch["K"], batch["ego_from_cam"], stream=stream, **gt)
 
-    def _reset_bank(self) -> None:
+    def reset_state(self) -> None:
+        """Forget the temporal bank's carried instances (a new pass over the streams; also after
+        :class:`~trainer.callbacks.PreciseBN`'s shuffled batches)."""
         if self.detector.bank is not None:
             self.detector.bank.reset()
 
     def on_train_epoch_start(self) -> None:
-        self._reset_bank()
+        self.reset_state()
 
     def on_validation_epoch_start(self) -> None:
         super().on_validation_epoch_start()
-        self._reset_bank()
+        self.reset_state()
 
     def on_validation_epoch_end(self) -> None:
         super().on_validation_epoch_end()
-        self._reset_bank()
+        self.reset_state()
 
     def on_predict_epoch_start(self) -> None:
         super().on_predict_epoch_start()
-        self._reset_bank()
+        self.reset_state()

@@ -136,7 +136,7 @@ def test_evaluation_tracks_with_the_banks_ids(compose_train, synth_tiny, synth_t
     assert (tmp_path / "eval" / "tracking" / "metrics_summary.json").is_file()
 
 
-@pytest.mark.parametrize("experiment", ["dvd_temporal", "dvd_dino_temporal"])
+@pytest.mark.parametrize("experiment", ["dvd_temporal", "dvd_dino_temporal", "dvd_proposals_temporal"])
 def test_temporal_configs_build_unshrunk(experiment, compose_train, synth_tiny, synth_tiny_store, tmp_path):
     from hydra.utils import instantiate
 
@@ -146,3 +146,7 @@ def test_temporal_configs_build_unshrunk(experiment, compose_train, synth_tiny, 
     assert det.bank.num_temp_instances == det.head.num_temp_instances == 600 and det.head.num_anchors == 900
     assert "temp_attn" in det.head.decoder.operation_order
     assert instantiate(cfg.data).sequential_scenes
+    # dense proposals fill new queries only: 200 of the 900 - 600 the bank leaves
+    assert (det.proposals is not None) == ("proposals" in experiment)
+    if det.proposals is not None:
+        assert det.proposals.num_proposals == 200

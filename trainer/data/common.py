@@ -433,6 +433,12 @@ class FrameDataModule(pl.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", train=False)
 
+    def bn_dataloader(self) -> DataLoader:
+        """Training keyframes shuffled, each with its own augmentation draw, never as scene streams: what
+        :class:`~trainer.callbacks.PreciseBN` averages BatchNorm statistics over. A stream loader would give it
+        the same few scenes under one held augmentation every time."""
+        return self._loader("train", train=True)
+
     def predict_dataloader(self, split: str = "val") -> DataLoader:
         """Keyframes of ``split`` in order, without augmentation (what the evaluator predicts)."""
         return self._loader(split, train=False)
