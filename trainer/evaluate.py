@@ -337,6 +337,10 @@ def default_out_dir(ckpt: Path, split: str) -> Path:
     return ckpt.parent / f"eval-{ckpt.stem}-{split}"
 
 
+#: ``tracker`` of :func:`evaluate`: ``auto`` (the model's own ids when it gives them, else greedy), ``greedy``
+TRACKERS = ("auto", "greedy")
+
+
 def evaluate(
     ckpt: str | Path,
     split: str = "val",
@@ -349,6 +353,7 @@ def evaluate(
     tracking: bool = True,
     roi: bool | None = None,
     n_jobs: int | None = None,
+    tracker: str = "auto",
 ) -> dict[str, Any]:
     """Predict ``split`` with the checkpoint and score it with the dataset's official evaluation; return its summary (+ paths).
 
@@ -357,7 +362,9 @@ def evaluate(
     av2's detection evaluation (:func:`evaluate_av2`).
 
     ``tracking``: also track the detections scene by scene (the model's own ``track_ids`` when it
-    gives them, else :class:`~trainer.tracking.GreedyTracker`) and score them with ``TrackingEval``:
+    gives them, else :class:`~trainer.tracking.GreedyTracker`; ``tracker="greedy"``: the greedy tracker even
+    for a model that tracks, to compare its bank with greedy association on the same detections) and score
+    them with ``TrackingEval``:
     ``tracking/metrics_summary.json`` under the output folder, its overall metrics in the returned
     summary's ``tracking`` and the printout. nuScenes-format datasets only: on AV2 it is skipped
     with a message.
@@ -378,12 +385,14 @@ def evaluate(
     datamodule.setup("predict")
     kind = evaluation_of(datamodule.adapter)
     out_dir = Path(out) if out else default_out_dir(loaded.path, split)
+    if tracker not in TRACKERS:
+        raise ValueError(f"tracker must be one of {TRACKERS}; got {tracker!r}")
     if kind == "av2":
         return evaluate_av2(
             loaded, datamodule, split, out_dir, device=device, tracking=tracking, roi=roi, n_jobs=n_jobs, t0=t0
         )
     return evaluate_nuscenes(
-        loaded, datamodule, split, out_dir, device=device, verbose=verbose, tracking=tracking, t0=t0
+        loaded, datamodule, split, out_dir, device=device, verbose=verbose, tracking=tracking, t0=t0, tracker=tracker
     )
 
 
@@ -396,6 +405,7 @@ def evaluate_nuscenes(
     verbose: bool = False,
     tracking: bool = True,
     t0: float | None = None,
+    tracker: str = "auto",
 ) -> dict[str, Any]:
     """:func:`evaluate` on a nuScenes-format dataset: ``DetectionEval`` (and ``TrackingEval``) of the devkit."""
     t0 = time.perf_counter() if t0 is None else t0
@@ -443,13 +453,20 @@ def evaluate_nuscenes(
 
         scenes = [list(g) for _, g in groupby(frames, key=lambda f: f.scene)]
         track_results = make_tracking_results(
-            scenes, predictions, model.class_names, use_camera=model.use_camera, use_lidar=model.use_lidar
+            scenes,
+            predictions,
+            model.class_names,
+            use_camera=model.use_camera,
+            use_lidar=model.use_lidar,
+            use_model_ids=tracker == "auto",
         )
         track_path = write_results(out_dir / "tracking" / "results_nusc_tracking.json", track_results)
         track_summary = run_tracking_eval(nusc, track_path, eval_set, out_dir / "tracking", verbose=verbose)
         for scene in scenes:  # a picture per scene: predicted tracks beside the GT's
             render_scene_tracks(scene, track_results["results"], out_dir / "tracking" / "png" / f"{scene[0].scene}.png")
         summary["tracking"] = {k: track_summary.get(k) for k in (*TRACKING_METRICS, "evaluated")}
+        own = tracker == "auto" and any("track_ids" in p for p in predictions)
+        summary["tracking"]["tracker"] = "model" if own else "greedy"
         with open(out_dir / "metrics_summary.json", "w") as f:
             json.dump(summary, f, indent=2)
 
@@ -586,6 +603,7 @@ def main() -> None:
             tracking=bool(cfg.get("tracking", True)),
             roi=cfg.get("roi"),
             n_jobs=cfg.get("n_jobs"),
+            tracker=str(cfg.get("tracker", "auto")),
         )
 
     _main()

@@ -165,6 +165,7 @@ def make_tracking_results(
     tracker: GreedyTracker | None = None,
     use_camera: bool = False,
     use_lidar: bool = False,
+    use_model_ids: bool = True,
 ) -> dict[str, Any]:
     """The tracking result dict of whole scenes.
 
@@ -172,7 +173,9 @@ def make_tracking_results(
     ``global_from_ego``. ``predictions``: ``predict_step`` outputs (``sample_token``, ``boxes`` ego
     ``(M, 9)``, ``scores``, ``labels``, and ``track_ids (M,)`` when the model tracks by itself). Without
     ``track_ids`` the ``tracker`` (default :class:`GreedyTracker`) associates the detections, reset per
-    scene. Every keyframe of ``scenes`` gets an entry; a keyframe without a prediction is an error.
+    scene. ``use_model_ids=False`` ignores the model's ``track_ids`` and associates with the ``tracker``
+    (the bank against greedy association on the same detections). Every keyframe of ``scenes`` gets an entry; a
+    keyframe without a prediction is an error.
     """
     by_token = {str(p["sample_token"]): p for p in predictions}
     tracker = tracker if tracker is not None else GreedyTracker()
@@ -189,7 +192,7 @@ def make_tracking_results(
                 _np(p["scores"]).reshape(-1),
                 _np(p["labels"]).reshape(-1),
             )
-            if "track_ids" in p:
+            if use_model_ids and "track_ids" in p:
                 ids = _np(p["track_ids"]).astype(np.int64).reshape(-1)
             else:
                 dt = 0.0 if prev_ts is None else (int(f.timestamp) - prev_ts) / 1e6

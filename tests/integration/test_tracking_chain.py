@@ -87,3 +87,18 @@ def test_scene_track_picture(synth_tiny, tmp_path):
     path = render_scene_tracks(scenes[0], results, tmp_path / "scene.png")
     img = np.asarray(Image.open(path).convert("L"))
     assert img.shape[0] > 300 and img.shape[1] > 600 and (img < 128).mean() > 0.01
+
+
+def test_greedy_can_replace_the_models_ids(synth_tiny):
+    """``use_model_ids=False`` (evaluate's ``tracker=greedy``): the model's ids are ignored, the greedy tracker's used."""
+    from trainer.tracking import make_tracking_results
+
+    ds, scenes, preds, classes = _scenes_and_gt(synth_tiny)
+    for p in preds:  # a model that gives every box the same id
+        p["track_ids"] = torch.full_like(p["track_ids"], 7)
+    own = make_tracking_results(scenes, preds, classes)["results"]
+    greedy = make_tracking_results(scenes, preds, classes, use_model_ids=False)["results"]
+    some = next(t for t, boxes in own.items() if len(boxes) > 1)
+    assert {b["tracking_id"] for b in own[some]} == {"7"}
+    ids = [b["tracking_id"] for b in greedy[some]]
+    assert len(set(ids)) == len(ids) > 1  # one track per box within a keyframe
