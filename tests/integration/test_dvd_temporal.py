@@ -66,6 +66,28 @@ def test_stream_seeds_hold_the_augmentation_per_scene(synth_tiny, synth_tiny_sto
     seed = sampler.stream_seed(i)
     torch.testing.assert_close(data[(i, seed)]["aug_from_ego"], data[(i, seed)]["aug_from_ego"])
 
+    # stream_image_aug=per_keyframe: the BEV draw stays held, the image draw is fresh per keyframe
+    dm2 = CameraDataModule(
+        dataset=ds_cfg,
+        grid=grid,
+        class_names=["car", "pedestrian"],
+        label_store=str(synth_tiny_store),
+        image_aug={"final_hw": [64, 176], "resize_range": [0.9, 1.2], "flip_prob": 0.5},
+        bev_aug={"rot_range": [-0.5, 0.5], "scale_range": [0.9, 1.1], "flip_x_prob": 0.5, "flip_y_prob": 0.5},
+        sequential_scenes=True,
+        stream_image_aug="per_keyframe",
+        batch_size=1,
+        num_workers=0,
+    )
+    dm2.setup("fit")
+    rows = []
+    for batch in dm2.train_dataloader():
+        rows.append((batch["scene"][0], batch["aug_from_ego"][0], batch["K"][0, 0]))
+    first_scene = [r for r in rows if r[0] == rows[0][0]]
+    for _, aug, _ in first_scene[1:]:
+        torch.testing.assert_close(aug, first_scene[0][1])
+    assert any(not torch.allclose(K, first_scene[0][2]) for _, _, K in first_scene[1:])
+
 
 def test_the_bank_carries_instances_from_batch_to_batch_by_scene(compose_train, synth_tiny, synth_tiny_store, tmp_path):
     from hydra.utils import instantiate

@@ -282,6 +282,9 @@ class CameraDataset(KeyframeDataset):
         dino_interp: ``"nearest"`` or ``"bilinear"`` (see :func:`resample_dino`).
         load_teacher: read ``teacher/bev`` (TiG-BEV's inner-feature distillation).
         teacher_interp: its resampling under BEV augmentation, ``"bilinear"`` or ``"nearest"``.
+        hold_image_aug: with a stream seed, draw the image augmentation from it too (held per stream, the
+            default); False: a fresh image draw per keyframe, the BEV augmentation still held (carried anchors
+            need only that one consistent).
     """
 
     def __init__(
@@ -300,8 +303,10 @@ class CameraDataset(KeyframeDataset):
         min_lidar_points: int = 1,
         load_teacher: bool = False,
         teacher_interp: str = "bilinear",
+        hold_image_aug: bool = True,
     ):
         super().__init__(frames, adapter_cfg, train)
+        self.hold_image_aug = bool(hold_image_aug)
         from bevlabels.cache import LabelStoreReader
 
         self.grid = grid
@@ -327,7 +332,7 @@ class CameraDataset(KeyframeDataset):
         frame = self.frames[i]
         final_hw = tuple(int(v) for v in self.image_aug["final_hw"])
         # Python's RNG: Lightning's seed_everything(workers=True) seeds it in every worker too.
-        rng = random.Random(stream_seed) if stream_seed is not None else None
+        rng = random.Random(stream_seed) if stream_seed is not None and self.hold_image_aug else None
         draw = draw_image_aug(
             self.train,
             resize_range=self.image_aug.get("resize_range", (1.0, 1.0)),
@@ -521,6 +526,9 @@ class CameraDataModule(FrameDataModule):
         sequential_scenes: every loader streams scenes in order (:class:`SceneStreamBatchSampler`), with the
             augmentation held per scene stream (a temporal model's data).
         stream_seed: the seed of the streams' scene shuffle and augmentation draws (with the epoch).
+        stream_image_aug: ``"held"`` (default: one image augmentation per stream, as the BEV one) or
+            ``"per_keyframe"`` (a fresh image draw per keyframe, the BEV one held): more diversity per step for
+            small batches of streams (results/bench_dvd_cpu.md).
     """
 
     def __init__(
@@ -538,6 +546,7 @@ class CameraDataModule(FrameDataModule):
         stream_seed: int = 0,
         load_teacher: bool = False,
         teacher_interp: str = "bilinear",
+        stream_image_aug: str = "held",
         **kwargs: Any,
     ):
         stages = ("labels", "teacher") if load_teacher else ("labels",)
@@ -556,6 +565,9 @@ class CameraDataModule(FrameDataModule):
         self.dino_interp = dino_interp
         self.sequential_scenes = bool(sequential_scenes)
         self.stream_seed = int(stream_seed)
+        if stream_image_aug not in ("held", "per_keyframe"):
+            raise ValueError(f"data.stream_image_aug must be 'held' or 'per_keyframe'; got {stream_image_aug!r}")
+        self.stream_image_aug = stream_image_aug
         self.load_teacher = bool(load_teacher)
         if teacher_interp not in ("nearest", "bilinear"):
             raise ValueError(f"data.teacher_interp must be 'nearest' or 'bilinear'; got {teacher_interp!r}")
@@ -620,6 +632,7 @@ class CameraDataModule(FrameDataModule):
             min_lidar_points=self.min_lidar_points,
             load_teacher=self.load_teacher,
             teacher_interp=self.teacher_interp,
+            hold_image_aug=self.stream_image_aug == "held",
         )
 
     def collate_fn(self, samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
