@@ -2,8 +2,8 @@
 
 :class:`PreciseBN` recomputes BatchNorm running statistics from training batches before each
 validation and at each epoch's end (shuffled keyframes, each with its own augmentation draw, even when
-training streams scenes: :meth:`~trainer.data.common.FrameDataModule.bn_dataloader`), so validation, checkpoints (and so evaluation and the cached
-teacher maps) use statistics of the current weights. CenterPoint's BatchNorms average with momentum
+training streams scenes: :meth:`~trainer.data.common.FrameDataModule.bn_dataloader`), so validation,
+checkpoints (and so evaluation and the cached teacher maps) use statistics of the current weights. CenterPoint's BatchNorms average with momentum
 0.01 (mmdet3d's setting): after 100 steps their running statistics are still 37% the initial
 ``mean 0, var 1``, and a short run's eval-mode outputs are meaningless without this (Wu & Johnson,
 "Rethinking 'Batch' in BatchNorm", 2021; detectron2's ``PreciseBN`` hook).

@@ -376,6 +376,8 @@ def evaluate(
     ``roi``, ``n_jobs`` (AV2 only): av2's region-of-interest filter (``None``: on when every
     evaluated log has its map) and the size of av2's process pool (``None``: up to 8, at most the CPUs).
     """
+    if tracker not in TRACKERS:  # before the checkpoint and the data are loaded
+        raise ValueError(f"evaluate: tracker (conf/evaluate.yaml) must be one of {TRACKERS}; got {tracker!r}")
     t0 = time.perf_counter()
     loaded: LoadedCheckpoint = load_checkpoint(ckpt)
     datamodule = build_datamodule(
@@ -385,8 +387,6 @@ def evaluate(
     datamodule.setup("predict")
     kind = evaluation_of(datamodule.adapter)
     out_dir = Path(out) if out else default_out_dir(loaded.path, split)
-    if tracker not in TRACKERS:
-        raise ValueError(f"tracker must be one of {TRACKERS}; got {tracker!r}")
     if kind == "av2":
         return evaluate_av2(
             loaded, datamodule, split, out_dir, device=device, tracking=tracking, roi=roi, n_jobs=n_jobs, t0=t0

@@ -19,7 +19,8 @@ TEMPORAL = ["model.detector.bank.num_temp_instances=16"]  # of the tiny head's 3
 ALL_IDS = ["model.detector.bank.new_id_threshold=0.0"]
 
 
-def test_stream_seeds_hold_the_augmentation_per_scene(synth_tiny, synth_tiny_store):
+def _stream_datamodule(synth_tiny, synth_tiny_store, **kw):
+    """A streaming camera data module on the tiny world, image and BEV augmentation on, batch 1."""
     from trainer.data.camera import CameraDataModule
 
     ds_cfg = {"name": "synthetic", "root": str(synth_tiny), "version": "v1.0-mini"}
@@ -28,10 +29,9 @@ def test_stream_seeds_hold_the_augmentation_per_scene(synth_tiny, synth_tiny_sto
         "root": str(synth_tiny),
         "version": "v1.0-mini",
     }
-    grid = {"xbound": [-32.0, 32.0, 1.0], "ybound": [-32.0, 32.0, 1.0], "zbound": [-5.0, 3.0, 8.0]}
     dm = CameraDataModule(
         dataset=ds_cfg,
-        grid=grid,
+        grid={"xbound": [-32.0, 32.0, 1.0], "ybound": [-32.0, 32.0, 1.0], "zbound": [-5.0, 3.0, 8.0]},
         class_names=["car", "pedestrian"],
         label_store=str(synth_tiny_store),
         image_aug={"final_hw": [64, 176], "resize_range": [0.9, 1.2], "flip_prob": 0.5},
@@ -39,8 +39,14 @@ def test_stream_seeds_hold_the_augmentation_per_scene(synth_tiny, synth_tiny_sto
         sequential_scenes=True,
         batch_size=1,
         num_workers=0,
+        **kw,
     )
     dm.setup("fit")
+    return dm
+
+
+def test_stream_seeds_hold_the_augmentation_per_scene(synth_tiny, synth_tiny_store):
+    dm = _stream_datamodule(synth_tiny, synth_tiny_store)
     loader = dm.train_dataloader()
     sampler = loader.batch_sampler
     frames = dm.frames("train")
@@ -67,19 +73,7 @@ def test_stream_seeds_hold_the_augmentation_per_scene(synth_tiny, synth_tiny_sto
     torch.testing.assert_close(data[(i, seed)]["aug_from_ego"], data[(i, seed)]["aug_from_ego"])
 
     # stream_image_aug=per_keyframe: the BEV draw stays held, the image draw is fresh per keyframe
-    dm2 = CameraDataModule(
-        dataset=ds_cfg,
-        grid=grid,
-        class_names=["car", "pedestrian"],
-        label_store=str(synth_tiny_store),
-        image_aug={"final_hw": [64, 176], "resize_range": [0.9, 1.2], "flip_prob": 0.5},
-        bev_aug={"rot_range": [-0.5, 0.5], "scale_range": [0.9, 1.1], "flip_x_prob": 0.5, "flip_y_prob": 0.5},
-        sequential_scenes=True,
-        stream_image_aug="per_keyframe",
-        batch_size=1,
-        num_workers=0,
-    )
-    dm2.setup("fit")
+    dm2 = _stream_datamodule(synth_tiny, synth_tiny_store, stream_image_aug="per_keyframe")
     rows = []
     for batch in dm2.train_dataloader():
         rows.append((batch["scene"][0], batch["aug_from_ego"][0], batch["K"][0, 0]))

@@ -74,3 +74,13 @@ def test_evaluate_runs_the_adapters_evaluation(monkeypatch, tmp_path, adapter_cl
     assert dm.calls == ["prepare_data", "setup:predict"]
     if expected == "evaluate_av2":
         assert called[0][1]["roi"] is False and called[0][1]["n_jobs"] == 1
+
+
+def test_bad_tracker_fails_before_anything_loads(tmp_path):
+    import pytest
+
+    from trainer.evaluate import evaluate
+
+    # the checkpoint does not exist: the tracker value is refused first, naming the field
+    with pytest.raises(ValueError, match="tracker"):
+        evaluate(tmp_path / "missing.ckpt", tracker="hungarian")

@@ -306,7 +306,6 @@ class CameraDataset(KeyframeDataset):
         hold_image_aug: bool = True,
     ):
         super().__init__(frames, adapter_cfg, train)
-        self.hold_image_aug = bool(hold_image_aug)
         from bevlabels.cache import LabelStoreReader
 
         self.grid = grid
@@ -320,6 +319,7 @@ class CameraDataset(KeyframeDataset):
         self.min_lidar_points = int(min_lidar_points)
         self.load_teacher = bool(load_teacher)
         self.teacher_interp = teacher_interp
+        self.hold_image_aug = bool(hold_image_aug)
         self._prev = {}  # token -> previous keyframe of the same scene in this list
         for prev, cur in zip(self.frames[:-1], self.frames[1:]):
             if prev.scene == cur.scene and prev.index + 1 == cur.index:
