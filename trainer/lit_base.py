@@ -296,3 +296,93 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         epoch=int(ckpt.get("epoch", -1)),
         global_step=int(ckpt.get("global_step", -1)),
     )
+
+
+def canonical_key_map(model: torch.nn.Module) -> dict[str, str]:
+    """``{state-dict key: canonical key}`` of ``model``: keys are renamed where a submodule says how.
+
+    A submodule with ``canonical_state_dict_prefixes() -> {local prefix: canonical prefix}`` (e.g. the sparse
+    decoder, whose ``layers.<i>.`` index shifts when an op is inserted: its canonical names count each op's
+    occurrences, ``self_attn[2].``) gets its keys renamed; every other key is its own canonical key.
+    """
+    renames: list[tuple[str, str]] = []
+    for name, module in model.named_modules():
+        fn = getattr(module, "canonical_state_dict_prefixes", None)
+        if fn is None:
+            continue
+        base = f"{name}." if name else ""
+        renames += [(base + local, base + canon) for local, canon in fn().items()]
+    renames.sort(key=lambda r: -len(r[0]))  # the longest (innermost) prefix wins
+    out = {}
+    for key in model.state_dict():
+        out[key] = next((canon + key[len(local) :] for local, canon in renames if key.startswith(local)), key)
+    return out
+
+
+@dataclass
+class InitReport:
+    """What :func:`init_from_checkpoint` did: keys (the target model's) loaded, and those left at their initialisation."""
+
+    path: str
+    loaded: list[str]
+    not_in_checkpoint: list[str]
+    unused_from_checkpoint: list[str]
+
+    def summary(self) -> str:
+        def show(keys: list[str]) -> str:
+            return ", ".join(keys[:6]) + (f", ... ({len(keys)} in all)" if len(keys) > 6 else "")
+
+        s = f"initialised {len(self.loaded)} tensors from {self.path}"
+        if self.not_in_checkpoint:
+            s += f"; {len(self.not_in_checkpoint)} not in it keep their initialisation: {show(self.not_in_checkpoint)}"
+        if self.unused_from_checkpoint:
+            s += f"; {len(self.unused_from_checkpoint)} of its tensors unused: {show(self.unused_from_checkpoint)}"
+        return s
+
+
+def init_from_checkpoint(model: DetectionModule, path: str | Path) -> InitReport:
+    """Load the weights of another run's checkpoint into ``model`` where they fit (its optimizer, schedule and step
+    are not taken: this starts a new run; ``ckpt_path`` resumes one).
+
+    Keys are matched by their canonical names (:func:`canonical_key_map`, on both sides, the checkpoint's model
+    rebuilt from its stored config), so a temporal head whose layers hold an extra ``temp_attn`` op takes the
+    single-frame head's k-th self-attention, norm, aggregation and refine op for its own k-th. Tensors only one
+    side has are listed in the report (the new op keeps its initialisation). A shape mismatch, or no common
+    tensor at all, raises :class:`CheckpointError` naming the keys: a partial, silently wrong start is worse than none.
+    """
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    path = Path(path)
+    ckpt = read_checkpoint(path)
+    config = ckpt[CONFIG_KEY]
+    if "model" not in config:
+        raise CheckpointError(f"{path}: the stored config has no 'model' section (keys {sorted(config)})")
+    source_model = instantiate(OmegaConf.create(config["model"]))
+    source = ckpt["state_dict"]
+    check_state_dict(source_model, source, source=str(path))
+    src_by_canon = {canon: key for key, canon in canonical_key_map(source_model).items()}
+    target_map = canonical_key_map(model)
+    target = model.state_dict()
+    new_state, loaded, missing, shapes = {}, [], [], []
+    for key, canon in target_map.items():
+        src_key = src_by_canon.get(canon)
+        if src_key is None:
+            missing.append(key)
+            continue
+        if tuple(source[src_key].shape) != tuple(target[key].shape):
+            shapes.append(f"{key} (checkpoint {src_key}): {tuple(source[src_key].shape)} vs {tuple(target[key].shape)}")
+            continue
+        new_state[key] = source[src_key]
+        loaded.append(key)
+    if shapes:
+        raise CheckpointError(
+            f"init_weights={path}: {len(shapes)} tensors differ in shape from the model's: "
+            + "; ".join(shapes[:8])
+            + (f"; ... ({len(shapes)} in all)" if len(shapes) > 8 else "")
+        )
+    if not loaded:
+        raise CheckpointError(f"init_weights={path}: no tensor of the checkpoint fits the model (no common key)")
+    model.load_state_dict(new_state, strict=False)
+    used = {src_by_canon[target_map[k]] for k in loaded}
+    return InitReport(str(path), loaded, missing, sorted(set(source) - used))

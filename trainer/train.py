@@ -3,6 +3,7 @@
     python -m trainer.train experiment=teacher_centerpoint            # the LiDAR teacher
     python -m trainer.train experiment=teacher_centerpoint debug=fdr  # one batch of train and val
     python -m trainer.train experiment=... ckpt_path=outputs/.../checkpoints/last.ckpt   # resume
+    python -m trainer.train experiment=dvd_temporal init_weights=<a dvd run>/checkpoints/last.ckpt   # start from its weights
     python -m trainer.train --help                                    # config groups and every key
 
 What a run does (:func:`train`): seed everything (``seed``), build ``data`` (a
@@ -13,7 +14,9 @@ and match the grid and keyframes, else the run stops before training and says wh
 callbacks (``conf/callbacks``: checkpoints to ``<run_dir>/checkpoints`` with ``last.ckpt``,
 a progress bar, the learning rate), the loggers (``conf/logger``: CSV by default, TensorBoard
 optional) and the ``pl.Trainer`` (``conf/trainer``), then ``fit``, resuming from ``ckpt_path`` if
-given (epoch, step, optimizer and scheduler state continue).
+given (epoch, step, optimizer and scheduler state continue). ``init_weights`` instead starts a new run from
+another run's weights where they fit (:func:`trainer.lit_base.init_from_checkpoint`; e.g. a temporal model
+from a single-frame one; what was and was not loaded goes to ``<run_dir>/init_weights.json``).
 
 Every checkpoint carries the run's resolved config under ``checkpoint["bevlabels_config"]``
 (:class:`ConfigInCheckpoint`), so ``python -m trainer.evaluate ckpt=...`` and
@@ -26,6 +29,8 @@ checkpoints, ``csv/`` (and ``tensorboard/``) logs, and ``.hydra/`` (the composed
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
 import sys
@@ -37,7 +42,7 @@ import pytorch_lightning as pl
 import torch
 
 from trainer.callbacks import PreciseBN
-from trainer.lit_base import CONFIG_KEY, DetectionModule
+from trainer.lit_base import CONFIG_KEY, DetectionModule, init_from_checkpoint
 
 log = logging.getLogger("bevlabels.train")
 
@@ -112,6 +117,17 @@ def train(cfg) -> dict[str, Any]:
         raise ValueError(
             f"data.class_names {list(data_classes)} differ from model.class_names {list(model.class_names)}"
         )
+
+    init_weights = cfg.get("init_weights")
+    if init_weights:
+        if cfg.get("ckpt_path"):
+            raise ValueError(
+                f"init_weights={init_weights} and ckpt_path={cfg.ckpt_path} are both set: ckpt_path resumes a run "
+                "(weights, optimizer, step), init_weights starts a new one from another run's weights; give one"
+            )
+        report = init_from_checkpoint(model, init_weights)
+        log.info(report.summary())
+        (run_dir / "init_weights.json").write_text(json.dumps(dataclasses.asdict(report), indent=1) + "\n")
 
     if cfg.get("check_inputs", True):
         datamodule.prepare_data()

@@ -166,3 +166,91 @@ def test_temporal_configs_build_unshrunk(experiment, compose_train, synth_tiny, 
     assert (det.proposals is not None) == ("proposals" in experiment)
     if det.proposals is not None:
         assert det.proposals.num_proposals == 200
+
+
+def _fake_checkpoint(cfg, model, path: Path) -> Path:
+    """What trainer.train would write, for the parts init_weights reads: the state dict and the resolved config."""
+    from trainer.lit_base import CONFIG_KEY
+    from trainer.train import resolved
+
+    torch.save({"state_dict": model.state_dict(), CONFIG_KEY: resolved(cfg)}, path)
+    return path
+
+
+def test_init_weights_maps_a_single_frame_head_onto_the_temporal_one_op_by_op(
+    compose_train, synth_tiny, synth_tiny_store, tmp_path
+):
+    """A temporal decoder has a temp_attn op before the self-attention of every later layer, so its layer indices
+    shift: the weights must go to the k-th op of the same kind, not to the same index."""
+    from hydra.utils import instantiate
+
+    from trainer.lit_base import CheckpointError, init_from_checkpoint
+
+    src_cfg = compose_train(train_overrides("dvd", synth_tiny, synth_tiny_store, tmp_path / "a"))
+    src = instantiate(src_cfg.model)
+    ckpt = _fake_checkpoint(src_cfg, src, tmp_path / "single.ckpt")
+    cfg = compose_train(train_overrides("dvd_temporal", synth_tiny, synth_tiny_store, tmp_path / "b", *TEMPORAL))
+    model = instantiate(cfg.model)
+
+    src_dec, dec = src.detector.head.decoder, model.detector.head.decoder
+    src_ops, ops = list(src_dec.operation_order), list(dec.operation_order)
+    assert "temp_attn" in ops and "temp_attn" not in src_ops
+    assert [o for o in ops if o != "temp_attn"] == src_ops
+    shifted = [i for i in range(len(src_ops)) if ops[i] != src_ops[i]]
+    assert shifted, "the orders must differ by index, else this test shows nothing"
+
+    def nth(order, op, k):
+        return [i for i, o in enumerate(order) if o == op][k]
+
+    k = src_ops.count("self_attn") - 1  # the last self-attention: after a temp_attn, so at another index
+    i_src, i_tgt = nth(src_ops, "self_attn", k), nth(ops, "self_attn", k)
+    assert i_src != i_tgt
+    before = dec.layers[i_tgt].q_proj.weight.detach().clone()
+    assert not torch.equal(before, src_dec.layers[i_src].q_proj.weight)
+
+    report = init_from_checkpoint(model, ckpt)
+    torch.testing.assert_close(dec.layers[i_tgt].q_proj.weight, src_dec.layers[i_src].q_proj.weight, rtol=0, atol=0)
+    for op in ("refine", "bev_agg", "pv_agg", "norm"):
+        for j in range(src_ops.count(op)):
+            a = dict(src_dec.layers[nth(src_ops, op, j)].state_dict())
+            b = dict(dec.layers[nth(ops, op, j)].state_dict())
+            assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a), (op, j)
+    # the camera network too, and the temporal attention keeps its initialisation
+    for (n, p), (n2, p2) in zip(src.detector.camera_bev.named_parameters(), model.detector.camera_bev.named_parameters()):
+        assert n == n2 and torch.equal(p, p2), n
+    temp = [i for i, o in enumerate(ops) if o == "temp_attn"]
+    assert report.not_in_checkpoint and all(
+        any(k.startswith(f"detector.head.decoder.layers.{i}.") for i in temp) for k in report.not_in_checkpoint
+    ), report.not_in_checkpoint
+    assert not report.unused_from_checkpoint
+    assert len(report.loaded) + len(report.not_in_checkpoint) == len(model.state_dict())
+
+    # a shape that differs is refused, naming the tensor
+    cfg2 = compose_train(
+        train_overrides("dvd", synth_tiny, synth_tiny_store, tmp_path / "c", "model.detector.head.num_anchors=24")
+    )
+    with pytest.raises(CheckpointError, match=r"detector\.head\.anchor"):
+        init_from_checkpoint(instantiate(cfg2.model), ckpt)
+
+
+def test_train_starts_from_init_weights_and_refuses_it_with_ckpt_path(
+    compose_train, synth_tiny, synth_tiny_store, tmp_path
+):
+    import json
+
+    from hydra.utils import instantiate
+
+    from trainer.train import train
+
+    src_cfg = compose_train(train_overrides("dvd", synth_tiny, synth_tiny_store, tmp_path / "a"))
+    ckpt = _fake_checkpoint(src_cfg, instantiate(src_cfg.model), tmp_path / "single.ckpt")
+    both = [f"init_weights={ckpt}", f"ckpt_path={ckpt}"]
+    cfg = compose_train(train_overrides("dvd_temporal", synth_tiny, synth_tiny_store, tmp_path / "b", *TEMPORAL, *both))
+    with pytest.raises(ValueError, match="init_weights=.*ckpt_path="):
+        train(cfg)
+    run_dir = tmp_path / "c"
+    extra = ["debug=fdr", f"init_weights={ckpt}", *TEMPORAL]
+    result = train(compose_train(train_overrides("dvd_temporal", synth_tiny, synth_tiny_store, run_dir, *extra)))
+    assert result["global_step"] == 1
+    report = json.loads((run_dir / "init_weights.json").read_text())
+    assert report["path"] == str(ckpt) and len(report["loaded"]) > 100 and report["not_in_checkpoint"]

@@ -542,6 +542,17 @@ class SparseDecoder(nn.Module):
                     anchor_embed = self.anchor_encoder(anchor)
         return outputs, f
 
+    def canonical_state_dict_prefixes(self) -> dict[str, str]:
+        """``{"layers.<i>.": "<op>[<k>]."}``: the i-th op is the k-th of its kind. Two decoders whose orders differ
+        by inserted ops (``temp_attn``) share these names for the ops they share
+        (:func:`trainer.lit_base.init_from_checkpoint`)."""
+        seen: dict[str, int] = {}
+        out = {}
+        for i, op in enumerate(self.operation_order):
+            out[f"layers.{i}."] = f"{op}[{seen.get(op, 0)}]."
+            seen[op] = seen.get(op, 0) + 1
+        return out
+
     def _check_carried(self, carried: CarriedInstances | None, B: int) -> torch.Tensor | None:
         if carried is None:
             return None
