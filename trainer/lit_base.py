@@ -350,17 +350,9 @@ def init_from_checkpoint(model: DetectionModule, path: str | Path) -> InitReport
     side has are listed in the report (the new op keeps its initialisation). A shape mismatch, or no common
     tensor at all, raises :class:`CheckpointError` naming the keys: a partial, silently wrong start is worse than none.
     """
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
-
     path = Path(path)
-    ckpt = read_checkpoint(path)
-    config = ckpt[CONFIG_KEY]
-    if "model" not in config:
-        raise CheckpointError(f"{path}: the stored config has no 'model' section (keys {sorted(config)})")
-    source_model = instantiate(OmegaConf.create(config["model"]))
-    source = ckpt["state_dict"]
-    check_state_dict(source_model, source, source=str(path))
+    source_model = load_checkpoint(path).model  # rebuilt from its stored config, its weights checked and loaded
+    source = source_model.state_dict()
     src_by_canon = {canon: key for key, canon in canonical_key_map(source_model).items()}
     target_map = canonical_key_map(model)
     target = model.state_dict()

@@ -98,6 +98,12 @@ def train(cfg) -> dict[str, Any]:
     """Train as the config says; return ``{"run_dir", "last_ckpt", "best_ckpt", "global_step", "metrics"}``."""
     from hydra.utils import instantiate
 
+    init_weights = cfg.get("init_weights")
+    if init_weights and cfg.get("ckpt_path"):
+        raise ValueError(
+            f"init_weights={init_weights} and ckpt_path={cfg.ckpt_path} are both set: ckpt_path resumes a run "
+            "(weights, optimizer, step), init_weights starts a new one from another run's weights; give one"
+        )
     config = resolved(cfg)
     run_dir = Path(config["run_dir"])
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -118,13 +124,7 @@ def train(cfg) -> dict[str, Any]:
             f"data.class_names {list(data_classes)} differ from model.class_names {list(model.class_names)}"
         )
 
-    init_weights = cfg.get("init_weights")
     if init_weights:
-        if cfg.get("ckpt_path"):
-            raise ValueError(
-                f"init_weights={init_weights} and ckpt_path={cfg.ckpt_path} are both set: ckpt_path resumes a run "
-                "(weights, optimizer, step), init_weights starts a new one from another run's weights; give one"
-            )
         report = init_from_checkpoint(model, init_weights)
         log.info(report.summary())
         (run_dir / "init_weights.json").write_text(json.dumps(dataclasses.asdict(report), indent=1) + "\n")
