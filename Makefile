@@ -167,7 +167,7 @@ STEPS    ?= 600
 .PHONY: ablate
 ablate: setup ## An ablation: ABLATION=table7_oracle|table7_dino|table10_weight|table8_accumulation SEEDS="1 2" STEPS=600
 	$(PY) scripts/ablate.py conf/ablation/$(ABLATION).yaml --seeds $(SEEDS) --steps $(STEPS) --budget 00:01:30:00 \
-	  --ledger results/ablate_$(ABLATION)_$(STEPS)steps.jsonl $(ARGS)
+	  --ledger results/ablate_$(STEPS)steps.jsonl $(ARGS)
 
 clean: ## Remove caches and build debris (keeps .venv; `make clean VENV_TOO=1` removes it too)
 	rm -rf .pytest_cache .ruff_cache build *.egg-info outputs multirun

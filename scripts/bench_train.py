@@ -411,16 +411,18 @@ def train_and_evaluate(
     ledger: Ledger | None = None,
     collect: bool = False,
     store: Sequence[str] = (),
+    key_name: str | None = None,
 ) -> dict | None:
     """Train and evaluate one run, or reuse it (its row in ``ledger``, or ``run_dir`` when :func:`run_complete`);
     its table row. ``collect``: never train (None for a run that is in neither). ``store``: see
-    :meth:`Ledger.key`."""
+    :meth:`Ledger.key`. ``key_name``: the name in the ledger key (default ``name``); a row reused from the
+    ledger is renamed ``name``, so two tables' rows that are the same run share one."""
     ledger = ledger or Ledger(None)
-    key = Ledger.key(name, seed, overrides, a, store)
+    key = Ledger.key(key_name or name, seed, overrides, a, store)
     row = ledger.find(key)
     if row is not None:
         print(f"{tag}: in the ledger {ledger.path}; reusing its row", flush=True)
-        return row
+        return {**row, "experiment": name}
     timing = run_dir / "bench_timing.json"
     if run_complete(run_dir):
         t = json.loads(timing.read_text())

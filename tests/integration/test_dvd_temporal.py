@@ -216,7 +216,9 @@ def test_init_weights_maps_a_single_frame_head_onto_the_temporal_one_op_by_op(
             b = dict(dec.layers[nth(ops, op, j)].state_dict())
             assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a), (op, j)
     # the camera network too, and the temporal attention keeps its initialisation
-    for (n, p), (n2, p2) in zip(src.detector.camera_bev.named_parameters(), model.detector.camera_bev.named_parameters()):
+    for (n, p), (n2, p2) in zip(
+        src.detector.camera_bev.named_parameters(), model.detector.camera_bev.named_parameters()
+    ):
         assert n == n2 and torch.equal(p, p2), n
     temp = [i for i, o in enumerate(ops) if o == "temp_attn"]
     assert report.not_in_checkpoint and all(

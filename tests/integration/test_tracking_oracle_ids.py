@@ -77,6 +77,8 @@ def test_gt_with_oracle_ids_scores_perfect_tracks(synth_tiny, tmp_path):
     nusc = NuScenesDataset(synth_tiny, version="v1.0-mini").nusc
     tokens = [t for ts in split_samples(nusc, "mini_val").values() for t in ts]
     dets, _ = _gt_detections(nusc, tokens)
-    path = write_results(tmp_path / "t.json", {"meta": result_meta(False, True), "results": oracle_tracking_results(dets, nusc)})
+    path = write_results(
+        tmp_path / "t.json", {"meta": result_meta(False, True), "results": oracle_tracking_results(dets, nusc)}
+    )
     s = run_tracking_eval(nusc, path, "mini_val", tmp_path / "eval")
     assert s["amota"] >= 0.99 and s["ids"] == 0, (s["amota"], s["ids"])

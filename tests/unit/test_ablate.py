@@ -149,7 +149,8 @@ def test_a_ledger_carries_a_sweep_to_a_fresh_machine(sweep, monkeypatch, tmp_pat
     lines = ledger.read_text().splitlines()
     assert len(lines) == 3  # each finished run was appended as it finished, before the interruption
     entry = json.loads(lines[0])
-    assert entry["key"]["experiment"] == "base" and entry["key"]["seed"] == 1 and entry["key"]["steps"] == 600
+    assert entry["key"]["experiment"] == "dvd" and entry["key"]["seed"] == 1 and entry["key"]["steps"] == 600
+    assert entry["row"]["experiment"] == "base"  # the row keeps the ablation's name; the key says what ran
     assert not any("/" in o for o in entry["key"]["overrides"])  # no path of this machine in the key
     assert entry["key"]["store"] == ["features=synthetic_oracle"]  # but what made the store, in its place
     assert entry["row"]["NDS"] == SCORES["base", 1][0] and entry["recorded"]["date"]
@@ -180,6 +181,29 @@ def test_a_ledger_carries_a_sweep_to_a_fresh_machine(sweep, monkeypatch, tmp_pat
     third = FakeRuns()
     monkeypatch.setattr(bt, "run", third)
     assert go("--ledger", str(ledger)) == 0 and third.trained == ["base-s2"]
+
+
+def test_two_ablations_sharing_a_ledger_train_a_shared_run_once(sweep, monkeypatch, tmp_path):
+    """A row of another ablation with the same overrides and store under another name (Table X's w7 is Table VII's
+    dvd_oracle) is reused from the ledger, under its own name; a row that differs in one override is trained."""
+    go, out = sweep
+    ledger = tmp_path / "results" / "shared.jsonl"
+    monkeypatch.setattr(bt, "run", FakeRuns())
+    assert go("--ledger", str(ledger)) == 0
+    other = tmp_path / "other.yaml"
+    other.write_text(
+        "stores:\n  o: [features=synthetic_oracle]\nrows:\n"
+        "  - {name: w7, store: o, overrides: [experiment=dvd_dino]}\n"  # = 'new' of the first ablation
+        "  - {name: base, store: o, overrides: [experiment=dvd, model.loss.distill_weight=3.0]}\n"  # not 'base'
+    )
+    fake = FakeRuns()
+    monkeypatch.setattr(bt, "run", fake)
+    out2 = tmp_path / "out2"
+    args = [str(other), "--seeds", "1", "2", "--steps", "600", "--out", str(out2), "--ledger", str(ledger)]
+    assert ablate.main(args) == 0
+    assert fake.trained == ["base-s1", "base-s2"]  # w7 came from the ledger
+    runs = {(r["experiment"], r["seed"]): r for r in json.loads((out2 / "ablation.json").read_text())}
+    assert runs["w7", 1]["NDS"] == SCORES["new", 1][0] and runs["w7", 2]["NDS"] == SCORES["new", 2][0]
 
 
 def test_collect_trains_nothing_and_a_broken_ledger_line_is_named(sweep, monkeypatch, tmp_path):
