@@ -14,6 +14,13 @@ from bevlabels import geometry as g
 from bevlabels.grid import GridSpec
 
 
+def suptitle(fig, title: str) -> None:
+    """A figure title wrapped to the figure's width, so a long store name or feature description is not cut off."""
+    import textwrap
+
+    fig.suptitle(textwrap.fill(title, width=max(40, int(fig.get_figwidth() * 11))))
+
+
 def pca_rgb(feat: np.ndarray, mask: np.ndarray | None = None, k: int = 3) -> np.ndarray:
     """An RGB image ``(H, W, 3)`` in [0, 1] from the first three principal components of ``feat (C, H, W)``.
 
@@ -114,7 +121,7 @@ def label_sheet(
         ax.set_xlabel("ego x (m, forward)")
         ax.set_ylabel("ego y (m, left)")
     if title:
-        fig.suptitle(title)
+        suptitle(fig, title)
     return fig
 
 
@@ -272,7 +279,7 @@ def draw_lidar_px_on_images(
             ax.set_title(f"{names[n]}  ({int((cam == n).sum()):,} points)", fontsize=9)
     if sc is not None:
         fig.colorbar(sc, ax=axes, shrink=0.6, label="depth (m)")
-    fig.suptitle(title or f"lidar_px: {len(depth):,} projected LiDAR points, coloured by {color_by}")
+    suptitle(fig, title or f"lidar_px: {len(depth):,} projected LiDAR points, coloured by {color_by}")
     return fig
 
 
@@ -363,5 +370,5 @@ def similarity_figure(
         ax.set_xlabel("ego x (m, forward)")
         ax.set_ylabel("ego y (m, left)")
     if title:
-        fig.suptitle(title)
+        suptitle(fig, title)
     return fig
