@@ -164,10 +164,12 @@ bench-dvd: setup ## DualViewDistill rows (BENCH_DVD_EXPERIMENTS) x BENCH_DVD_SEE
 ABLATION ?= table7_oracle
 SEEDS    ?= 1 2
 STEPS    ?= 600
+JOBS     ?= 1#    runs at once; on 2 CPU cores JOBS=2 THREADS=1 trains 1.35x the steps per hour (results/ablate_cpu.md)
+THREADS  ?= 2#    torch threads per run
 .PHONY: ablate
 ablate: setup ## An ablation: ABLATION=table7_oracle|table7_dino|table10_weight|table8_accumulation SEEDS="1 2" STEPS=600
 	$(PY) scripts/ablate.py conf/ablation/$(ABLATION).yaml --seeds $(SEEDS) --steps $(STEPS) --budget 00:01:30:00 \
-	  --ledger results/ablate_$(STEPS)steps.jsonl $(ARGS)
+	  --jobs $(JOBS) --threads $(THREADS) --ledger results/ablate_$(STEPS)steps.jsonl $(ARGS)
 
 clean: ## Remove caches and build debris (keeps .venv; `make clean VENV_TOO=1` removes it too)
 	rm -rf .pytest_cache .ruff_cache build *.egg-info outputs multirun

@@ -117,6 +117,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preset", default="small", help="synthetic world preset (conf/preset)")
     p.add_argument("--grid", default="default", help="conf/grid of the stores and the models")
     p.add_argument("--out", type=Path, default=None, help="default outputs/ablate/<ablation file stem>")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="runs at once (each with --threads torch threads); on 2 CPU cores --jobs 2 --threads 1 trained 1.35x "
+        "the steps per hour of --jobs 1 --threads 2",
+    )
     p.add_argument("--print-commands", action="store_true", help="print the pending runs' commands, run nothing")
     bt.add_run_arguments(p)
     p.add_argument("extra", nargs="*", help="more Hydra overrides for every training run")
@@ -175,10 +182,12 @@ def main(argv: list[str] | None = None) -> int:
                     *spec["stores"][name],
                 ]
                 bt.run(cmd, out / f"labels-{name}.log")
-    for row, seed in runs_todo:
+
+    def one(run: tuple[dict, int]) -> dict | None:
+        row, seed = run
         tag = f"{row['name']}-s{seed}"
         run_dir = out / tag
-        got = bt.train_and_evaluate(
+        return bt.train_and_evaluate(
             row["name"],
             run_dir,
             overrides_of(row),
@@ -191,8 +200,15 @@ def main(argv: list[str] | None = None) -> int:
             store=spec["stores"][row["store"]],
             key_name=experiment_of(row["overrides"]),  # the run is its overrides and store, not its row's name
         )
-        if got is not None:
-            rows.append(got)
+
+    if a.jobs > 1 and not a.collect:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(a.jobs) as pool:  # each run is its own processes; threads only wait on them
+            got = list(pool.map(one, runs_todo))
+    else:
+        got = [one(run) for run in runs_todo]
+    rows += [r for r in got if r is not None]
     if not rows:
         print("no finished runs yet", flush=True)
         return 1

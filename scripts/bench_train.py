@@ -308,6 +308,7 @@ class Ledger:
     def __init__(self, path: Path | None):
         self.path = Path(path) if path else None
         self.entries: list[dict] = []
+        self._lock = threading.Lock()  # runs finishing at once in ``ablate.py --jobs N`` append one line each
         if self.path is not None and self.path.is_file():
             for i, line in enumerate(self.path.read_text().splitlines(), 1):
                 if not line.strip():
@@ -345,6 +346,10 @@ class Ledger:
         if self.path is None:
             return
         entry = {"key": key, "row": row, "recorded": recorded_where()}
+        with self._lock:
+            self._append(entry)
+
+    def _append(self, entry: dict) -> None:
         self.entries.append(entry)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a") as f:  # one line per run, appended as it finishes: nothing lost on a crash

@@ -126,6 +126,27 @@ def test_the_table_equals_a_hand_computation(sweep, monkeypatch):
     assert "2 of 2 runs" not in text and "4 of 4 runs finished" in text
 
 
+def test_parallel_jobs_give_the_same_table_and_ledger(sweep, monkeypatch, tmp_path):
+    """--jobs 2 runs two runs at once: every run once, the table in the file's order, one ledger line each."""
+    go, out = sweep
+    monkeypatch.setattr(bt, "run", FakeRuns())
+    assert go() == 0
+    serial = (out / "ablation.json").read_text()
+    import shutil
+
+    shutil.rmtree(out)
+    fake = FakeRuns()
+    monkeypatch.setattr(bt, "run", fake)
+    ledger = tmp_path / "jobs.jsonl"
+    assert go("--jobs", "2", "--ledger", str(ledger)) == 0
+    assert sorted(fake.trained) == ["base-s1", "base-s2", "new-s1", "new-s2"]
+    assert (out / "ablation.json").read_text() == serial
+    lines = [json.loads(ln) for ln in ledger.read_text().splitlines()]
+    assert sorted((e["row"]["experiment"], e["row"]["seed"]) for e in lines) == [
+        ("base", 1), ("base", 2), ("new", 1), ("new", 2)
+    ]  # fmt: skip
+
+
 def test_print_commands_lists_only_pending_runs(sweep, monkeypatch, capsys):
     go, out = sweep
     monkeypatch.setattr(bt, "run", FakeRuns(fail_on=1))
