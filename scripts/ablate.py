@@ -128,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     bt.add_run_arguments(p)
     p.add_argument("extra", nargs="*", help="more Hydra overrides for every training run")
     a = p.parse_args(argv)
+    if a.jobs < 1:
+        p.error(f"--jobs must be at least 1; got {a.jobs}")
 
     spec = load_ablation(a.ablation)
     ledger = bt.Ledger(a.ledger)  # before any long step: a broken ledger fails at once
@@ -150,8 +152,10 @@ def main(argv: list[str] | None = None) -> int:
     if a.print_commands:
         for row, seed in runs_todo:
             run_dir = out / f"{row['name']}-s{seed}"
-            key = bt.Ledger.key(row["name"], seed, overrides_of(row), a, spec["stores"][row["store"]])
-            done = ledger.find(key) is not None
+            key = bt.Ledger.key(
+                experiment_of(row["overrides"]), seed, overrides_of(row), a, spec["stores"][row["store"]]
+            )
+            done = ledger.find(key) is not None  # the same key as train_and_evaluate's (key_name below)
             if not done and not bt.run_complete(run_dir):
                 cmds = [bt.train_command(run_dir, overrides_of(row), seed, a), bt.evaluate_command(run_dir, a)]
                 print(" && ".join(shlex.join(c) for c in cmds))

@@ -346,13 +346,9 @@ class Ledger:
         if self.path is None:
             return
         entry = {"key": key, "row": row, "recorded": recorded_where()}
-        with self._lock:
-            self._append(entry)
-
-    def _append(self, entry: dict) -> None:
-        self.entries.append(entry)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a") as f:  # one line per run, appended as it finishes: nothing lost on a crash
+        with self._lock, open(self.path, "a") as f:  # one line per run, as it finishes: nothing lost on a crash
+            self.entries.append(entry)
             f.write(json.dumps(entry) + "\n")
 
 

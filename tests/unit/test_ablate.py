@@ -204,7 +204,7 @@ def test_a_ledger_carries_a_sweep_to_a_fresh_machine(sweep, monkeypatch, tmp_pat
     assert go("--ledger", str(ledger)) == 0 and third.trained == ["base-s2"]
 
 
-def test_two_ablations_sharing_a_ledger_train_a_shared_run_once(sweep, monkeypatch, tmp_path):
+def test_two_ablations_sharing_a_ledger_train_a_shared_run_once(sweep, monkeypatch, tmp_path, capsys):
     """A row of another ablation with the same overrides and store under another name (Table X's w7 is Table VII's
     dvd_oracle) is reused from the ledger, under its own name; a row that differs in one override is trained."""
     go, out = sweep
@@ -217,10 +217,14 @@ def test_two_ablations_sharing_a_ledger_train_a_shared_run_once(sweep, monkeypat
         "  - {name: w7, store: o, overrides: [experiment=dvd_dino]}\n"  # = 'new' of the first ablation
         "  - {name: base, store: o, overrides: [experiment=dvd, model.loss.distill_weight=3.0]}\n"  # not 'base'
     )
-    fake = FakeRuns()
-    monkeypatch.setattr(bt, "run", fake)
     out2 = tmp_path / "out2"
     args = [str(other), "--seeds", "1", "2", "--steps", "600", "--out", str(out2), "--ledger", str(ledger)]
+    capsys.readouterr()
+    assert ablate.main([*args, "--print-commands"]) == 0
+    pending = capsys.readouterr().out.strip().splitlines()
+    assert len(pending) == 2 and all("base-s" in ln and "w7-s" not in ln for ln in pending)  # the same key as a run
+    fake = FakeRuns()
+    monkeypatch.setattr(bt, "run", fake)
     assert ablate.main(args) == 0
     assert fake.trained == ["base-s1", "base-s2"]  # w7 came from the ledger
     runs = {(r["experiment"], r["seed"]): r for r in json.loads((out2 / "ablation.json").read_text())}
