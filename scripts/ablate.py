@@ -54,7 +54,7 @@ sys.path.insert(0, str(REPO))
 import bench_train as bt  # noqa: E402  (scripts/bench_train.py)
 
 #: the summary columns over seeds (those every run has), then per-class AP
-MAIN_KEYS = ("NDS", "mAP", "AMOTA", "IDS", "fg AbsRel", "fg SILog", "fg RMSE")
+MAIN_KEYS = ("NDS", "mAP", "AMOTA", "IDS", "fg AbsRel", "fg SILog", "fg RMSE", "distill cos obj", "distill cos bg")
 
 
 def load_ablation(path: Path) -> dict:

@@ -248,6 +248,8 @@ def row_of(name: str, run_dir: Path, wall: float, batch_size: int = 2, peak_rss:
         "fg SILog": extra.get("fg_depth/silog"),
         "fg AbsRel": extra.get("fg_depth/abs_rel"),
         "fg RMSE": extra.get("fg_depth/rmse"),
+        "distill cos obj": extra.get("distill_fit/cos_object"),  # trainer/metrics_distill.py
+        "distill cos bg": extra.get("distill_fit/cos_background"),
         "steps": steps,
         "epochs": int(meta.get("epoch", -1)) + 1,
         "train s": f"{wall:.1f}",

@@ -8,7 +8,10 @@ and decodes boxes back into the keyframe's un-augmented ego frame.
 Evaluation (``python -m trainer.evaluate``): while predicting, the module also gathers foreground
 depth metrics (:mod:`trainer.metrics_depth`) from the same forward pass, and :meth:`extra_eval`
 returns them (TiG-BEV's Table 6: SILog, AbsRel, SqRel, log10, RMSE on LiDAR pixels inside GT
-boxes). Validation logs two of them per epoch (``val/fg_abs_rel``, ``val/fg_rmse``).
+boxes). Validation logs two of them per epoch (``val/fg_abs_rel``, ``val/fg_rmse``). A model with a
+distillation projection, on data with the store's grids (``data.load_dino``), also gets the fit of its
+distilled BEV map on object and on background cells (:mod:`trainer.metrics_distill`,
+``distill_fit/cos_object``, ``/cos_background``).
 
 Shape letters: B batch, N cameras, h/w feature-map rows/columns, M boxes.
 """
@@ -24,6 +27,7 @@ import torch
 from trainer.data.common import augment_boxes
 from trainer.lit_base import DetectionModule
 from trainer.metrics_depth import DepthMetrics, pixel_pairs
+from trainer.metrics_distill import DistillFit
 from trainer.models.bevdepth import BEVDepth
 from trainer.models.components.center_head import NUSCENES_CLASSES
 from trainer.models.components.tig import TiGLoss
@@ -81,6 +85,7 @@ class BEVDepthModule(DetectionModule):
         # The TiG-BEV terms read the camera BEV network's outputs only, so every camera detector gets them here.
         self.tig = TiGLoss(student_channels=detector.camera_bev.out_channels, **tig)
         self.depth_metrics = DepthMetrics()  # foreground depth of the current predict / validation pass
+        self.distill_fit = DistillFit()  # the distilled map's fit by region, same pass
         self._depth_tokens: set[str] = set()
 
     @property
@@ -164,28 +169,34 @@ class BEVDepthModule(DetectionModule):
                 d["boxes"] = augment_boxes(d["boxes"], ego_from_aug)
         return dets
 
-    # -- depth metrics during validation and prediction ----------------------------------------------
-    def _update_depth_metrics(self, outputs: Mapping[str, Any], batch: Mapping[str, Any]) -> None:
-        if "fg_px" not in batch:
-            return
-        bins = self.detector.bins
-        pred, gt = pixel_pairs(
-            self.detector.expected_depth(outputs["depth_logits"]),
-            batch["fg_px"],
-            self.detector.downsample,
-            (bins.d_min, bins.d_max),
-        )
-        self.depth_metrics.update(pred, gt)
+    # -- depth and distillation metrics during validation and prediction -----------------------------
+    def _update_eval_metrics(self, outputs: Mapping[str, Any], batch: Mapping[str, Any]) -> None:
+        """Add a batch to the foreground depth metrics (with ``fg_px``) and the distillation fit (with ``dino_feat``)."""
+        if "fg_px" in batch:
+            bins = self.detector.bins
+            pred, gt = pixel_pairs(
+                self.detector.expected_depth(outputs["depth_logits"]),
+                batch["fg_px"],
+                self.detector.downsample,
+                (bins.d_min, bins.d_max),
+            )
+            self.depth_metrics.update(pred, gt)
+        proj = getattr(self.detector, "distill", None)
+        if proj is not None and "dino_feat" in batch:
+            self.distill_fit.update(
+                outputs["bev"], proj, batch["dino_feat"], batch["dino_count"], batch["gt_boxes"], self.detector.grid
+            )
         self._depth_tokens.update(batch["sample_token"])
 
     def on_validation_epoch_start(self) -> None:
         self.depth_metrics.reset()
+        self.distill_fit.reset()
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
         outputs = self(batch)
         losses = self.compute_loss(outputs, batch)
         self._log_losses("val", losses, self.batch_size_of(batch))
-        self._update_depth_metrics(outputs, batch)
+        self._update_eval_metrics(outputs, batch)
         return losses["loss"]
 
     def on_validation_epoch_end(self) -> None:
@@ -193,19 +204,26 @@ class BEVDepthModule(DetectionModule):
         if m["pixels"]:
             self.log("val/fg_abs_rel", m["abs_rel"], sync_dist=True)
             self.log("val/fg_rmse", m["rmse"], sync_dist=True)
+        fit = self.distill_fit.compute()
+        for region in ("object", "background"):
+            if fit[f"{region}_cells"]:
+                self.log(f"val/distill_cos_{region}", fit[f"cos_{region}"], sync_dist=True)
 
     def on_predict_epoch_start(self) -> None:
         self.depth_metrics.reset()
+        self.distill_fit.reset()
         self._depth_tokens = set()
 
     def on_predict_outputs(self, outputs: Mapping[str, Any], batch: Mapping[str, Any]) -> None:
-        """The foreground depth metrics, from the prediction pass's own forward (no second pass)."""
-        self._update_depth_metrics(outputs, batch)
+        """The foreground depth metrics and the distillation fit, from the prediction pass's own forward."""
+        self._update_eval_metrics(outputs, batch)
 
     # -- the evaluator's hook ------------------------------------------------------------------------
     @torch.no_grad()
     def extra_eval(self, predictions: Sequence[Mapping[str, Any]], datamodule) -> dict[str, float]:
-        """Foreground depth metrics (``fg_depth/silog``, ``/abs_rel``, ``/sq_rel``, ``/log10``, ``/rmse``, ``/pixels``).
+        """Foreground depth metrics (``fg_depth/silog``, ``/abs_rel``, ``/sq_rel``, ``/log10``, ``/rmse``, ``/pixels``)
+        and, for a model with a distillation projection on data with the store's grids, the fit of the
+        distilled map (``distill_fit/cos_object``, ``/cos_background``, ``/object_cells``, ``/background_cells``).
 
         Taken from the prediction pass that made ``predictions``; if that pass did not gather them
         (predictions made elsewhere), the keyframes are run again here.
@@ -213,7 +231,11 @@ class BEVDepthModule(DetectionModule):
         tokens = {str(p["sample_token"]) for p in predictions}
         if not tokens <= self._depth_tokens:
             self._depth_pass(tokens, datamodule)
-        return {f"fg_depth/{k}": v for k, v in self.depth_metrics.compute().items()}
+        out = {f"fg_depth/{k}": v for k, v in self.depth_metrics.compute().items()}
+        fit = self.distill_fit.compute()
+        if fit["object_cells"] or fit["background_cells"]:
+            out.update({f"distill_fit/{k}": v for k, v in fit.items()})
+        return out
 
     def _depth_pass(self, tokens: set[str], datamodule) -> None:
         """Forward the keyframes ``tokens`` (of the data module's val or train split) to gather the depth metrics."""
@@ -232,10 +254,11 @@ class BEVDepthModule(DetectionModule):
             collate_fn=datamodule.collate_fn,
         )
         self.depth_metrics.reset()
+        self.distill_fit.reset()
         self._depth_tokens = set()
         was_training = self.training
         self.eval()
         for batch in loader:
             batch = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-            self._update_depth_metrics(self(batch), batch)
+            self._update_eval_metrics(self(batch), batch)
         self.train(was_training)

@@ -9,6 +9,7 @@ its tiny camera network ``TINY_CAMERA_MODEL``), the head shrunk too; the label s
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -149,6 +150,36 @@ def test_checkpoint_alone_rebuilds_and_evaluates_the_model(short_run, tmp_path):
     assert extra["fg_depth/pixels"] > 1000
     for k in ("silog", "abs_rel", "sq_rel", "log10", "rmse"):
         assert extra[f"fg_depth/{k}"] >= 0.0
+    # dvd_dino distils: the fit of its BEV map, by region, from the same prediction pass
+    assert extra["distill_fit/object_cells"] > 0 and extra["distill_fit/background_cells"] > 0
+    for k in ("cos_object", "cos_background"):
+        assert -1.0 <= extra[f"distill_fit/{k}"] <= 1.0
+
+
+def test_distill_fit_script_scores_a_run_and_reuses_its_numbers(short_run, tmp_path, monkeypatch):
+    """scripts/distill_fit.py on the dvd_dino run: the fit by region, kept in eval/distill_fit.json and reused."""
+    import shutil
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+    import distill_fit  # scripts/distill_fit.py
+
+    ckpt, _ = short_run
+    run = tmp_path / "dvd_dino-s3"
+    (run / "checkpoints").mkdir(parents=True)
+    shutil.copy(ckpt, run / "checkpoints" / "last.ckpt")
+    out = tmp_path / "fit.md"
+    assert distill_fit.main([str(run), "--out", str(out)]) == 0
+    fit = json.loads((run / "eval" / "distill_fit.json").read_text())
+    assert fit["object cells"] > 0 and fit["background cells"] > 0 and fit["global_step"] == 2
+    assert -1.0 <= fit["cos obj"] <= 1.0 and -1.0 <= fit["cos bg"] <= 1.0
+    assert "| dvd_dino | 3 |" in out.read_text()
+
+    def no_second_pass(*args, **kwargs):
+        raise AssertionError("a cached run was predicted again")
+
+    monkeypatch.setattr("trainer.evaluate.predict", no_second_pass)
+    assert distill_fit.fit_of(run) == fit
 
 
 #: experiment=dvd_proposals with the tiny model: its dense head shrunk like conftest's CenterHead, 8 of 32 queries

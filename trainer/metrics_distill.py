@@ -1,0 +1,116 @@
+"""How well a camera model's distilled BEV map matches its target, on object cells and on the rest.
+
+The distillation loss (:func:`~trainer.models.losses.distill_cell_loss`) is one mean over every
+occupied cell (``count > 0``) of the store's grid. On a driving scene most of those cells are road,
+buildings and vegetation, so a low loss says little about the few cells the detector needs: the
+objects. :class:`DistillFit` splits the same cosine similarity in two:
+
+- **object** cells: occupied cells whose centre lies inside a GT box's BEV footprint, the box
+  enlarged by ``margin`` metres on every side (default half a cell, so a pedestrian narrower than a
+  cell still owns the cell its centre falls in);
+- **background** cells: every other occupied cell.
+
+and reports the mean cosine similarity ``cos(proj(bev), target)`` of each (1 = a perfect match of
+direction, 0 = unrelated), pooled over the evaluated keyframes (every cell weighs the same). The
+cosine is the one the loss uses (loss = 1 - mean cosine over all occupied cells), so
+``1 - (n_obj * cos_object + n_bg * cos_background) / (n_obj + n_bg)`` equals the mean loss.
+
+Shape letters: B batch, C / C_t channels of the BEV map / the target, H/W grid rows/columns, M boxes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bevlabels.geometry import points_in_boxes
+from bevlabels.grid import GridSpec
+
+
+def object_cells(grid: GridSpec, boxes: torch.Tensor, margin: float | None = None) -> torch.Tensor:
+    """``(H, W)`` bool: the cell's centre lies in the BEV footprint of one of ``boxes (M, >=7)`` (any height).
+
+    ``margin``: metres added on every side of each box (``None``: half the larger cell side).
+    """
+    if margin is None:
+        margin = 0.5 * max(float(grid.xbound[2]), float(grid.ybound[2]))
+    centres = torch.as_tensor(grid.cell_centres(), dtype=torch.float64, device=boxes.device)  # (H, W, 2)
+    H, W = centres.shape[:2]
+    if boxes.shape[0] == 0:
+        return torch.zeros(H, W, dtype=torch.bool, device=boxes.device)
+    flat = torch.cat([centres.reshape(-1, 2), torch.zeros(H * W, 1, dtype=torch.float64, device=boxes.device)], 1)
+    footprint = boxes[:, :7].double().clone()
+    footprint[:, 2] = 0.0  # the test drops height: the box's centre at z = 0, its height unbounded
+    footprint[:, 5] = math.inf
+    return points_in_boxes(flat, footprint, margin=margin).any(1).reshape(H, W)
+
+
+@torch.no_grad()
+def cosine_by_region(
+    bev: torch.Tensor, proj: nn.Conv2d, target: torch.Tensor, count: torch.Tensor, objects: torch.Tensor
+) -> dict[str, float]:
+    """Sums of the cosine similarity of ``proj(bev)`` to ``target`` over occupied cells, split by ``objects``.
+
+    ``bev (B, C, H, W)``, ``target (B, C_t, H, W)``, ``count (B, H, W)`` (occupied: > 0), ``objects (B, H, W)``
+    bool. Returns ``{"object_sum", "object_cells", "background_sum", "background_cells"}``.
+    """
+    assert bev.shape[0] == target.shape[0] and bev.shape[2:] == target.shape[2:], (
+        f"bev {tuple(bev.shape)} and the target {tuple(target.shape)} differ in batch or grid"
+    )
+    assert count.shape == objects.shape == (bev.shape[0], *bev.shape[2:]), (
+        f"count {tuple(count.shape)} and objects {tuple(objects.shape)} must be (B, H, W) of bev {tuple(bev.shape)}"
+    )
+    occupied = count > 0
+    cells = bev.permute(0, 2, 3, 1)[occupied]  # (n, C)
+    pred = F.linear(cells, proj.weight.flatten(1), proj.bias)  # the 1x1 projection, on occupied cells only
+    cos = F.cosine_similarity(pred.float(), target.permute(0, 2, 3, 1)[occupied].float(), dim=1, eps=1e-6)
+    is_obj = objects[occupied]
+    return {
+        "object_sum": float(cos[is_obj].double().sum()),
+        "object_cells": int(is_obj.sum()),
+        "background_sum": float(cos[~is_obj].double().sum()),
+        "background_cells": int((~is_obj).sum()),
+    }
+
+
+class DistillFit:
+    """Running sums of :func:`cosine_by_region` over batches; :meth:`compute` gives the means.
+
+    Keys of :meth:`compute`: ``cos_object``, ``cos_background`` (NaN where no such cell was seen),
+    ``object_cells``, ``background_cells``.
+    """
+
+    def __init__(self, margin: float | None = None):
+        self.margin = margin
+        self.reset()
+
+    def reset(self) -> None:
+        self.sums = {"object_sum": 0.0, "object_cells": 0, "background_sum": 0.0, "background_cells": 0}
+
+    def update(
+        self,
+        bev: torch.Tensor,
+        proj: nn.Conv2d,
+        target: torch.Tensor,
+        count: torch.Tensor,
+        gt_boxes: Sequence[torch.Tensor],
+        grid: GridSpec,
+    ) -> None:
+        """Add a batch: ``gt_boxes`` B ``(M_b, >=7)`` in the frame of ``bev``'s grid ``grid``."""
+        assert len(gt_boxes) == bev.shape[0], f"{len(gt_boxes)} box sets for a batch of {bev.shape[0]}"
+        objects = torch.stack([object_cells(grid, b, self.margin) for b in gt_boxes]).to(count.device)
+        for k, v in cosine_by_region(bev, proj, target, count, objects).items():
+            self.sums[k] += v
+
+    def compute(self) -> dict[str, float]:
+        s = self.sums
+        return {
+            "cos_object": s["object_sum"] / s["object_cells"] if s["object_cells"] else float("nan"),
+            "cos_background": s["background_sum"] / s["background_cells"] if s["background_cells"] else float("nan"),
+            "object_cells": s["object_cells"],
+            "background_cells": s["background_cells"],
+        }
