@@ -11,7 +11,13 @@ objects. :class:`DistillFit` splits the same cosine similarity in two:
 - **background** cells: every other occupied cell.
 
 and reports the mean cosine similarity ``cos(proj(bev), target)`` of each (1 = a perfect match of
-direction, 0 = unrelated), pooled over the evaluated keyframes (every cell weighs the same). The
+direction, 0 = unrelated), pooled over the evaluated keyframes (every cell weighs the same).
+
+Beside each, the score of the best *constant* predictor of that region (``cos_object_constant``,
+``cos_background_constant``): the one direction that, put in every cell of the region, has the
+highest mean cosine to the targets. That direction is the mean of the unit target vectors, and its
+score is that mean's length, ``|sum_i t_i / |t_i|| / n`` (Cauchy-Schwarz). A map that only knows
+"object here" (or "road here") scores about this; a map above it carries which object is where. The
 cosine is the one the loss uses (loss = 1 - mean cosine over all occupied cells), so
 ``1 - (n_obj * cos_object + n_bg * cos_background) / (n_obj + n_bg)`` equals the mean loss.
 
@@ -68,20 +74,24 @@ def cosine_by_region(
     cells = bev.permute(0, 2, 3, 1)[occupied]  # (n, C)
     pred = F.linear(cells, proj.weight.flatten(1), proj.bias)  # the 1x1 projection, on occupied cells only
     cos = F.cosine_similarity(pred.float(), target.permute(0, 2, 3, 1)[occupied].float(), dim=1, eps=1e-6)
+    tgt = target.permute(0, 2, 3, 1)[occupied].double()
+    unit = tgt / tgt.norm(dim=1, keepdim=True).clamp(min=1e-6)
     is_obj = objects[occupied]
     return {
         "object_sum": float(cos[is_obj].double().sum()),
         "object_cells": int(is_obj.sum()),
+        "object_unit_sum": unit[is_obj].sum(0).cpu(),
         "background_sum": float(cos[~is_obj].double().sum()),
         "background_cells": int((~is_obj).sum()),
+        "background_unit_sum": unit[~is_obj].sum(0).cpu(),
     }
 
 
 class DistillFit:
     """Running sums of :func:`cosine_by_region` over batches; :meth:`compute` gives the means.
 
-    Keys of :meth:`compute`: ``cos_object``, ``cos_background`` (NaN where no such cell was seen),
-    ``object_cells``, ``background_cells``.
+    Keys of :meth:`compute`: ``cos_object``, ``cos_background``, ``cos_object_constant``,
+    ``cos_background_constant`` (NaN where no such cell was seen), ``object_cells``, ``background_cells``.
     """
 
     def __init__(self, margin: float | None = None):
@@ -90,6 +100,7 @@ class DistillFit:
 
     def reset(self) -> None:
         self.sums = {"object_sum": 0.0, "object_cells": 0, "background_sum": 0.0, "background_cells": 0}
+        self.sums.update(object_unit_sum=0.0, background_unit_sum=0.0)  # become (C_t,) tensors
 
     def update(
         self,
@@ -107,10 +118,12 @@ class DistillFit:
             self.sums[k] += v
 
     def compute(self) -> dict[str, float]:
-        s = self.sums
-        return {
-            "cos_object": s["object_sum"] / s["object_cells"] if s["object_cells"] else float("nan"),
-            "cos_background": s["background_sum"] / s["background_cells"] if s["background_cells"] else float("nan"),
-            "object_cells": s["object_cells"],
-            "background_cells": s["background_cells"],
-        }
+        out = {}
+        for region in ("object", "background"):
+            n = self.sums[f"{region}_cells"]
+            out[f"cos_{region}"] = self.sums[f"{region}_sum"] / n if n else float("nan")
+            unit = self.sums[f"{region}_unit_sum"]
+            out[f"cos_{region}_constant"] = float(torch.as_tensor(unit).norm()) / n if n else float("nan")
+        out["object_cells"] = self.sums["object_cells"]
+        out["background_cells"] = self.sums["background_cells"]
+        return out

@@ -77,6 +77,11 @@ def test_cosine_by_region_equals_a_cell_loop_and_recombines_to_the_loss():
         assert got[f"{region}_cells"] == sums[region][1] > 0
         assert got[f"{region}_sum"] == pytest.approx(sums[region][0], abs=1e-5)
 
+    for region, mask in (("object", objects), ("background", ~objects)):
+        cells = target.permute(0, 2, 3, 1)[(count > 0) & mask].double()
+        unit = torch.stack([c / c.norm() for c in cells]).sum(0)
+        torch.testing.assert_close(got[f"{region}_unit_sum"], unit)
+
     n = got["object_cells"] + got["background_cells"]
     loss = float(distill_cell_loss(bev, proj, target, count))
     assert 1.0 - (got["object_sum"] + got["background_sum"]) / n == pytest.approx(loss, abs=1e-5)
@@ -101,3 +106,26 @@ def test_distill_fit_pools_batches_and_reports_nan_without_cells():
     assert m["object_cells"] == 24 and m["background_cells"] == 24 + 48
     assert m["cos_object"] == pytest.approx(1.0)  # right half matches
     assert m["cos_background"] == pytest.approx((24 * 0.0 + 24 * 1.0) / 72)  # left half orthogonal, second frame half
+    # the best constant direction: all object targets agree (1); background targets are 48 x [0, 1] and 24 x [1, 0]
+    assert m["cos_object_constant"] == pytest.approx(1.0)
+    assert m["cos_background_constant"] == pytest.approx(math.hypot(24, 48) / 72)
+
+
+def test_the_constant_score_is_the_best_a_constant_predictor_gets():
+    """cos_*_constant = max over directions c of mean_i cos(c, t_i), attained by the mean unit target."""
+    g = torch.Generator().manual_seed(1)
+    target = torch.randn(1, 4, 6, 8, generator=g) + torch.tensor([2.0, 0.0, 0.0, 0.0])[:, None, None]
+    count = torch.ones(1, 6, 8)
+    proj = nn.Conv2d(4, 4, 1)
+    fit = DistillFit()
+    fit.update(torch.randn(1, 4, 6, 8, generator=g), proj, target, count, [torch.zeros(0, 9)], GRID)
+    best = fit.compute()["cos_background_constant"]
+    t = target[0].flatten(1).T  # (48, 4)
+
+    def score(c):
+        return float(torch.nn.functional.cosine_similarity(c[None].expand_as(t), t, dim=1).mean())
+
+    mean_unit = (t / t.norm(dim=1, keepdim=True)).mean(0)
+    assert score(mean_unit) == pytest.approx(best, abs=1e-6)
+    for c in torch.randn(200, 4, generator=g):
+        assert score(c) <= best + 1e-9
