@@ -26,14 +26,14 @@ Shape letters: B batch, C / C_t channels of the BEV map / the target, H/W grid r
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bevlabels.geometry import points_in_boxes
+from bevlabels.geometry import points_box_index
 from bevlabels.grid import GridSpec
 
 
@@ -44,15 +44,16 @@ def object_cells(grid: GridSpec, boxes: torch.Tensor, margin: float | None = Non
     """
     if margin is None:
         margin = 0.5 * max(float(grid.xbound[2]), float(grid.ybound[2]))
-    centres = torch.as_tensor(grid.cell_centres(), dtype=torch.float64, device=boxes.device)  # (H, W, 2)
+    centres = grid.cell_centres()  # (H, W, 2)
     H, W = centres.shape[:2]
     if boxes.shape[0] == 0:
         return torch.zeros(H, W, dtype=torch.bool, device=boxes.device)
-    flat = torch.cat([centres.reshape(-1, 2), torch.zeros(H * W, 1, dtype=torch.float64, device=boxes.device)], 1)
-    footprint = boxes[:, :7].double().clone()
+    flat = np.concatenate([centres.reshape(-1, 2), np.zeros((H * W, 1))], 1)
+    footprint = boxes[:, :7].detach().double().cpu().numpy().copy()
     footprint[:, 2] = 0.0  # the test drops height: the box's centre at z = 0, its height unbounded
-    footprint[:, 5] = math.inf
-    return points_in_boxes(flat, footprint, margin=margin).any(1).reshape(H, W)
+    footprint[:, 5] = np.inf
+    inside = points_box_index(flat, footprint, margin=margin) >= 0  # numpy: sweep and prune, not H*W x M
+    return torch.from_numpy(inside.reshape(H, W)).to(boxes.device)
 
 
 @torch.no_grad()
