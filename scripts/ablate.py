@@ -94,9 +94,14 @@ def fmt_summary(rows: list[dict], keys: list[str]) -> str:
     return bt.markdown(bt.summarise(rows, tuple(keys))) if keys else ""
 
 
+def summary_keys(runs: list[dict]) -> list[str]:
+    """The :data:`MAIN_KEYS` every run has (the distillation fit only where every row distils, say)."""
+    return [k for k in MAIN_KEYS if runs and all(r.get(k) is not None for r in runs)]
+
+
 def write_table(out: Path, runs: list[dict], seeds: list[int], head: str) -> str:
     """``ablation.md`` / ``.json`` from the finished runs' rows; returns the text."""
-    present = [k for k in MAIN_KEYS if runs and all(r.get(k) is not None for r in runs)]
+    present = summary_keys(runs)
     per_class = [k for k in runs[0] if k.startswith("AP ")] if runs else []
     per_class = [k for k in per_class if all(r.get(k) is not None for r in runs)]
     text = f"{head}\n\n## Runs\n\n{bt.markdown(runs)}\n"

@@ -106,7 +106,7 @@ def test_the_table_equals_a_hand_computation(sweep, monkeypatch):
     assert go() == 0
     runs = json.loads((out / "ablation.json").read_text())
     assert [(r["experiment"], r["seed"]) for r in runs] == [("base", 1), ("base", 2), ("new", 1), ("new", 2)]
-    summary = {r["experiment"]: r for r in bt.summarise(runs, tuple(k for k in ablate.MAIN_KEYS))}
+    summary = {r["experiment"]: r for r in bt.summarise(runs, tuple(ablate.summary_keys(runs)))}
     # by hand: base NDS (0.30, 0.34) -> 0.32 +- 0.02; new (0.40, 0.44) -> 0.42 +- 0.02: +0.10, beyond both spreads
     assert summary["base"]["NDS"] == "0.3200 +- 0.0200" and summary["new"]["NDS"] == "0.4200 +- 0.0200"
     assert summary["new"]["NDS vs base"] == "+0.1000 (beyond spread)"
@@ -118,6 +118,7 @@ def test_the_table_equals_a_hand_computation(sweep, monkeypatch):
     )
     # IDS base (40, 60) -> 50 +- 10, new (30, 34) -> 32 +- 2: -18, beyond
     assert summary["new"]["IDS"] == "32.0000 +- 2.0000" and summary["new"]["IDS vs base"] == "-18.0000 (beyond spread)"
+    assert "distill cos obj" not in summary["new"]  # the fake runs have no distillation fit: not summarised
     # foreground AbsRel base (0.30, 0.26) -> 0.28 +- 0.02, new (0.20, 0.22) -> 0.21 +- 0.01: -0.07, beyond
     assert summary["new"]["fg AbsRel vs base"] == "-0.0700 (beyond spread)"
     text = (out / "ablation.md").read_text()
