@@ -10,6 +10,8 @@ occupied cells (``cos bg``); beside each, the best a constant direction scores t
 one CPU thread for the CPU model on ``mini_val``.
 
 Each run's numbers are kept in ``<run>/eval/distill_fit.json`` and reused (``--force`` recomputes).
+A run whose evaluation (``python -m trainer.evaluate``, which gathers the same fit in its prediction
+pass) already wrote them to ``eval/extra_metrics.json`` is read from there.
 Runs named ``<row>-s<seed>`` are grouped by row: mean +- spread (half the range) over seeds, as the
 ablation tables. A model without a distillation projection, or a store without DINOv2 grids, is
 reported as such, not scored.
@@ -46,6 +48,9 @@ def fit_of(run_dir: Path, split: str = "val", force: bool = False) -> dict:
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     if not ckpt.is_file():
         raise FileNotFoundError(f"{run_dir}: no checkpoints/last.ckpt (train the run first)")
+    evaluated = from_evaluation(run_dir, ckpt) if split == "val" and not force else None
+    if evaluated is not None:
+        return evaluated
     from trainer.evaluate import build_datamodule, predict
     from trainer.lit_base import load_checkpoint
 
@@ -76,6 +81,28 @@ def fit_of(run_dir: Path, split: str = "val", force: bool = False) -> dict:
     }
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps(out, indent=2))
+    return out
+
+
+def from_evaluation(run_dir: Path, ckpt: Path) -> dict | None:
+    """The fit ``python -m trainer.evaluate`` already wrote (``eval/extra_metrics.json``, val split), if it did.
+
+    Used only when the evaluation is newer than the checkpoint (it scored this checkpoint).
+    """
+    extra_path = run_dir / "eval" / "extra_metrics.json"
+    if not extra_path.is_file() or extra_path.stat().st_mtime < ckpt.stat().st_mtime:
+        return None
+    extra = json.loads(extra_path.read_text())
+    names = {"cos obj": "cos_object", "const obj": "cos_object_constant", "cos bg": "cos_background"}
+    names.update({"const bg": "cos_background_constant", "object cells": "object_cells"})
+    names["background cells"] = "background_cells"
+    if not all(f"distill_fit/{v}" in extra for v in names.values()):
+        return None
+    import torch
+
+    meta = torch.load(ckpt, map_location="cpu", weights_only=False)
+    out = {"split": "val", **{k: extra[f"distill_fit/{v}"] for k, v in names.items()}}
+    out.update(global_step=int(meta.get("global_step", -1)), source=str(extra_path))
     return out
 
 

@@ -181,6 +181,15 @@ def test_distill_fit_script_scores_a_run_and_reuses_its_numbers(short_run, tmp_p
     monkeypatch.setattr("trainer.evaluate.predict", no_second_pass)
     assert distill_fit.fit_of(run) == fit
 
+    # an evaluation's extra_metrics.json (written after the checkpoint) is read, not predicted again
+    (run / "eval" / "distill_fit.json").unlink()
+    extra = {"distill_fit/cos_object": 0.25, "distill_fit/cos_object_constant": 0.5, "distill_fit/cos_background": 0.75}
+    extra.update({"distill_fit/cos_background_constant": 0.125, "distill_fit/object_cells": 7})
+    extra["distill_fit/background_cells"] = 9
+    (run / "eval" / "extra_metrics.json").write_text(json.dumps(extra))
+    got = distill_fit.fit_of(run)
+    assert (got["cos obj"], got["const bg"], got["background cells"], got["global_step"]) == (0.25, 0.125, 9, 2)
+
 
 #: experiment=dvd_proposals with the tiny model: its dense head shrunk like conftest's CenterHead, 8 of 32 queries
 TINY_PROPOSALS = [
