@@ -378,6 +378,24 @@ def run_complete(run_dir: Path) -> bool:
     return (run_dir / "eval" / "metrics_summary.json").is_file() and (run_dir / "bench_timing.json").is_file()
 
 
+def check_run_folder(run_dir: Path, seed: int, steps: int | None) -> None:
+    """Refuse a run folder that holds another run: its composed config (``.hydra/config.yaml``) has another
+    ``seed`` or ``trainer.max_steps``. (A single-seed sweep names its folders without the seed, so a second
+    seed into the same ``--out`` would otherwise reuse the first seed's evaluation under the new seed.)"""
+    cfg_path = run_dir / ".hydra" / "config.yaml"
+    if not cfg_path.is_file():
+        return
+    import yaml
+
+    cfg = yaml.safe_load(cfg_path.read_text()) or {}
+    held = {"seed": cfg.get("seed"), "steps": (cfg.get("trainer") or {}).get("max_steps")}
+    wanted = {"seed": seed, "steps": steps}
+    differ = [k for k in wanted if wanted[k] is not None and held[k] is not None and int(held[k]) != int(wanted[k])]
+    if differ:
+        say = ", ".join(f"{k} {held[k]} (this run: {wanted[k]})" for k in differ)
+        raise ValueError(f"{run_dir} holds another run: {say}; pass another --out, or delete the folder")
+
+
 def train_command(run_dir: Path, overrides: list[str], seed: int, a) -> list[str]:
     """``trainer.train`` of one run: ``overrides`` (experiment, data, model) then the budget, steps and device of ``a``."""
     cmd = [sys.executable, "-m", "trainer.train", *overrides]
@@ -426,6 +444,7 @@ def train_and_evaluate(
     if row is not None:
         print(f"{tag}: in the ledger {ledger.path}; reusing its row", flush=True)
         return {**row, "experiment": name}
+    check_run_folder(run_dir, seed, a.steps)
     timing = run_dir / "bench_timing.json"
     if run_complete(run_dir):
         t = json.loads(timing.read_text())

@@ -35,3 +35,28 @@ def test_experiments_keep_their_first_seen_order(order):
     both = [rows("x", [0.1, 0.2], [0.1, 0.2]), rows("y", [0.3, 0.3], [0.3, 0.3])]
     table = summarise(both[order] + both[1 - order])
     assert [r["experiment"] for r in table] == (["x", "y"] if order == 0 else ["y", "x"])
+
+
+def test_a_run_folder_of_another_seed_is_refused_not_reused(tmp_path):
+    """A single-seed sweep names its folder without the seed: a second seed into the same --out once reused
+    the first seed's evaluation and recorded it under the second seed. Now it is refused, naming both."""
+    import argparse
+    import json
+
+    import bench_train as bt
+
+    run = tmp_path / "dvd"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text("seed: 12345\ntrainer:\n  max_steps: 3000\n")
+    (run / "eval").mkdir()
+    (run / "eval" / "metrics_summary.json").write_text("{}")
+    (run / "bench_timing.json").write_text(json.dumps({"train_s": 1.0}))
+    p = argparse.ArgumentParser()
+    bt.add_run_arguments(p)
+    ledger = bt.Ledger(tmp_path / "ledger.jsonl")
+    for seed, steps, what in ((2, 3000, "seed 12345 (this run: 2)"), (12345, 600, "steps 3000 (this run: 600)")):
+        a = p.parse_args(["--steps", str(steps), "--ledger", str(ledger.path)])
+        with pytest.raises(ValueError, match=rf"{run}.*{what.replace('(', '.').replace(')', '.')}"):
+            bt.train_and_evaluate("dvd", run, ["experiment=dvd"], seed, a, tmp_path, "dvd", ledger=ledger)
+    assert not ledger.path.exists() or not ledger.path.read_text().strip()  # nothing recorded
+    bt.check_run_folder(run, 12345, 3000)  # the run it holds passes
