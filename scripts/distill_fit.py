@@ -36,6 +36,9 @@ sys.path.insert(0, str(REPO))
 import bench_train as bt  # noqa: E402  (scripts/bench_train.py: the table helpers)
 
 KEYS = ("cos obj", "const obj", "cos bg", "const bg", "object cells", "background cells")
+#: their names in ``extra_eval`` (``distill_fit/<name>``), in the same order
+EXTRA_KEYS = ("cos_object", "cos_object_constant", "cos_background", "cos_background_constant")
+EXTRA_KEYS += ("object_cells", "background_cells")
 
 
 def fit_of(run_dir: Path, split: str = "val", force: bool = False) -> dict:
@@ -58,30 +61,31 @@ def fit_of(run_dir: Path, split: str = "val", force: bool = False) -> dict:
     loaded = load_checkpoint(ckpt)
     model = loaded.model
     if getattr(getattr(model, "detector", None), "distill", None) is None:
-        return {"split": split, "note": "no distillation projection (model.detector.distill_channels is null)"}
+        return remember(
+            cache, {"split": split, "note": "no distillation projection (model.detector.distill_channels is null)"}
+        )
     dm = build_datamodule(loaded.config, num_workers=0, load_dino=True)
     dm.prepare_data()
     dm.setup("predict")
     predictions = predict(model, dm, split)
     extra = model.extra_eval(predictions, dm)
     if "distill_fit/object_cells" not in extra:
-        return {"split": split, "note": f"{dm.label_store}: no dino grids were read"}
+        return remember(cache, {"split": split, "note": f"{dm.label_store}: no dino grids were read"})
     out = {
         "split": split,
-        "cos obj": extra["distill_fit/cos_object"],
-        "const obj": extra["distill_fit/cos_object_constant"],
-        "cos bg": extra["distill_fit/cos_background"],
-        "const bg": extra["distill_fit/cos_background_constant"],
-        "object cells": extra["distill_fit/object_cells"],
-        "background cells": extra["distill_fit/background_cells"],
+        **{k: extra[f"distill_fit/{e}"] for k, e in zip(KEYS, EXTRA_KEYS)},
         "keyframes": len(predictions),
         "global_step": loaded.global_step,
         "label_store": str(dm.label_store),
         "seconds": round(time.perf_counter() - t0, 1),
     }
+    return remember(cache, out)
+
+
+def remember(cache: Path, fit: dict) -> dict:
     cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps(out, indent=2))
-    return out
+    cache.write_text(json.dumps(fit, indent=2))
+    return fit
 
 
 def from_evaluation(run_dir: Path, ckpt: Path) -> dict | None:
@@ -93,9 +97,7 @@ def from_evaluation(run_dir: Path, ckpt: Path) -> dict | None:
     if not extra_path.is_file() or extra_path.stat().st_mtime < ckpt.stat().st_mtime:
         return None
     extra = json.loads(extra_path.read_text())
-    names = {"cos obj": "cos_object", "const obj": "cos_object_constant", "cos bg": "cos_background"}
-    names.update({"const bg": "cos_background_constant", "object cells": "object_cells"})
-    names["background cells"] = "background_cells"
+    names = dict(zip(KEYS, EXTRA_KEYS))
     if not all(f"distill_fit/{v}" in extra for v in names.values()):
         return None
     import torch

@@ -30,11 +30,11 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from bevlabels.geometry import points_box_index
 from bevlabels.grid import GridSpec
+from trainer.models.losses import distill_cell_cosine
 
 
 def object_cells(grid: GridSpec, boxes: torch.Tensor, margin: float | None = None) -> torch.Tensor:
@@ -63,18 +63,13 @@ def cosine_by_region(
     """Sums of the cosine similarity of ``proj(bev)`` to ``target`` over occupied cells, split by ``objects``.
 
     ``bev (B, C, H, W)``, ``target (B, C_t, H, W)``, ``count (B, H, W)`` (occupied: > 0), ``objects (B, H, W)``
-    bool. Returns ``{"object_sum", "object_cells", "background_sum", "background_cells"}``.
+    bool. Returns ``{"object_sum", "object_cells", "background_sum", "background_cells"}`` and each region's
+    sum of unit target vectors, ``object_unit_sum`` and ``background_unit_sum`` (``(C_t,)`` float64).
     """
-    assert bev.shape[0] == target.shape[0] and bev.shape[2:] == target.shape[2:], (
-        f"bev {tuple(bev.shape)} and the target {tuple(target.shape)} differ in batch or grid"
+    assert objects.shape == count.shape, (
+        f"objects {tuple(objects.shape)} must be (B, H, W) as count {tuple(count.shape)}"
     )
-    assert count.shape == objects.shape == (bev.shape[0], *bev.shape[2:]), (
-        f"count {tuple(count.shape)} and objects {tuple(objects.shape)} must be (B, H, W) of bev {tuple(bev.shape)}"
-    )
-    occupied = count > 0
-    cells = bev.permute(0, 2, 3, 1)[occupied]  # (n, C)
-    pred = F.linear(cells, proj.weight.flatten(1), proj.bias)  # the 1x1 projection, on occupied cells only
-    cos = F.cosine_similarity(pred.float(), target.permute(0, 2, 3, 1)[occupied].float(), dim=1, eps=1e-6)
+    cos, occupied = distill_cell_cosine(bev, proj, target, count)  # the loss's own cosine, cell by cell
     tgt = target.permute(0, 2, 3, 1)[occupied].double()
     unit = tgt / tgt.norm(dim=1, keepdim=True).clamp(min=1e-6)
     is_obj = objects[occupied]

@@ -120,24 +120,32 @@ def distill_cosine_loss(pred: torch.Tensor, target: torch.Tensor, count: torch.T
     return (1.0 - cos)[mask].mean()
 
 
-def distill_cell_loss(bev: torch.Tensor, proj: nn.Conv2d, target: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
-    """:func:`distill_cosine_loss` of ``proj(bev)``, projecting only the cells with ``count > 0``.
+def distill_cell_cosine(
+    bev: torch.Tensor, proj: nn.Conv2d, target: torch.Tensor, count: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(cos (n,), mask (B, H, W))``: the cosine of ``proj(bev)`` to ``target`` on the n cells with ``count > 0``.
 
     The 1x1 projection is per cell, so gathering the occupied cells of ``bev (B, C, H, W)`` first and
-    projecting those ``(n, C) -> (n, C_dino)`` gives the same loss and gradients for the cost of
-    the occupied share of the grid (about a quarter on the synthetic world) instead of all of it.
+    projecting those ``(n, C) -> (n, C_dino)`` costs the occupied share of the grid (about a quarter on
+    the synthetic world) instead of all of it. ``cos[i]`` is the cell ``mask.nonzero()[i]``.
     """
     assert bev.shape[0] == target.shape[0] and bev.shape[2:] == target.shape[2:], (
         f"bev {tuple(bev.shape)} and the distillation target {tuple(target.shape)} differ in batch or grid"
     )
     assert count.shape == (bev.shape[0], *bev.shape[2:]), f"count must be (B, H, W); got {tuple(count.shape)}"
     mask = count > 0  # (B, H, W)
-    if not mask.any():
-        return bev.sum() * 0.0 + sum(p.sum() for p in proj.parameters()) * 0.0
     cells = bev.permute(0, 2, 3, 1)[mask]  # (n, C)
     pred = F.linear(cells, proj.weight.flatten(1), proj.bias)  # (n, C_dino)
     tgt = target.permute(0, 2, 3, 1)[mask]  # (n, C_dino)
-    return (1.0 - F.cosine_similarity(pred.float(), tgt.float(), dim=1, eps=1e-6)).mean()
+    return F.cosine_similarity(pred.float(), tgt.float(), dim=1, eps=1e-6), mask
+
+
+def distill_cell_loss(bev: torch.Tensor, proj: nn.Conv2d, target: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """:func:`distill_cosine_loss` of ``proj(bev)`` by :func:`distill_cell_cosine` (same loss and gradients)."""
+    cos, mask = distill_cell_cosine(bev, proj, target, count)
+    if not mask.any():
+        return bev.sum() * 0.0 + sum(p.sum() for p in proj.parameters()) * 0.0
+    return (1.0 - cos).mean()
 
 
 def camera_bev_losses(
