@@ -354,6 +354,7 @@ def evaluate(
     roi: bool | None = None,
     n_jobs: int | None = None,
     tracker: str = "auto",
+    nms: str = "auto",
 ) -> dict[str, Any]:
     """Predict ``split`` with the checkpoint and score it with the dataset's official evaluation; return its summary (+ paths).
 
@@ -375,11 +376,19 @@ def evaluate(
 
     ``roi``, ``n_jobs`` (AV2 only): av2's region-of-interest filter (``None``: on when every
     evaluated log has its map) and the size of av2's process pool (``None``: up to 8, at most the CPUs).
+
+    ``nms`` (sparse detectors, :meth:`DualViewDistill.set_nms`): ``"auto"`` decodes as the checkpoint's
+    config says; ``"none"`` without NMS (Sparse4Dv3's top-K only); ``"circle"`` with a circle NMS within
+    each class at the checkpoint's ``dataset.nms_radius`` (CenterPoint's radii). Same weights either way,
+    so one checkpoint can be scored both ways; the summary's ``decoding`` says which was used.
     """
     if tracker not in TRACKERS:  # before the checkpoint and the data are loaded
         raise ValueError(f"evaluate: tracker (conf/evaluate.yaml) must be one of {TRACKERS}; got {tracker!r}")
+    if nms not in NMS_CHOICES:
+        raise ValueError(f"evaluate: nms (conf/evaluate.yaml) must be one of {NMS_CHOICES}; got {nms!r}")
     t0 = time.perf_counter()
     loaded: LoadedCheckpoint = load_checkpoint(ckpt)
+    decoding = set_decoding_nms(loaded, nms)
     datamodule = build_datamodule(
         loaded.config, num_workers=num_workers, batch_size=batch_size, limit_scenes=limit_scenes
     )
@@ -392,8 +401,59 @@ def evaluate(
             loaded, datamodule, split, out_dir, device=device, tracking=tracking, roi=roi, n_jobs=n_jobs, t0=t0
         )
     return evaluate_nuscenes(
-        loaded, datamodule, split, out_dir, device=device, verbose=verbose, tracking=tracking, t0=t0, tracker=tracker
+        loaded,
+        datamodule,
+        split,
+        out_dir,
+        device=device,
+        verbose=verbose,
+        tracking=tracking,
+        t0=t0,
+        tracker=tracker,
+        decoding=decoding,
     )
+
+
+def describe_decoding(decoding: Mapping[str, Any]) -> str:
+    """``"top-K only (no NMS)"`` or ``"top-K, then circle NMS per class (car 2.0 m, ...)"``."""
+    if decoding.get("nms") != "circle":
+        return "top-K only (no NMS, as Sparse4Dv3)"
+    radii = ", ".join(f"{c} {r:.2f} m" for c, r in decoding["radius"].items())
+    return f"top-K, then circle NMS per class ({radii})"
+
+
+#: :func:`evaluate`'s ``nms`` choices
+NMS_CHOICES = ("auto", "none", "circle")
+
+
+def set_decoding_nms(loaded: LoadedCheckpoint, nms: str) -> dict[str, Any] | None:
+    """Apply :func:`evaluate`'s ``nms`` to the loaded model; return what it decodes with (None: not a sparse detector).
+
+    ``{"nms": "none"}`` or ``{"nms": "circle", "radius": {class: metres}}``. ``"circle"`` takes the radii of
+    the checkpoint's ``dataset.nms_radius``; a model without :meth:`set_nms` is refused for ``none``/``circle``.
+    """
+    detector = getattr(loaded.model, "detector", None)
+    settable = hasattr(detector, "set_nms")
+    if nms != "auto":
+        if not settable:
+            raise ValueError(
+                f"evaluate: nms={nms} needs a sparse detector (DualViewDistill.set_nms); {type(detector).__name__} "
+                "decodes with its own NMS (model.detector.head.nms_type, set at training)"
+            )
+        if nms == "none":
+            detector.set_nms(None)
+        else:
+            radius = (loaded.config.get("dataset") or {}).get("nms_radius")
+            if not radius:
+                raise ValueError(
+                    f"evaluate: nms=circle needs dataset.nms_radius in the checkpoint's config ({loaded.path})"
+                )
+            detector.set_nms(radius)
+    if not settable:
+        return None
+    if detector.nms_radius is None:
+        return {"nms": "none"}
+    return {"nms": "circle", "radius": dict(zip(detector.class_names, detector.nms_radius.tolist()))}
 
 
 def evaluate_nuscenes(
@@ -406,6 +466,7 @@ def evaluate_nuscenes(
     tracking: bool = True,
     t0: float | None = None,
     tracker: str = "auto",
+    decoding: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """:func:`evaluate` on a nuScenes-format dataset: ``DetectionEval`` (and ``TrackingEval``) of the devkit."""
     t0 = time.perf_counter() if t0 is None else t0
@@ -428,6 +489,8 @@ def evaluate_nuscenes(
     )
     result_path = write_results(out_dir / "results_nusc.json", results)
     summary, details = run_detection_eval(nusc, result_path, eval_set, out_dir, verbose=verbose)
+    if decoding is not None:
+        summary["decoding"] = decoding
     with open(out_dir / "metrics_summary.json", "w") as f:
         json.dump(summary, f, indent=2)
     with open(out_dir / "metrics_details.json", "w") as f:
@@ -476,6 +539,7 @@ def evaluate_nuscenes(
         f"\n{loaded.path} (epoch {loaded.epoch}, step {loaded.global_step}) on {eval_set}: "
         f"{len(frames)} keyframes, {n_boxes} boxes, {time.perf_counter() - t0:.1f} s\n"
         f"evaluated: {describe_coverage(evaluated)}\n"
+        + (f"decoding: {describe_decoding(decoding)}\n" if decoding is not None else "")
         + format_table(summary)
         + "".join(f"\n{k:<22}{v}" for k, v in extra.items())
         + (f"\n{format_tracking_table(track_summary)}" if track_summary is not None else "")
@@ -604,6 +668,7 @@ def main() -> None:
             roi=cfg.get("roi"),
             n_jobs=cfg.get("n_jobs"),
             tracker=str(cfg.get("tracker", "auto")),
+            nms=str(cfg.get("nms", "auto")),
         )
 
     _main()

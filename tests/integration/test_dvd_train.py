@@ -156,6 +156,26 @@ def test_checkpoint_alone_rebuilds_and_evaluates_the_model(short_run, tmp_path):
         assert -1.0 <= extra[f"distill_fit/{k}"] <= 1.0
 
 
+def test_evaluate_decodes_the_same_checkpoint_with_and_without_nms(short_run, tmp_path):
+    """``nms=circle`` adds a per-class circle NMS at the stored ``dataset.nms_radius``; ``nms=none`` is top-K only."""
+    import json
+
+    from trainer.evaluate import evaluate
+
+    ckpt, _ = short_run
+    boxes = {}
+    for nms in ("none", "circle"):
+        summary = evaluate(ckpt, split="val", out=tmp_path / nms, tracking=False, nms=nms)
+        assert summary["decoding"]["nms"] == nms
+        stored = json.loads((tmp_path / nms / "metrics_summary.json").read_text())
+        assert stored["decoding"] == summary["decoding"]
+        results = json.loads((tmp_path / nms / "results_nusc.json").read_text())["results"]
+        boxes[nms] = sum(len(v) for v in results.values())
+    assert summary["decoding"]["radius"]["car"] == 2.0 and summary["decoding"]["radius"]["pedestrian"] < 0.5
+    # an untrained head's 300 top-K boxes a keyframe pile up on its anchors: NMS must remove some
+    assert 0 < boxes["circle"] < boxes["none"]
+
+
 def test_distill_fit_script_scores_a_run_and_reuses_its_numbers(short_run, tmp_path, monkeypatch):
     """scripts/distill_fit.py on the dvd_dino run: the fit by region, kept in eval/distill_fit.json and reused."""
     import shutil

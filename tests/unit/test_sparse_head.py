@@ -19,6 +19,7 @@ from trainer.models.components.sparse.head import (
     RefineLayer,
     SparseDecoder,
     SparseHead,
+    class_nms,
     decode,
     default_anchors,
     default_operation_order,
@@ -380,6 +381,56 @@ def test_decode_sorts_and_returns_geometry_boxes():
     thr = decode({"anchor": anchor, "cls": cls, "quality": None}, topk=100, score_threshold=0.5)
     assert thr[0]["labels"].tolist() == [1, 2, 0] and len(thr[1]["scores"]) == 0
     assert len(decode({"anchor": anchor, "cls": cls, "quality": None}, topk=100)[0]["scores"]) == 4 * K
+
+
+def _dets(xy, scores, labels):
+    n = len(scores)
+    boxes = torch.zeros(n, 9)
+    boxes[:, :2] = torch.tensor(xy, dtype=torch.float32)
+    order = torch.tensor(scores).argsort(descending=True)
+    return {
+        "boxes": boxes[order],
+        "scores": torch.tensor(scores)[order],
+        "labels": torch.tensor(labels)[order],
+        "query_index": torch.arange(n)[order],
+    }
+
+
+def test_class_nms_suppresses_within_a_class_only_and_filters_every_key_alike():
+    car, ped = 0, 1
+    radius = torch.tensor([2.0, 0.42, 0.0])  # class 2: radius 0, never suppressed
+    d = _dets(
+        xy=[[0, 0], [0.5, 0], [3.0, 0], [0, 0], [0.3, 0.0], [10, 0], [10.3, 0], [20, 0], [20.1, 0]],
+        scores=[0.9, 0.8, 0.7, 0.6, 0.5, 0.45, 0.4, 0.35, 0.3],
+        labels=[car, car, car, ped, ped, ped, ped, 2, 2],
+    )
+    out = class_nms(d, radius)
+    # query 1 (car 0.5 m from a better car) and query 4 (pedestrian 0.3 m from a better one) go; the
+    # pedestrian on top of the best car stays (another class); 0.3 m < 0.42 m suppresses at (10, 0) too;
+    # class 2 (radius 0) keeps both of its boxes 0.1 m apart
+    assert out["query_index"].tolist() == [0, 2, 3, 5, 7, 8]
+    assert (out["scores"][:-1] >= out["scores"][1:]).all()
+    for k in ("boxes", "scores", "labels"):
+        keep = [d["query_index"].tolist().index(q) for q in out["query_index"].tolist()]
+        torch.testing.assert_close(out[k], d[k][keep])
+    with pytest.raises(ValueError, match="label 2 has no NMS radius"):
+        class_nms(d, radius[:2])
+
+
+def test_class_nms_equals_a_greedy_loop_on_random_detections():
+    g = torch.Generator().manual_seed(3)
+    n = 80
+    d = _dets((torch.rand(n, 2, generator=g) * 12).tolist(), torch.rand(n, generator=g).tolist(),
+              torch.randint(0, 3, (n,), generator=g).tolist())  # fmt: skip
+    radius = torch.tensor([2.0, 1.0, 0.5])
+    kept = []  # the textbook loop: best first, keep unless a kept box of its class is within its radius
+    for i in range(n):
+        lab, p = int(d["labels"][i]), d["boxes"][i, :2]
+        if all(int(d["labels"][j]) != lab or (p - d["boxes"][j, :2]).norm() > radius[lab] for j in kept):
+            kept.append(i)
+    out = class_nms(d, radius)
+    assert out["query_index"].tolist() == d["query_index"][kept].tolist()
+    assert 0 < len(kept) < n  # the case suppresses something and keeps something
 
 
 # ---------------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ Q queries, M boxes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -40,7 +40,7 @@ from torch import nn
 from trainer.models.components.camera_bev import CameraBEV, img_from_ego_of
 from trainer.models.components.center_head import NUSCENES_CLASSES
 from trainer.models.components.lift_splat import DepthBins
-from trainer.models.components.sparse.head import DEFAULT_DT, SparseHead
+from trainer.models.components.sparse.head import DEFAULT_DT, SparseHead, class_nms
 from trainer.models.components.sparse.head import decode as decode_layer
 from trainer.models.components.sparse.instance_bank import InstanceBank
 from trainer.models.components.sparse.proposals import DenseProposals
@@ -59,6 +59,10 @@ class DualViewDistill(nn.Module):
         distill_channels: C of the store's ``dino/feat``; adds the 1x1 distillation projection of ``bev``.
         class_names: the label space of the head's classifier (``head.num_classes`` of them).
         topk: detections kept per sample by :meth:`decode` (Sparse4Dv3: 300).
+        nms_radius: per class name, the radius in metres of a circle NMS within each class after the top-K
+            (:func:`~trainer.models.components.sparse.head.class_nms`; CenterPoint's radii are
+            ``dataset.nms_radius``). Not in Sparse4D; None (default) decodes as Sparse4Dv3, top-K only.
+            :meth:`set_nms` changes it on a built model (``python -m trainer.evaluate ... nms=circle``).
         bank: the temporal instance bank (None: single-frame).
         proposals: dense proposals (not in the paper; None: the learned anchors only): a CenterHead on
             ``bev`` whose best peaks start the first ``num_proposals`` queries, its loss added with its
@@ -74,9 +78,11 @@ class DualViewDistill(nn.Module):
         topk: int = 300,
         bank: InstanceBank | None = None,
         proposals: DenseProposals | None = None,
+        nms_radius: Mapping[str, float] | None = None,
     ):
         super().__init__()
         self._class_names = tuple(str(c) for c in class_names)
+        self.set_nms(nms_radius)
         if head.num_classes != len(self._class_names):
             raise ValueError(
                 f"DualViewDistill: head.num_classes {head.num_classes} != {len(self._class_names)} class_names "
@@ -147,6 +153,16 @@ class DualViewDistill(nn.Module):
     def class_names(self) -> tuple[str, ...]:
         """The label space of the head's outputs."""
         return self._class_names
+
+    def set_nms(self, nms_radius: Mapping[str, float] | None) -> None:
+        """Decode with a circle NMS of these per-class radii (metres), or without (None): see ``nms_radius``."""
+        if nms_radius is None:
+            self.nms_radius = None
+            return
+        lacking = [c for c in self._class_names if c not in nms_radius]
+        if lacking:
+            raise ValueError(f"DualViewDistill: nms_radius has no radius for {lacking} (it has {sorted(nms_radius)})")
+        self.nms_radius = torch.tensor([float(nms_radius[c]) for c in self._class_names])
 
     @property
     def grid(self):
@@ -278,6 +294,8 @@ class DualViewDistill(nn.Module):
     def decode(self, outputs: dict[str, Any], topk: int | None = None) -> list[dict[str, torch.Tensor]]:
         """Per sample ``{"boxes": (M, 9), "scores": (M,), "labels": (M,)}`` of the last layer, in the batch's BEV frame."""
         dets = decode_layer(outputs["layers"][-1], self.topk if topk is None else topk)
+        if self.nms_radius is not None:
+            dets = [class_nms(d, self.nms_radius.to(d["boxes"].device)) for d in dets]
         out = [{"boxes": d["boxes"], "scores": d["scores"], "labels": d["labels"]} for d in dets]
         if "track_ids" in outputs:  # the bank's ids of the decoded queries
             for b, (o, d) in enumerate(zip(out, dets)):
