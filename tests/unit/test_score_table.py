@@ -1,0 +1,53 @@
+"""scripts/score_table.py: the devkit's numbers of evaluation folders, grouped by run name and decoding."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+import score_table  # noqa: E402
+
+
+def _summary(nds: float, car: float, nms: str | None) -> dict:
+    s = {
+        "nd_score": nds,
+        "mean_ap": car / 2,
+        "mean_dist_aps": {"car": car, "pedestrian": 0.0},
+        "label_aps": {"car": {"0.5": 0.01, "1.0": 0.1, "2.0": 0.3, "4.0": 0.5}},
+        "tp_errors": {"trans_err": 0.8, "scale_err": 0.3, "orient_err": 1.1, "vel_err": 2.0, "attr_err": 0.4},
+    }
+    if nms:
+        s["decoding"] = {"nms": nms}
+    return s
+
+
+def test_rows_and_means_per_run_and_decoding(tmp_path, capsys):
+    evals = []
+    for seed, nds, car in ((1, 0.24, 0.28), (2, 0.22, 0.26)):
+        for folder, nms, bump in (("eval", None, 0.0), ("eval_nms", "circle", 0.06)):
+            ev = tmp_path / f"dvd-s{seed}" / folder
+            ev.mkdir(parents=True)
+            (ev / "metrics_summary.json").write_text(json.dumps(_summary(nds + bump / 3, car + bump, nms)))
+            evals.append(ev)
+    out = tmp_path / "table.md"
+    score_table.main([str(e) for e in evals] + ["--out", str(out)])
+    text = out.read_text()
+    assert text == capsys.readouterr().out.split("written:")[0].rstrip("\n") + "\n"
+    row = score_table.row_of(evals[1])
+    assert row["run"] == "dvd" and row["decoding"] == "circle" and row["car AP"] == pytest.approx(0.34)
+    assert row["car AP @0.5/1/2/4 m"] == "0.010 / 0.100 / 0.300 / 0.500" and row["step"] == ""
+    # the seeds of a run group: car AP mean 0.27 +- 0.01 without NMS, 0.33 +- 0.01 with it
+    assert (
+        "| dvd | none (not recorded: before the option) | 2 | 0.2300 +- 0.0100 | 0.1350 +- 0.0050 | 0.2700 +- 0.0100 |"
+        in text
+    )
+    assert "| dvd | circle | 2 | 0.2500 +- 0.0100 | 0.1650 +- 0.0050 | 0.3300 +- 0.0100 |" in text
+
+
+def test_a_folder_without_a_summary_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="has no metrics_summary.json"):
+        score_table.row_of(tmp_path)
