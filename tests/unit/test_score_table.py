@@ -51,3 +51,19 @@ def test_rows_and_means_per_run_and_decoding(tmp_path, capsys):
 def test_a_folder_without_a_summary_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="has no metrics_summary.json"):
         score_table.row_of(tmp_path)
+
+
+def test_duplicate_share_counts_same_class_neighbours_above_the_score():
+    import duplicates
+
+    def det(x, y, name, score):
+        return {"translation": [x, y, 0.0], "detection_name": name, "detection_score": score}
+
+    results = {
+        "a": [det(0, 0, "car", 0.9), det(0.6, 0, "car", 0.5), det(0, 0, "pedestrian", 0.8), det(5, 0, "car", 0.4)],
+        "b": [det(0, 0, "car", 0.3), det(0.2, 0, "car", 0.05)],  # the second is below the score threshold
+    }
+    assert duplicates.duplicate_share(results, "car", 0.1, 1.0) == (4, 2)  # the pair 0.6 m apart in "a"
+    assert duplicates.duplicate_share(results, "car", 0.1, 0.5) == (4, 0)
+    assert duplicates.duplicate_share(results, None, 0.1, 1.0) == (5, 2)  # the pedestrian is no car's neighbour
+    assert duplicates.duplicate_share(results, "car", 0.01, 1.0) == (5, 4)
