@@ -6,7 +6,7 @@
 What it is for: the same checkpoints scored more than one way (``trainer.evaluate ... nms=circle
 out=<run>/eval_nms`` beside ``bench_train.py``'s ``<run>/eval``), or runs of different sweeps, in one
 table. Per folder, from its ``metrics_summary.json`` (the devkit's numbers, nothing recomputed): the
-decoding it records (``none``, ``circle``; blank for an evaluation from before the option, which decoded without NMS), NDS, mAP,
+decoding it records (``none``, ``circle``; ``none`` for an evaluation from before the option, which decoded without NMS), NDS, mAP,
 car AP and its AP at the devkit's four distance thresholds, mATE / mASE / mAOE, and AMOTA and IDS when
 tracking was scored. The training step comes from the checkpoint the folder sits next to
 (``<run>/checkpoints/last.ckpt``), when it is there. Then, per run name and decoding, the mean and the
@@ -42,7 +42,13 @@ def row_of(ev: Path) -> dict:
     scores = scores_of(summary)
     car = summary.get("label_aps", {}).get("car", {})
     run = re.sub(r"-s\d+$", "", ev.resolve().parent.name)
-    row = {"evaluation": str(ev), "run": run, "decoding": (summary.get("decoding") or {}).get("nms", ""), "step": ""}
+    # an evaluation from before the option has no record, and it decoded without NMS
+    row = {
+        "evaluation": str(ev),
+        "run": run,
+        "decoding": (summary.get("decoding") or {}).get("nms", "none"),
+        "step": "",
+    }
     ckpt = ev.parent / "checkpoints" / "last.ckpt"
     if ckpt.is_file():
         import torch
@@ -68,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     means = []
     for run, dec in dict.fromkeys((r["run"], r["decoding"]) for r in rows):
         group = [r for r in rows if (r["run"], r["decoding"]) == (run, dec)]
-        m = {"run": run, "decoding": dec or "none (not recorded: before the option)", "evaluations": len(group)}
+        m = {"run": run, "decoding": dec, "evaluations": len(group)}
         for k in ("NDS", "mAP", "car AP"):
             v = [float(r[k]) for r in group]
             m[k] = f"{sum(v) / len(v):.4f} +- {(max(v) - min(v)) / 2:.4f}"
