@@ -398,7 +398,16 @@ def evaluate(
     out_dir = Path(out) if out else default_out_dir(loaded.path, split)
     if kind == "av2":
         return evaluate_av2(
-            loaded, datamodule, split, out_dir, device=device, tracking=tracking, roi=roi, n_jobs=n_jobs, t0=t0
+            loaded,
+            datamodule,
+            split,
+            out_dir,
+            device=device,
+            tracking=tracking,
+            roi=roi,
+            n_jobs=n_jobs,
+            t0=t0,
+            decoding=decoding,
         )
     return evaluate_nuscenes(
         loaded,
@@ -605,6 +614,7 @@ def evaluate_av2(
     roi: bool | None = None,
     n_jobs: int | None = None,
     t0: float | None = None,
+    decoding: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """:func:`evaluate` on Argoverse 2: av2's detection evaluation (:func:`run_av2_eval`).
 
@@ -632,6 +642,8 @@ def evaluate_av2(
             json.dump(extra, f, indent=2)
     if tracking:
         summary["tracking"] = {"skipped": AV2_TRACKING_SKIPPED}
+    if decoding is not None:
+        summary["decoding"] = decoding
     with open(out_dir / "metrics_summary.json", "w") as f:
         json.dump(summary, f, indent=2)
 
