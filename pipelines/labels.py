@@ -267,7 +267,12 @@ def label_scene(job: LabelJob, scene: str, indices: list[int], tokens: list[str]
                             break
                     assert cloud.frame.token == frame.token, "clouds and keyframes out of step"
                     with Timer(res.seconds, "project_pool"):
-                        pooled = pool_bev(cloud.points, kf_feats, CameraSet.from_frame(frame), grid, vis)
+                        occluders = (
+                            frame.boxes.boxes if vis.box_occluders else None
+                        )  # the keyframe's GT boxes, ego frame
+                        pooled = pool_bev(
+                            cloud.points, kf_feats, CameraSet.from_frame(frame), grid, vis, boxes=occluders
+                        )
                         feat = pooled.feat.cpu().numpy().astype(np.float16)
                         count = pooled.count.clamp(max=np.iinfo(np.uint16).max).cpu().numpy().astype(np.uint16)
                     with Timer(res.seconds, "lidar_px"):

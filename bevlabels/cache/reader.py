@@ -30,6 +30,12 @@ from bevlabels.grid import GridSpec
 
 _SHOW = 5  # how many tokens an error message lists
 
+#: why a store of an older schema version is refused, by its version
+SCHEMA_CHANGES = {
+    1: "Its labels were pooled under a 4 px z-buffer that lets the ground behind objects take their features "
+    "(25% of the background cells of the synthetic oracle store carry an object class; issue 32). ",
+}
+
 
 def template_state(attrs: dict | None) -> str:
     """``"absent"`` (no root metadata), ``"partial"`` (template being written or killed while it was),
@@ -63,7 +69,9 @@ def check_template(path: Path, attrs: dict | None) -> None:
             attrs["schema_version"],
             SCHEMA_VERSION,
             f"{path} has schema version {attrs['schema_version']}; this bevlabels reads version {SCHEMA_VERSION}. "
-            "Remake the store (overwrite=true) or use the bevlabels version that wrote it",
+            + SCHEMA_CHANGES.get(attrs["schema_version"], "")
+            + f'Remake it: make labels ARGS="out={path} overwrite=true ..." (the same features, dataset and grid), '
+            "or use the bevlabels version that wrote it",
         )
 
 

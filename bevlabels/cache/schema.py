@@ -1,4 +1,4 @@
-"""The label store's schema, version 1: every array's name, dtype and shape, as data, in one place.
+"""The label store's schema, version 2: every array's name, dtype and shape, as data, in one place.
 
 A label store is one zarr v3 group on a local or shared filesystem. Letters: ``S`` keyframes (all
 keyframes of the dataset, in scene order), ``C`` foundation-feature channels, ``H, W`` the BEV grid
@@ -65,7 +65,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-SCHEMA_VERSION = 1
+#: 2 (issue 32): the label stage's visibility test became occlusion-correct (the keyframe's GT boxes as solid
+#: occluders, a 2 px z-buffer, the ground under an object unlabelled); ``params.visibility`` records the method.
+#: A version-1 store's ``dino/*`` leak object features onto the ground behind objects: it is refused.
+SCHEMA_VERSION = 2
 STORE_FORMAT = "bevlabels-label-store"  # attrs["format"]: tells a label store from another zarr group
 
 SAMPLE_TOKEN = "sample_token"

@@ -113,7 +113,8 @@ def test_hidden_points_take_no_feature_on_the_synthetic_world(clouds):
     c = cl[0]
     cams = CameraSet.from_frame(c.frame)
     pts = torch.as_tensor(c.points[:, :3], dtype=torch.float64)
-    hits = camera_hits(pts, cams, VisibilityConfig())[0]  # CAM_FRONT
+    point_test = VisibilityConfig(box_occluders=False)  # the z-buffer alone
+    hits = camera_hits(pts, cams, point_test)[0]  # CAM_FRONT
     vis_dyn = hits.index[torch.as_tensor(c.box_index)[hits.index] >= 0]
     assert len(vis_dyn) > 50
     # Push each visible object point 5 m further along its camera ray: it must become hidden.
@@ -122,9 +123,12 @@ def test_hidden_points_take_no_feature_on_the_synthetic_world(clouds):
     behind_cam = p_cam * (1 + 5.0 / np.linalg.norm(p_cam, axis=1, keepdims=True))
     behind = g.transform_points(g.invert_transform(cam_from_ego), behind_cam)
     both = torch.cat([pts, torch.as_tensor(behind)])
-    hits2 = camera_hits(both, cams, VisibilityConfig())[0]
+    hits2 = camera_hits(both, cams, point_test)[0]
     hidden_seen = (hits2.index >= len(pts)).sum().item()
     assert hidden_seen <= 0.02 * len(vis_dyn), f"{hidden_seen} of {len(vis_dyn)} hidden points took the feature"
+    # The label stage's default (GT boxes as occluders): every pushed point is behind its own object's box.
+    hits3 = camera_hits(both, cams, VisibilityConfig(), c.frame.boxes.boxes)[0]
+    assert (hits3.index >= len(pts)).sum().item() == 0
 
 
 def _arrays(store_path: Path) -> dict:

@@ -141,7 +141,7 @@ def test_template_has_the_schema_shapes_dtypes_chunks_and_attrs(tmp_path):
     assert str(root["sample_token"].dtype) == "<U5"  # fixed width: the longest token, "tok00"
 
     attrs = dict(root.attrs)
-    assert attrs["schema_version"] == SCHEMA_VERSION == 1
+    assert attrs["schema_version"] == SCHEMA_VERSION == 2
     assert attrs["grid"] == GRID.to_dict()
     assert attrs["dataset"] == DATASET
     assert attrs["feature_model"] == {**FEATURES, "channels": C}  # channels recorded
@@ -569,3 +569,18 @@ def test_labels_stage_spec_matches_the_written_store(tmp_path):
     entry = LabelStoreReader(path).stages["labels"]
     assert sorted(entry["arrays"]) == sorted(a.name for a in LABELS.arrays)
     assert entry["done"] == LABELS.done and list(entry["tables"]) == ["lidar_px"]
+
+
+def test_a_schema_1_store_is_refused_naming_make_labels(tmp_path):
+    """Stores made before the occlusion-correct visibility (issue 32) leak: the reader refuses them, saying how to remake."""
+    import zarr
+
+    from bevlabels.cache import LabelStoreReader
+
+    path = tmp_path / "old.zarr"
+    make_store(path)
+    root = zarr.open_group(str(path), mode="r+")
+    root.attrs["schema_version"] = 1
+    with pytest.raises(StoreMismatchError, match=r"schema version 1.*z-buffer.*make labels") as err:
+        LabelStoreReader(path).sample_tokens
+    assert err.value.field == "schema_version"

@@ -85,7 +85,7 @@ def test_pool_bev_equals_brute_force():
     points = np.column_stack([rng.uniform(-2, 18, 600), rng.uniform(-9, 9, 600), rng.uniform(-1, 3, 600)])
     feats = torch.as_tensor(rng.normal(size=(2, 5, 4, 8)), dtype=torch.float32)  # (N, C, h, w)
     cfg = VisibilityConfig(
-        zbuffer_px=2, abs_tol=0.5, rel_tol=0.05, min_depth=0.5, chunk=50
+        zbuffer_px=2, abs_tol=0.5, rel_tol=0.05, min_depth=0.5, chunk=50, box_occluders=False
     )  # small chunks: the loop runs
     pooled = pool_bev(points, feats, cams, grid, cfg)
     ref_feat, ref_count = brute_force(points, feats.numpy().astype(np.float64), cams, grid, cfg)
@@ -109,7 +109,7 @@ def test_pool_bev_cameras_of_different_sizes_equals_brute_force():
         torch.as_tensor(rng.normal(size=(5, 8, 4)), dtype=torch.float32),
         torch.as_tensor(rng.normal(size=(5, 4, 8)), dtype=torch.float32),
     ]
-    cfg = VisibilityConfig(zbuffer_px=2, min_depth=0.5, chunk=50)
+    cfg = VisibilityConfig(zbuffer_px=2, min_depth=0.5, chunk=50, box_occluders=False)
     pooled = pool_bev(points, feats, cams, grid, cfg)
     ref_feat, ref_count = brute_force(points, [f.numpy().astype(np.float64) for f in feats], cams, grid, cfg)
     np.testing.assert_array_equal(pooled.count.numpy(), ref_count)
@@ -130,12 +130,14 @@ def test_point_hidden_behind_an_object_takes_no_feature():
     # ... and one point straight behind it on the camera's optical axis, 20 m ahead.
     hidden = np.array([[20.0, 0.0, 1.5]])
     feats = torch.ones(1, 3, 4, 8)
-    pooled = pool_bev(np.concatenate([wall, hidden]), feats, cams, grid, VisibilityConfig(zbuffer_px=4))
+    pooled = pool_bev(
+        np.concatenate([wall, hidden]), feats, cams, grid, VisibilityConfig(zbuffer_px=4, box_occluders=False)
+    )
     assert pooled.n_visible_cams[-1] == 0  # occluded
     assert pooled.n_visible_cams[:-1].all()  # the wall itself is seen
     assert pooled.count[int(0 + 16), 20] == 0  # its cell (y=0 -> row 16, x=20 -> col 20) stays empty
     # Without the wall the same point is seen.
-    alone = pool_bev(hidden, feats, cams, grid, VisibilityConfig(zbuffer_px=4))
+    alone = pool_bev(hidden, feats, cams, grid, VisibilityConfig(zbuffer_px=4, box_occluders=False))
     assert alone.n_visible_cams.tolist() == [1] and alone.count[16, 20] == 1
 
 
