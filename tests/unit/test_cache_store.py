@@ -582,5 +582,5 @@ def test_a_schema_1_store_is_refused_naming_make_labels(tmp_path):
     root = zarr.open_group(str(path), mode="r+")
     root.attrs["schema_version"] = 1
     with pytest.raises(StoreMismatchError, match=r"schema version 1.*z-buffer.*make labels") as err:
-        LabelStoreReader(path).sample_tokens
+        _ = LabelStoreReader(path).sample_tokens
     assert err.value.field == "schema_version"
