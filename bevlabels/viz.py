@@ -372,3 +372,66 @@ def similarity_figure(
     if title:
         suptitle(fig, title)
     return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# What an oracle store's cells say they are (bevlabels.leak): the argmax class in BEV, store beside store
+
+#: colours of the oracle classes (sky, ground, scenery, then the ten object classes); empty cells are black
+ORACLE_COLOURS = {
+    "sky": "#9ecae1",
+    "ground": "#4d4d4d",
+    "scenery": "#8c6d31",
+    "car": "#e41a1c",
+    "truck": "#ff7f00",
+    "bus": "#ffff33",
+    "trailer": "#a65628",
+    "construction_vehicle": "#f781bf",
+    "pedestrian": "#4daf4a",
+    "motorcycle": "#984ea3",
+    "bicycle": "#00ffff",
+    "traffic_cone": "#ffffff",
+    "barrier": "#377eb8",
+}
+
+
+def oracle_rgb(feat: np.ndarray, count: np.ndarray, oracle) -> np.ndarray:
+    """``(H, W, 3)``: each occupied cell of ``feat (C, H, W)`` in the colour of its argmax oracle class, empty ones black."""
+    from matplotlib.colors import to_rgb
+
+    colours = np.array([to_rgb(ORACLE_COLOURS.get(c, "#999999")) for c in oracle.classes])  # (K, 3)
+    rgb = colours[oracle.argmax(feat)]
+    rgb[count == 0] = 0.0
+    return rgb
+
+
+def joint_pca_rgb(feats: list[np.ndarray], counts: list[np.ndarray]) -> list[np.ndarray]:
+    """:func:`pca_rgb` of several ``(C, H, W)`` grids fitted on all their occupied cells at once, so one colour means
+    one feature in every panel."""
+    W = feats[0].shape[2]
+    rgb = pca_rgb(np.concatenate(feats, axis=2), np.concatenate(counts, axis=1) > 0)
+    return [rgb[:, i * W : (i + 1) * W] for i in range(len(feats))]
+
+
+def bev_rgb_figure(panels: list[tuple[str, np.ndarray]], grid: GridSpec, boxes=None, title: str = "", legend=None):
+    """One BEV panel per ``(label, rgb (H, W, 3))`` with GT ``boxes (M, >=7)`` drawn; ``legend``: ``{name: colour}``."""
+    from matplotlib.patches import Patch
+
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 6.6), constrained_layout=True, squeeze=False)
+    ext = extent(grid)
+    for ax, (label, rgb) in zip(axes[0], panels):
+        ax.imshow(rgb, origin="lower", extent=ext, interpolation="nearest")
+        if boxes is not None:
+            draw_boxes_bev(ax, boxes, color="white", lw=0.6)
+        ax.set_xlim(ext[0], ext[1])
+        ax.set_ylim(ext[2], ext[3])
+        ax.set_title(label, fontsize=9)
+        ax.set_xlabel("ego x (m, forward)")
+        ax.set_ylabel("ego y (m, left)")
+    if legend:
+        handles = [Patch(color=c, label=n) for n, c in legend.items()]
+        fig.legend(handles=handles, loc="lower center", ncol=7, fontsize=7, frameon=False, bbox_to_anchor=(0.5, -0.06))
+    if title:
+        suptitle(fig, title)
+    return fig

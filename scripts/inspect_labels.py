@@ -9,6 +9,9 @@ Arguments (key=value):
     sample   store row (int) or sample token (default 0)
     out      PNG path (default <store>/../inspect_<row>.png)
     points   re-accumulate the scene's LiDAR (with the store's own settings) to draw it (default true)
+    before   another store of the same keyframe: instead of the sheet, both stores' dino/feat side by side,
+             PCA colours fitted on both at once (one colour, one feature), the boxes on each
+             (e.g. the same data labelled under two visibility settings)
 """
 
 from __future__ import annotations
@@ -23,12 +26,12 @@ def parse(argv: list[str]) -> dict:
     if any(a in ("-h", "--help") for a in argv):
         print(__doc__)
         sys.exit(0)
-    args = {"sample": "0", "out": None, "points": "true"}
+    args = {"sample": "0", "out": None, "points": "true", "before": None}
     for a in argv:
         if "=" not in a:
             sys.exit(f"expected key=value, got {a!r}; see --help")
         k, v = a.split("=", 1)
-        if k not in ("store", "sample", "out", "points"):
+        if k not in ("store", "sample", "out", "points", "before"):
             sys.exit(f"unknown argument {k!r}; see --help")
         args[k] = v
     if "store" not in args:
@@ -56,16 +59,43 @@ def main(argv: list[str]) -> Path:
         ds = get_dataset(adapter)
         frame = ds.frame(token)
         boxes = frame.boxes.boxes
-        if args["points"].lower() in ("1", "true", "yes"):
+        if args["points"].lower() in ("1", "true", "yes") and not args["before"]:
             cloud = reaccumulate(ds, frame, cfg["accumulation"])
             points, dynamic = cloud.points, cloud.box_index >= 0
+    out = Path(args["out"]) if args["out"] else Path(args["store"]).resolve().parent / f"inspect_{s}.png"
+    if args["before"]:
+        return compare(LabelStoreReader(args["before"]), store, token, boxes, out)
     fig = label_sheet(
         feat, count, store.grid, boxes=boxes, points=points, point_is_dynamic=dynamic,
         title=f"{Path(args['store']).name}  row {s}  scene {store.scenes[s]}  token {token}  "
         f"({store.attrs['feature_model'].get('name')}, {store.attrs['feature_model'].get('weights')})",
     )  # fmt: skip
-    out = Path(args["out"]) if args["out"] else Path(args["store"]).resolve().parent / f"inspect_{s}.png"
     fig.savefig(out, dpi=110)
+    print(f"wrote {out}")
+    return out
+
+
+def compare(before, after, token: str, boxes, out: Path) -> Path:
+    """Two stores' ``dino/feat`` of keyframe ``token`` side by side in one PCA colouring, with their visibility."""
+    from bevlabels.viz import bev_rgb_figure, joint_pca_rgb
+
+    stores = [before, after]
+    rows = [st.index_of(token) for st in stores]
+    feats = [st.dino_feat(r).astype(np.float32) for st, r in zip(stores, rows)]
+    counts = [st.dino_count(r) for st, r in zip(stores, rows)]
+    rgbs = joint_pca_rgb(feats, counts)
+    panels = []
+    for st, c, rgb in zip(stores, counts, rgbs):
+        vis = (st.attrs.get("params") or {}).get("visibility") or {}
+        how = "GT boxes as occluders" if vis.get("box_occluders") else f"{vis.get('zbuffer_px', '?')} px z-buffer only"
+        panels.append(
+            (f"{Path(st.path).name}: {how}, schema {st.attrs.get('schema_version')}; {(c > 0).sum()} cells", rgb)
+        )
+    fm = after.attrs["feature_model"]
+    title = f"dino/feat, PCA of both panels' occupied cells -> RGB; {token} ({fm.get('name')}, {fm.get('weights')})"
+    fig = bev_rgb_figure(panels, after.grid, boxes=boxes, title=title)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110, bbox_inches="tight")
     print(f"wrote {out}")
     return out
 

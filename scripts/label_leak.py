@@ -3,6 +3,7 @@
 
     python scripts/label_leak.py data/labels/oracle.zarr
     python scripts/label_leak.py data/labels/oracle.zarr --per-keyframe --json leak.json
+    python scripts/label_leak.py data/labels/new.zarr --before data/labels/old.zarr --png leak.png   # one keyframe, both
     make leak ARGS="data/labels/oracle.zarr"
 
 The store must be made with the synthetic oracle's features
@@ -38,6 +39,9 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--rows", type=str, default=None, help="store rows, e.g. 0:20 or 3,7,9 (default all done)")
     p.add_argument("--per-keyframe", action="store_true", help="print one line per keyframe too")
     p.add_argument("--json", type=Path, default=None, help="write every figure (per keyframe too) as JSON here")
+    p.add_argument("--png", type=Path, default=None, help="draw one keyframe's argmax classes in BEV with its boxes")
+    p.add_argument("--row", type=int, default=None, help="the keyframe --png draws (default: the leakiest one)")
+    p.add_argument("--before", type=Path, default=None, help="another store of the same keyframes, drawn beside it")
     return p.parse_args(argv)
 
 
@@ -90,6 +94,51 @@ def main(argv=None) -> None:
     print(report(res))
     if args.json:
         args.json.write_text(json.dumps(res.to_dict(), indent=1, default=float))
+    if args.png:
+        print(f"figure       {draw(args, res)}")
+
+
+def draw(args, res) -> Path:
+    """The ``--png`` figure: the argmax classes of one keyframe, of ``--before`` beside this store's."""
+    from bevlabels.cache import LabelStoreReader
+    from bevlabels.leak import dataset_of, keyframe_leak, oracle_directions
+    from bevlabels.viz import ORACLE_COLOURS, bev_rgb_figure, oracle_rgb
+
+    stores = [LabelStoreReader(p) for p in ([args.before] if args.before else []) + [args.store]]
+    if args.row is not None:
+        token = str(stores[-1].sample_tokens[args.row])
+    else:
+        ref = measure_before(args) if args.before else res
+        token = max((r for r in ref.rows if r.outside), key=lambda r: r.leak).token
+    frame = dataset_of(stores[-1].attrs, str(args.store)).frame(token)
+    b = frame.boxes
+    panels = []
+    for st in stores:
+        s = st.index_of(token)
+        feat, count = st.dino_feat(s).astype("float32"), st.dino_count(s)
+        oracle = oracle_directions(st.attrs["feature_model"], str(st.path))
+        k = keyframe_leak(feat, count, b.boxes, b.detection_class, st.grid, oracle, num_lidar_pts=b.num_lidar_pts)
+        vis = (st.attrs.get("params") or {}).get("visibility") or {}
+        how = "box occluders" if vis.get("box_occluders") else f"{vis.get('zbuffer_px', '?')} px z-buffer only"
+        panels.append(
+            (
+                f"{Path(st.path).name} ({how}; schema {st.attrs.get('schema_version')})\n"
+                f"leak {pct(k.leak)}, own class {pct(k.own_class)}, {k.occupied} occupied cells",
+                oracle_rgb(feat, count, oracle),
+            )
+        )
+    legend = {c: ORACLE_COLOURS[c] for c in oracle.classes}
+    title = f"oracle argmax per BEV cell (empty: black), GT boxes in white; {frame.scene} {token}"
+    fig = bev_rgb_figure(panels, stores[-1].grid, boxes=b.boxes, title=title, legend=legend)
+    args.png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(args.png, dpi=110, bbox_inches="tight")
+    return args.png
+
+
+def measure_before(args):
+    from bevlabels.leak import measure_store
+
+    return measure_store(args.before, rows=rows_of(args.rows), margin=args.margin)
 
 
 if __name__ == "__main__":
