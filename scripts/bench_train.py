@@ -326,7 +326,11 @@ class Ledger:
     def key(name: str, seed: int, overrides: list[str], a, store: Sequence[str] = ()) -> dict:
         """What makes two runs the same run: never a path of one machine. The label store's path is left out, so
         ``store`` gives what made it (its ``pipelines.labels`` overrides; none: ``make labels``' own store on the
-        preset and grid of ``overrides``). A ``--store`` of your own is not in the key."""
+        preset and grid of ``overrides``). A ``--store`` of your own is not in the key. The label store's schema
+        version is: a run on labels of another version (schema 1's leaked object features onto the ground behind
+        objects, issue 32) is another run, so a ledger never answers for it."""
+        from bevlabels.cache import SCHEMA_VERSION
+
         kept = [o for o in overrides if not o.startswith(MACHINE_OVERRIDES)]
         return {
             "experiment": name,
@@ -337,6 +341,7 @@ class Ledger:
             "model": a.model,
             "overrides": kept,
             "store": list(store),
+            "labels_schema": SCHEMA_VERSION,
         }
 
     def find(self, key: dict) -> dict | None:
