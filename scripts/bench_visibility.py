@@ -35,13 +35,17 @@ REPO = Path(__file__).resolve().parents[1]
 
 #: the variants measured by default: name -> VisibilityConfig fields over the config's ``visibility``
 VARIANTS = {
-    "zbuffer4": {"method": "zbuffer", "zbuffer_px": 4, "box_occluders": False},
+    "zbuffer4": {"method": "zbuffer", "zbuffer_px": 4, "box_occluders": False},  # schema 1's test
     "zbuffer16": {"method": "zbuffer", "zbuffer_px": 16, "box_occluders": False},
     "splat": {"method": "splat", "zbuffer_px": 4, "box_occluders": False},
     "hpr": {"method": "hpr", "box_occluders": False},
-    "boxes": {"method": "zbuffer", "zbuffer_px": 4, "box_occluders": True, "box_margin_px": 0},
-    "boxes+margin14": {"method": "zbuffer", "zbuffer_px": 4, "box_occluders": True, "box_margin_px": 14},
-    "splat+boxes+margin14": {"method": "splat", "zbuffer_px": 4, "box_occluders": True, "box_margin_px": 14},
+    "boxes (4 px z-buffer)": {"box_occluders": True, "zbuffer_px": 4, "box_floor": 0},
+    "boxes + 2 px": {"box_occluders": True, "zbuffer_px": 2, "box_floor": 0},
+    "default (boxes + 2 px + floor 0.3 m)": {"box_occluders": True, "zbuffer_px": 2, "box_floor": 0.3},
+    "default + margin 7 px": {"box_occluders": True, "zbuffer_px": 2, "box_floor": 0.3, "box_margin_px": 7},
+    "default + clearance 0.5 m": {"box_occluders": True, "zbuffer_px": 2, "box_floor": 0.3, "box_clearance": 0.5},
+    "splat + boxes + floor": {"method": "splat", "box_occluders": True, "zbuffer_px": 2, "box_floor": 0.3},
+    "hpr + boxes + floor": {"method": "hpr", "box_occluders": True, "box_floor": 0.3},
 }
 
 

@@ -365,17 +365,20 @@ def camera_hits(
             vis = hpr_visible(g.transform_points(cams.cam_from_ego[n], points[idx, :3]), cfg)
         if cfg.box_occluders and len(boxes):
             cam_from_ego = torch.as_tensor(cams.cam_from_ego[n], dtype=torch.float64, device=points.device)
-            origin = torch.linalg.inv(cam_from_ego)[:3, 3]  # (3,) the camera centre in the ego frame
-            margin = box_margins(solid, cam_from_ego, fx, cfg)
+            origin = torch.linalg.inv(cam_from_ego)[:3, 3].float()  # (3,) the camera centre in the ego frame
+            M = len(boxes)
+            # One sweep over the image for both tests: the solid boxes (occlusion) and, as boxes M.., the floor slabs.
+            tested = torch.cat([solid, floor_slabs(boxes, cfg.box_floor)]) if cfg.box_floor > 0 else solid
+            margin = torch.cat([box_margins(solid, cam_from_ego, fx, cfg), torch.zeros(len(tested) - M).to(boxes)])
             keep = torch.nonzero(vis).squeeze(1)
-            pairs = box_candidates(uv_i[keep], solid, cam_from_ego, cams.K[n], cfg.box_margin_px, cfg.min_depth)
-            hid = box_occluded(points[idx[keep], :3].double(), origin, solid, margin, pairs)
-            vis[keep[hid]] = False
+            pi, bi = box_candidates(uv_i[keep], tested, cam_from_ego, cams.K[n], margin_px=cfg.box_margin_px,
+                                    min_depth=cfg.min_depth)  # fmt: skip
+            pts_k = points[idx[keep], :3].float()
+            occl = bi < M
+            hid = box_occluded(pts_k, origin, solid.float(), margin[:M].float(), (pi[occl], bi[occl]))
             if cfg.box_floor > 0:
-                keep = torch.nonzero(vis).squeeze(1)
-                slabs = floor_slabs(boxes, cfg.box_floor)
-                pairs = box_candidates(uv_i[keep], slabs, cam_from_ego, cams.K[n], 0.0, cfg.min_depth)
-                vis[keep[in_boxes_pairs(points[idx[keep], :3].double(), slabs, pairs)]] = False
+                hid |= in_boxes_pairs(pts_k, tested[M:].float(), (pi[~occl], bi[~occl] - M))
+            vis[keep[hid]] = False
         hits.append(CameraHits(idx[vis], uv_i[vis], depth_i[vis]))
     return hits
 
