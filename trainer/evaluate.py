@@ -1,7 +1,7 @@
 """Score a checkpoint with its dataset's official evaluation: ``python -m trainer.evaluate ckpt=... [split=val] [out=...]``.
 
     python -m trainer.evaluate ckpt=outputs/teacher_centerpoint/<run>/checkpoints/last.ckpt
-    python -m trainer.evaluate ckpt=... split=train out=/tmp/eval num_workers=0 device=cuda
+    python -m trainer.evaluate ckpt=... split=train out=/tmp/eval num_workers=0 device=cpu   # default: device=auto
     python -m trainer.evaluate ckpt=... limit_scenes=0     # the whole split, whatever data.limit_scenes was
     python -m trainer.evaluate ckpt=<an AV2 run> roi=false n_jobs=2     # AV2: av2's evaluation, options
 
@@ -94,15 +94,49 @@ def build_datamodule(config: dict, **overrides: Any):
     return instantiate(OmegaConf.create(data_cfg))
 
 
-def predict(model: DetectionModule, datamodule, split: str = "val", device: str = "cpu") -> list[dict[str, Any]]:
-    """``predict_step`` outputs for every keyframe of ``split`` (a flat list, one dict per keyframe)."""
+def predict(
+    model: DetectionModule,
+    datamodule,
+    split: str = "val",
+    device: str = "auto",
+    precision: str | None = "auto",
+    ran: dict[str, str] | None = None,
+) -> list[dict[str, Any]]:
+    """``predict_step`` outputs for every keyframe of ``split`` (a flat list, one dict per keyframe).
+
+    ``device`` / ``precision``: as :func:`trainer.device.resolve_eval_device` (``auto``: a CUDA GPU in
+    bf16-mixed when there is one, else the CPU in fp32). ``ran``, when given, receives ``device``,
+    ``precision`` and ``ran`` (the line :func:`trainer.device.describe_run` prints).
+    """
     import pytorch_lightning as pl
 
+    from trainer.device import describe_run, resolve_eval_device
+
+    accelerator, precision = resolve_eval_device(device, precision)
     trainer = pl.Trainer(
-        accelerator=device, devices=1, logger=False, enable_checkpointing=False, enable_model_summary=False
+        accelerator=accelerator,
+        devices=1,
+        precision=precision,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
     )
+    if hasattr(datamodule, "device_type"):  # its loaders pin memory and size their workers for this device
+        datamodule.device_type = trainer.strategy.root_device.type
     batches = trainer.predict(model, dataloaders=datamodule.predict_dataloader(split))
+    if ran is not None:
+        ran.update(
+            device=str(trainer.strategy.root_device), precision=str(trainer.precision), ran=describe_run(trainer)
+        )
     return [p for batch in batches for p in batch]
+
+
+def ran_of(device: str = "auto", precision: str | None = "auto") -> dict[str, str]:
+    """What :func:`predict` will run on, before it runs (it replaces this with the trainer's own account)."""
+    from trainer.device import resolve_eval_device
+
+    accelerator, precision = resolve_eval_device(device, precision)
+    return {"device": accelerator, "precision": precision, "ran": f"device {accelerator}, precision {precision}"}
 
 
 #: the evaluations :func:`evaluate` runs, by the adapter's ``DriveDataset.evaluation``
@@ -345,7 +379,7 @@ def evaluate(
     ckpt: str | Path,
     split: str = "val",
     out: str | Path | None = None,
-    device: str = "cpu",
+    device: str = "auto",
     num_workers: int | None = None,
     batch_size: int | None = None,
     verbose: bool = False,
@@ -355,6 +389,7 @@ def evaluate(
     n_jobs: int | None = None,
     tracker: str = "auto",
     nms: str = "auto",
+    precision: str | None = "auto",
 ) -> dict[str, Any]:
     """Predict ``split`` with the checkpoint and score it with the dataset's official evaluation; return its summary (+ paths).
 
@@ -381,7 +416,15 @@ def evaluate(
     config says; ``"none"`` without NMS (Sparse4Dv3's top-K only); ``"circle"`` with a circle NMS within
     each class at the checkpoint's ``dataset.nms_radius`` (CenterPoint's radii). Same weights either way,
     so one checkpoint can be scored both ways; the summary's ``decoding`` says which was used.
+
+    ``device`` (``auto``, ``cpu``, ``gpu``, ``cuda``) and ``precision`` (``auto`` or a Lightning precision):
+    where and how the model predicts (:func:`trainer.device.resolve_eval_device`: ``auto`` is a CUDA GPU in
+    bf16-mixed when there is one, else the CPU in fp32); the printout and the returned ``device``,
+    ``precision`` say what ran.
     """
+    from trainer.device import resolve_eval_device
+
+    resolve_eval_device(device, precision)  # a bad device fails here, naming the key, before any loading
     if tracker not in TRACKERS:  # before the checkpoint and the data are loaded
         raise ValueError(f"evaluate: tracker (conf/evaluate.yaml) must be one of {TRACKERS}; got {tracker!r}")
     if nms not in NMS_CHOICES:
@@ -408,6 +451,7 @@ def evaluate(
             n_jobs=n_jobs,
             t0=t0,
             decoding=decoding,
+            precision=precision,
         )
     return evaluate_nuscenes(
         loaded,
@@ -420,6 +464,7 @@ def evaluate(
         t0=t0,
         tracker=tracker,
         decoding=decoding,
+        precision=precision,
     )
 
 
@@ -470,12 +515,13 @@ def evaluate_nuscenes(
     datamodule,
     split: str,
     out_dir: Path,
-    device: str = "cpu",
+    device: str = "auto",
     verbose: bool = False,
     tracking: bool = True,
     t0: float | None = None,
     tracker: str = "auto",
     decoding: dict[str, Any] | None = None,
+    precision: str | None = "auto",
 ) -> dict[str, Any]:
     """:func:`evaluate` on a nuScenes-format dataset: ``DetectionEval`` (and ``TrackingEval``) of the devkit."""
     t0 = time.perf_counter() if t0 is None else t0
@@ -487,7 +533,8 @@ def evaluate_nuscenes(
     from trainer.nusc_results import make_results, write_results
 
     frames = datamodule.frames(split)
-    predictions = predict(model, datamodule, split, device)
+    ran = ran_of(device, precision)
+    predictions = predict(model, datamodule, split, device, precision, ran=ran)
     results = make_results(
         predictions,
         poses={f.token: f.global_from_ego for f in frames},
@@ -547,6 +594,7 @@ def evaluate_nuscenes(
     print(
         f"\n{loaded.path} (epoch {loaded.epoch}, step {loaded.global_step}) on {eval_set}: "
         f"{len(frames)} keyframes, {n_boxes} boxes, {time.perf_counter() - t0:.1f} s\n"
+        f"predicted on: {ran['ran']}\n"
         f"evaluated: {describe_coverage(evaluated)}\n"
         + (f"decoding: {describe_decoding(decoding)}\n" if decoding is not None else "")
         + format_table(summary)
@@ -555,7 +603,15 @@ def evaluate_nuscenes(
         + f"\nsummary: {out_dir / 'metrics_summary.json'}",
         flush=True,
     )
-    return {**summary, "extra": extra, "out_dir": str(out_dir), "eval_set": eval_set, "keyframes": len(frames)}
+    return {
+        **summary,
+        "extra": extra,
+        "out_dir": str(out_dir),
+        "eval_set": eval_set,
+        "keyframes": len(frames),
+        "device": ran["device"],
+        "precision": ran["precision"],
+    }
 
 
 def run_av2_eval(
@@ -609,12 +665,13 @@ def evaluate_av2(
     datamodule,
     split: str,
     out_dir: Path,
-    device: str = "cpu",
+    device: str = "auto",
     tracking: bool = True,
     roi: bool | None = None,
     n_jobs: int | None = None,
     t0: float | None = None,
     decoding: dict[str, Any] | None = None,
+    precision: str | None = "auto",
 ) -> dict[str, Any]:
     """:func:`evaluate` on Argoverse 2: av2's detection evaluation (:func:`run_av2_eval`).
 
@@ -630,7 +687,8 @@ def evaluate_av2(
     eval_set = datamodule.split_name(split)
     out_dir.mkdir(parents=True, exist_ok=True)
     frames = datamodule.frames(split)
-    predictions = predict(model, datamodule, split, device)
+    ran = ran_of(device, precision)
+    predictions = predict(model, datamodule, split, device, precision, ran=ran)
     summary, detections = run_av2_eval(
         datamodule.adapter, eval_set, frames, predictions, model.class_names, roi=roi, n_jobs=n_jobs
     )
@@ -650,6 +708,7 @@ def evaluate_av2(
     print(
         f"\n{loaded.path} (epoch {loaded.epoch}, step {loaded.global_step}) on AV2 {eval_set}: "
         f"{len(frames)} keyframes, {len(detections)} boxes, {time.perf_counter() - t0:.1f} s\n"
+        f"predicted on: {ran['ran']}\n"
         f"evaluated: {describe_coverage(summary['evaluated'])}\n"
         + format_av2_table(summary)
         + "".join(f"\n{k:<22}{v}" for k, v in extra.items())
@@ -657,7 +716,15 @@ def evaluate_av2(
         + f"\ndetections: {det_path}\nsummary: {out_dir / 'metrics_summary.json'}",
         flush=True,
     )
-    return {**summary, "extra": extra, "out_dir": str(out_dir), "eval_set": eval_set, "keyframes": len(frames)}
+    return {
+        **summary,
+        "extra": extra,
+        "out_dir": str(out_dir),
+        "eval_set": eval_set,
+        "keyframes": len(frames),
+        "device": ran["device"],
+        "precision": ran["precision"],
+    }
 
 
 def main() -> None:
@@ -671,7 +738,8 @@ def main() -> None:
             cfg.ckpt,
             split=cfg.split,
             out=cfg.get("out"),
-            device=cfg.device,
+            device=str(cfg.get("device", "auto")),
+            precision=cfg.get("precision", "auto"),
             num_workers=cfg.get("num_workers"),
             batch_size=cfg.get("batch_size"),
             verbose=bool(cfg.get("verbose", False)),

@@ -13,7 +13,9 @@ What a run does (:func:`train`): seed everything (``seed``), build ``data`` (a
 and match the grid and keyframes, else the run stops before training and says why), build the
 callbacks (``conf/callbacks``: checkpoints to ``<run_dir>/checkpoints`` with ``last.ckpt``,
 a progress bar, the learning rate), the loggers (``conf/logger``: CSV by default, TensorBoard
-optional) and the ``pl.Trainer`` (``conf/trainer``), then ``fit``, resuming from ``ckpt_path`` if
+optional) and the ``pl.Trainer`` (``conf/trainer``: ``auto`` by default, a CUDA GPU in bf16-mixed when
+there is one, else the CPU in fp32, see :mod:`trainer.device`), prints which device and precision it runs
+on, then ``fit``, resuming from ``ckpt_path`` if
 given (epoch, step, optimizer and scheduler state continue). ``init_weights`` instead starts a new run from
 another run's weights where they fit (:func:`trainer.lit_base.init_from_checkpoint`; e.g. a temporal model
 from a single-frame one; what was and was not loaded goes to ``<run_dir>/init_weights.json``).
@@ -42,6 +44,7 @@ import pytorch_lightning as pl
 import torch
 
 from trainer.callbacks import PreciseBN
+from trainer.device import describe_run
 from trainer.lit_base import CONFIG_KEY, DetectionModule, init_from_checkpoint
 
 log = logging.getLogger("bevlabels.train")
@@ -95,7 +98,8 @@ def build_trainer(cfg, callbacks: list, loggers: list) -> pl.Trainer:
 
 
 def train(cfg) -> dict[str, Any]:
-    """Train as the config says; return ``{"run_dir", "last_ckpt", "best_ckpt", "global_step", "metrics"}``."""
+    """Train as the config says; return ``{"run_dir", "last_ckpt", "best_ckpt", "global_step", "metrics", "device",
+    "precision", "ran"}`` (``ran``: the printed line saying which device, processes and precision trained)."""
     from hydra.utils import instantiate
 
     init_weights = cfg.get("init_weights")
@@ -140,6 +144,9 @@ def train(cfg) -> dict[str, Any]:
     callbacks = instantiate_group(cfg.get("callbacks")) + [in_checkpoint]
     loggers = instantiate_group(cfg.get("logger"))
     trainer = build_trainer(cfg, callbacks, loggers)
+    ran = describe_run(trainer)
+    if trainer.is_global_zero:
+        print(f"training on {ran}", flush=True)
 
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path and not Path(ckpt_path).is_file():
@@ -161,9 +168,12 @@ def train(cfg) -> dict[str, Any]:
         "best_ckpt": (ckpt_cb.best_model_path or None) if ckpt_cb is not None else None,
         "global_step": int(trainer.global_step),
         "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
+        "device": str(trainer.strategy.root_device),
+        "precision": str(trainer.precision),
+        "ran": ran,
     }
     log.info("finished at step %d; last checkpoint %s", result["global_step"], result["last_ckpt"])
-    print(f"run dir: {run_dir}\nlast checkpoint: {result['last_ckpt']}", flush=True)
+    print(f"run dir: {run_dir}\nlast checkpoint: {result['last_ckpt']}\ntrained on: {ran}", flush=True)
     return result
 
 

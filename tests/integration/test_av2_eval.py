@@ -179,7 +179,7 @@ def test_evaluate_on_av2_writes_and_prints_its_scores(monkeypatch, tmp_path, log
     loaded = LoadedCheckpoint(tmp_path / "last.ckpt", {"data": {}}, Model(), "", 3, 42)
     monkeypatch.setattr(ev, "load_checkpoint", lambda ckpt: loaded)
     monkeypatch.setattr(ev, "build_datamodule", lambda config, **kw: DataModule())
-    monkeypatch.setattr(ev, "predict", lambda model, dm, split, device: _gt_predictions(frames))
+    monkeypatch.setattr(ev, "predict", lambda model, dm, split, *a, **kw: _gt_predictions(frames))
     out = ev.evaluate("last.ckpt", split="val", n_jobs=N_JOBS)
     printed = capsys.readouterr().out
 

@@ -210,13 +210,20 @@ def test_checkpoints_carry_the_resolved_config(trained):
     assert config["model"]["detector"]["voxelizer"]["xbound"] == [-32.0, 32.0, 1.0]  # ${grid.xbound}, resolved
     assert config["data"]["dataset"]["root"] == config["dataset"]["root"] and "${" not in json.dumps(config)
     assert (run_dir / "csv").is_dir()
+    if not torch.cuda.is_available():  # trainer=auto (the default) on a CPU machine: what ran, and what train printed
+        assert (result["device"], result["precision"]) == ("cpu", "32-true")
+        assert result["ran"] == "device cpu, 1 process, precision 32-true"
+        assert config["trainer"]["accelerator"] == "cpu" and config["trainer"]["precision"] == "32-true"
 
 
-def test_evaluate_from_the_checkpoint_alone(trained, tmp_path):
+def test_evaluate_from_the_checkpoint_alone(trained, tmp_path, capsys):
     from trainer.evaluate import evaluate
 
     result, _ = trained
     summary = evaluate(result["last_ckpt"], out=tmp_path / "eval")
+    if not torch.cuda.is_available():  # evaluate's device=auto on a CPU machine, said in the printout
+        assert (summary["device"], summary["precision"]) == ("cpu", "32-true")
+        assert "predicted on: device cpu, 1 process, precision 32-true" in capsys.readouterr().out
     assert summary["eval_set"] == "mini_val" and summary["keyframes"] == 4
     for key in ("nd_score", "mean_ap"):
         assert 0.0 <= summary[key] <= 1.0
