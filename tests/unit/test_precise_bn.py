@@ -88,3 +88,26 @@ def test_camera_datamodule_bn_loader_is_not_a_stream():
     dm._loader = fake_loader
     dm.sequential_scenes = True
     assert dm.bn_dataloader() == "shuffled" and called["args"] == ("train", True)
+
+
+def test_the_loader_is_built_once_and_reused():
+    """A loader with persistent workers built at every validation would leave a set of worker processes behind each
+    time: PreciseBN asks the data module for it once, and again only for another data module."""
+
+    class Counting(_Data):
+        def __init__(self):
+            super().__init__()
+            self.built = 0
+
+        def bn_dataloader(self):
+            self.built += 1
+            return self.shuffled
+
+    net, data = _Net(), Counting()
+    cb = PreciseBN(num_batches=2)
+    for step in (10, 20, 30):
+        cb.recompute(_trainer(data, step=step), net)
+    assert data.built == 1 and net.resets == 3
+    other = Counting()
+    cb.recompute(_trainer(other, step=40), net)
+    assert other.built == 1 and cb.loader(_trainer(other)) is other.shuffled

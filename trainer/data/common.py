@@ -304,7 +304,12 @@ class FrameDataModule(pl.LightningDataModule):
             so the adapter is made here, lazily, not by Hydra.
         grid: the ``grid`` config node (GT outside it is dropped; stores must match it).
         class_names: the label space (``gt_labels`` index it).
-        batch_size, num_workers, pin_memory: DataLoader settings (``persistent_workers`` when > 0 workers).
+        batch_size: DataLoader batch size.
+        num_workers: DataLoader processes per training process: an int, or ``"auto"`` (the data configs'
+            default): :func:`resolve_num_workers` for the device the batches go to.
+        pin_memory: page-locked batches for fast host-to-GPU copies: a bool, or ``"auto"``: on when the
+            batches go to a CUDA device (:func:`resolve_pin_memory`). Every loader with workers keeps them
+            between epochs (``persistent_workers``).
         train_split, val_split: split names; ``None`` picks them from the version (:data:`VERSION_SPLITS`).
         limit_scenes: use only the first n scenes of each split (quick runs).
         min_lidar_points: GT boxes with fewer LiDAR points are dropped (:func:`gt_for_frame`).
@@ -319,8 +324,8 @@ class FrameDataModule(pl.LightningDataModule):
         grid: Mapping,
         class_names: Sequence[str],
         batch_size: int = 2,
-        num_workers: int = 0,
-        pin_memory: bool = False,
+        num_workers: int | str = 0,
+        pin_memory: bool | str = False,
         train_split: str | None = None,
         val_split: str | None = None,
         limit_scenes: int | None = None,
@@ -333,8 +338,10 @@ class FrameDataModule(pl.LightningDataModule):
         self.grid = as_grid(_plain(grid))
         self.class_names = tuple(str(c) for c in class_names)
         self.batch_size = int(batch_size)
-        self.num_workers = int(num_workers)
-        self.pin_memory = bool(pin_memory)
+        self.num_workers_setting = check_num_workers(num_workers)
+        self.pin_memory_setting = check_pin_memory(pin_memory)
+        #: the device type the batches go to when no trainer is attached (the evaluator sets it); else the trainer's
+        self.device_type: str | None = None
         default_train, default_val = split_names(self.dataset_cfg)
         self.splits = {"train": train_split or default_train, "val": val_split or default_val}
         self.limit_scenes = limit_scenes
@@ -415,16 +422,41 @@ class FrameDataModule(pl.LightningDataModule):
             reader.check_compatible(grid=self.grid, sample_tokens=tokens, stage=stage)
 
     # -- loaders ----------------------------------------------------------------------------------
+    def loader_device(self) -> tuple[str, int]:
+        """``(device type, processes on this machine)`` the batches go to: the attached trainer's root device and
+        devices per node; else :attr:`device_type` (set by the evaluator) and 1; else ``("cpu", 1)``."""
+        trainer = getattr(self, "trainer", None)  # Lightning attaches it in fit/validate/predict(datamodule=...)
+        if trainer is not None:
+            try:
+                return trainer.strategy.root_device.type, max(1, int(getattr(trainer, "num_devices", 1) or 1))
+            except (AttributeError, AssertionError, RuntimeError):  # a strategy not set up yet
+                pass
+        return (self.device_type or "cpu"), 1
+
+    @property
+    def num_workers(self) -> int:
+        """DataLoader processes per training process: ``num_workers`` resolved for :meth:`loader_device`."""
+        device_type, processes = self.loader_device()
+        return resolve_num_workers(self.num_workers_setting, device_type, processes)
+
+    @property
+    def pin_memory(self) -> bool:
+        """Whether loaders pin their batches: ``pin_memory`` resolved for :meth:`loader_device`."""
+        return resolve_pin_memory(self.pin_memory_setting, self.loader_device()[0])
+
+    def loader_kwargs(self) -> dict[str, Any]:
+        """``num_workers``, ``pin_memory`` and ``persistent_workers`` (with workers) of every loader of this module."""
+        workers = self.num_workers
+        return {"num_workers": workers, "pin_memory": self.pin_memory, "persistent_workers": workers > 0}
+
     def _loader(self, split: str, train: bool) -> DataLoader:
         return DataLoader(
             self.make_dataset(self.frames(split), train=train),
             batch_size=self.batch_size,
             shuffle=train,
             drop_last=train and len(self.frames(split)) > self.batch_size,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
             collate_fn=self.collate_fn,
+            **self.loader_kwargs(),
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -442,6 +474,54 @@ class FrameDataModule(pl.LightningDataModule):
     def predict_dataloader(self, split: str = "val") -> DataLoader:
         """Keyframes of ``split`` in order, without augmentation (what the evaluator predicts)."""
         return self._loader(split, train=False)
+
+
+#: ``num_workers: auto`` on a CUDA machine: at most this many loader processes per training process
+MAX_AUTO_WORKERS = 8
+#: ``num_workers: auto`` on a CPU: what the data configs said before ``auto`` (more workers only take cores from
+#: the model's own threads on a small machine)
+CPU_AUTO_WORKERS = 2
+
+
+def check_num_workers(setting: int | str) -> int | str:
+    """``num_workers`` as given (an int >= 0, or ``"auto"``); a ``ValueError`` naming ``data.num_workers`` otherwise."""
+    if setting == "auto":
+        return "auto"
+    try:
+        n = int(setting)
+    except (TypeError, ValueError):
+        n = -1
+    if n < 0 or isinstance(setting, bool) or str(n) != str(setting).strip():
+        raise ValueError(f"data.num_workers must be 'auto' or an integer >= 0; got {setting!r}")
+    return n
+
+
+def check_pin_memory(setting: bool | str) -> bool | str:
+    """``pin_memory`` as given (a bool or ``"auto"``); a ``ValueError`` naming ``data.pin_memory`` otherwise."""
+    if setting == "auto" or isinstance(setting, bool):
+        return setting
+    raise ValueError(f"data.pin_memory must be true, false or 'auto'; got {setting!r}")
+
+
+def resolve_num_workers(setting: int | str, device_type: str = "cpu", processes: int = 1) -> int:
+    """Loader processes of one training process: an int as given; ``"auto"``: on a CUDA device
+    ``min(MAX_AUTO_WORKERS, CPUs / processes)`` (``processes``: training processes on the machine, e.g. one per
+    GPU under DDP), at least 1; on a CPU :data:`CPU_AUTO_WORKERS` (at most the CPUs)."""
+    import os
+
+    setting = check_num_workers(setting)
+    if setting != "auto":
+        return int(setting)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if device_type == "cuda":
+        return max(1, min(MAX_AUTO_WORKERS, cpus // max(1, int(processes))))
+    return min(CPU_AUTO_WORKERS, cpus)
+
+
+def resolve_pin_memory(setting: bool | str, device_type: str = "cpu") -> bool:
+    """Pin the loaders' batches: a bool as given; ``"auto"``: when they go to a CUDA device."""
+    setting = check_pin_memory(setting)
+    return device_type == "cuda" if setting == "auto" else bool(setting)
 
 
 def _plain(cfg: Any) -> Any:
