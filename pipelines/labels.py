@@ -18,6 +18,7 @@ the run then exits non-zero. Rerunning skips finished keyframes.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import socket
 import time
@@ -30,6 +31,7 @@ import numpy as np
 from pipelines.scenes import (
     SceneResult,
     Timer,
+    cluster_kind,
     get_dataset,
     plain,
     run_stage,
@@ -60,6 +62,7 @@ class LabelJob:
     lidar_px_min_depth: float = 1.0
     geometry_device: str = "auto"  # see resolve_geometry_device
     keyframe_batch: int | str = "auto"  # see resolve_keyframe_batch
+    own_gpu: bool = False  # each worker sees only its own GPU (dask-cuda): a bare `cuda` is not spread (worker_device)
 
 
 def resolve_geometry_device(setting: str, features_device):
@@ -133,16 +136,17 @@ def resolve_resources(setting, features: dict) -> dict | None:
     return setting
 
 
-def worker_device(device: str):
+def worker_device(device: str, own_gpu: bool = False):
     """The feature model's device in this worker: ``device`` (``features.device``) resolved, and a bare ``cuda``
     on a machine with several GPUs spread over the LocalCluster's workers by their number (``cuda:<n % GPUs>``).
-    Workers started by hand (``dask worker``) keep ``cuda``: give each its GPU with ``CUDA_VISIBLE_DEVICES``."""
+    Workers started by hand (``dask worker``) keep ``cuda``: give each its GPU with ``CUDA_VISIBLE_DEVICES``;
+    so do dask-cuda's (``own_gpu``: each sees only its own GPU, as its ``cuda``)."""
     import torch
 
     from bevlabels.features import resolve_device
 
     d = resolve_device(device)
-    if d.type != "cuda" or d.index is not None or torch.cuda.device_count() < 2:
+    if own_gpu or d.type != "cuda" or d.index is not None or torch.cuda.device_count() < 2:
         return str(d)
     try:
         from distributed import get_worker
@@ -151,6 +155,38 @@ def worker_device(device: str):
     except (ImportError, ValueError):  # not in a dask worker
         return str(d)
     return f"cuda:{n % torch.cuda.device_count()}" if isinstance(n, int) else str(d)
+
+
+def tasks_feature_device(features: dict, resources: dict | None) -> str:
+    """The device type (``cpu`` / ``cuda``) the tasks' feature models run on, as the driver can tell it.
+
+    ``features.device`` when it names one; under ``auto`` ``cuda`` when the tasks ask for a GPU
+    (``cluster.resources`` with ``GPU``: a CPU driver attached to GPU workers says so there), else what
+    ``auto`` gives on the driver (its workers are on the same machine).
+    """
+    from bevlabels.features import resolve_device
+
+    device = features.get("device", "auto")
+    if device == "auto" and "GPU" in (resources or {}):
+        return "cuda"
+    return resolve_device(device).type
+
+
+def store_feature_model(extractor, features: dict, resources: dict | None) -> dict:
+    """The ``feature_model`` record a store gets: the driver's ``extractor.describe()`` with the ``dtype`` the
+    tasks' extractors compute in (:func:`tasks_feature_device`).
+
+    The driver builds the extractor on its own device: a CPU driver of GPU workers computes (and describes)
+    float32 where its workers compute ``features.dtype`` (e.g. bfloat16) under autocast, and each worker's
+    :func:`check_feature_model` would then refuse the store. Every other field is the same on any device.
+    """
+    from bevlabels.features import compute_dtype_on
+
+    record = dict(extractor.describe())
+    if "dtype" in record:
+        dtype = compute_dtype_on(tasks_feature_device(features, resources), features.get("dtype"))
+        record["dtype"] = str(dtype).removeprefix("torch.")
+    return record
 
 
 class FeatureModelMismatchError(RuntimeError):
@@ -204,9 +240,13 @@ def label_scene(job: LabelJob, scene: str, indices: list[int], tokens: list[str]
             return res
         features = dict(job.features)
         if "device" in features:  # a bare `cuda` on a many-GPU machine: this worker's own GPU
-            features["device"] = worker_device(features["device"])
+            features["device"] = worker_device(features["device"], own_gpu=job.own_gpu)
         extractor = get_extractor(**features)
         check_feature_model(store.attrs["feature_model"], extractor, job.store)
+        if extractor.device.type == "cuda" and extractor.device.index is not None:
+            import torch
+
+            torch.cuda.set_device(extractor.device)  # this thread's current GPU: the one the Timers wait for
         with Timer(res.seconds, "read"):
             ds = get_dataset(job.adapter)
             frames = ds.keyframes(scene)
@@ -226,18 +266,18 @@ def label_scene(job: LabelJob, scene: str, indices: list[int], tokens: list[str]
 
         def fetch(chunk):  # in the prefetch thread: the next chunk decodes while this one runs
             out = []
-            for frame in chunk:
-                with Timer(res.seconds, "decode"):
+            for frame in chunk:  # CPU work beside the model's kernels: its Timers must not wait for them
+                with Timer(res.seconds, "decode", sync=False):
                     inputs = extractor.load_inputs(frame)  # N x (3, H_n, W_n) images (the oracle: label maps)
                 points = None
                 if frame.token in todo:  # a done keyframe of the chunk is encoded only, not labelled again
-                    with Timer(res.seconds, "read"):
+                    with Timer(res.seconds, "read", sync=False):
                         points = ds.load_points(frame.lidar)
                 out.append((inputs, points))
             return out
 
         def write(row: int, arrays: dict) -> None:  # in the writer thread: writes do not stall the model
-            with Timer(res.seconds, "write"):
+            with Timer(res.seconds, "write", sync=False):
                 store.write_keyframe(row, **arrays)  # arrays first, then the row's done flag
             res.done += 1
 
@@ -324,7 +364,8 @@ def prepare(cfg: dict):
 
     ``writer``: the store's :class:`~bevlabels.cache.LabelStoreWriter`, its template written or
     checked, locked (use it as a context manager to release the lock); ``job``: the tasks'
-    :class:`LabelJob`; ``per_scene``: ``{scene: (store rows, tokens)}`` in store order.
+    :class:`LabelJob`; ``per_scene``: ``{scene: (store rows, tokens)}`` in store order. The store records
+    the feature model the tasks will build (:func:`store_feature_model`), not the driver's own.
     """
     from bevlabels.cache import LabelStoreWriter
     from bevlabels.features import get_extractor
@@ -347,7 +388,9 @@ def prepare(cfg: dict):
         scenes=scene_of,
         grid=grid,
         dataset={"name": ds_cfg["name"], "version": ds_cfg.get("version"), "root": str(ds_cfg["root"])},
-        feature_model=extractor.describe(),
+        feature_model=store_feature_model(
+            extractor, cfg["features"], resolve_resources(cfg["cluster"].get("resources", "auto"), cfg["features"])
+        ),
         channels=extractor.out_channels,
         config=cfg,
         # Settings that change the labels: a rerun with other values must not mix two kinds of keyframes.
@@ -374,7 +417,10 @@ def run(cfg) -> dict:
     t_start = time.perf_counter()
     cluster = {**cfg["cluster"], "resources": resolve_resources(cfg["cluster"].get("resources"), cfg["features"])}
     task_resources(cluster)  # a bad cluster.resources fails here, naming the key, before the store is touched
+    if not cluster.get("address"):  # a local cluster: dask-cuda's LocalCUDACluster or dask's LocalCluster
+        cluster["kind"] = cluster_kind(cluster)
     writer, job, per_scene = prepare(cfg)
+    job = dataclasses.replace(job, own_gpu=cluster.get("kind") == "cuda")
     out = Path(cfg["out"])
     with writer:  # create_or_open took the store's lock; it is released on exit, errors included
         results, skipped_scenes = run_stage(writer, "labels", cluster, label_scene, job, per_scene, "labels")

@@ -65,16 +65,39 @@ class SceneResult:
     peak_gpu_mb: float = 0.0  # torch's peak allocated CUDA memory in the worker (0 without CUDA)
 
 
-class Timer:
-    """``with Timer(res.seconds, "write"):`` adds the block's wall time to ``res.seconds["write"]``."""
+def cuda_synchronize() -> None:
+    """Wait for the current CUDA device's queued work when this process has used CUDA; never starts CUDA itself.
 
-    def __init__(self, seconds: dict, key: str):
-        self.seconds, self.key = seconds, key
+    CUDA kernels run asynchronously: without this, a part that queues GPU work is timed as the seconds to
+    queue it, and the next part that waits for a result (a ``.cpu()``) is billed for the GPU's time.
+    """
+    import sys
+
+    torch = sys.modules.get("torch")  # a stage that never imported torch has no GPU work to wait for
+    if torch is not None and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
+class Timer:
+    """``with Timer(res.seconds, "write"):`` adds the block's wall time to ``res.seconds["write"]``.
+
+    With ``sync`` (the default) it waits for queued CUDA work on entry and exit (:func:`cuda_synchronize`, a no-op
+    in a process that has not used CUDA), so a part is billed for the GPU time it queued, not the part that
+    happens to read a result. ``sync=False`` for parts in other threads that queue no GPU work (decode, write):
+    waiting there for the model's kernels would bill them for it and stall the thread.
+    """
+
+    def __init__(self, seconds: dict, key: str, sync: bool = True):
+        self.seconds, self.key, self.sync = seconds, key, sync
 
     def __enter__(self):
+        if self.sync:
+            cuda_synchronize()
         self.t0 = time.perf_counter()
 
     def __exit__(self, *exc):
+        if self.sync:
+            cuda_synchronize()
         self.seconds[self.key] += time.perf_counter() - self.t0
 
 
@@ -155,14 +178,60 @@ def task_slots(client, resources: dict[str, float] | None) -> int:
     return slots
 
 
-def make_client(cluster_cfg: dict):
-    """A dask client: attach to ``cluster.address`` if given, else start a LocalCluster.
+#: ``cluster.kind`` values: ``auto`` (:func:`cluster_kind`), ``local`` (dask's LocalCluster), ``cuda`` (dask-cuda's)
+CLUSTER_KINDS = ("auto", "local", "cuda")
 
-    The LocalCluster's scheduler gives up on a scene after ``cluster.allowed_failures`` retries of a
+
+def dask_cuda_available() -> bool:
+    """dask-cuda is importable (it is optional: see :func:`cluster_kind`)."""
+    import importlib.util
+
+    return importlib.util.find_spec("dask_cuda") is not None
+
+
+def cluster_kind(cluster_cfg: dict) -> str:
+    """Which local cluster a stage starts: ``"local"`` (dask's ``LocalCluster``) or ``"cuda"`` (dask-cuda's
+    ``LocalCUDACluster``), from ``cluster.kind``.
+
+    ``auto`` (the default): ``cuda`` when the tasks ask for a GPU (``cluster.resources`` has ``GPU``), this
+    machine has one and ``dask_cuda`` imports, else ``local``; ``local`` and ``cuda`` as said (``cuda`` without
+    ``dask_cuda`` is a ``ValueError`` naming the key). An attached cluster (``cluster.address``) is whatever it is.
+
+    ``LocalCUDACluster`` is the field's way to run one worker per GPU: each worker process sees only its own GPU
+    (``CUDA_VISIBLE_DEVICES`` rotated, so its ``cuda`` is its GPU), is pinned to the CPU cores near it, and
+    monitors device memory. dask-cuda is optional, not a dependency: its releases pin dask and distributed to
+    one version (26.10 wants ``dask<2026.7.2``, this project runs 2026.8) and pull in ``cuda-core`` and
+    ``nvidia-ml-py``. Without it the stage starts a ``LocalCluster`` whose workers offer the tasks' resources
+    and spread a bare ``cuda`` over the GPUs by worker number (:func:`pipelines.labels.worker_device`), which
+    is the same one-GPU-per-worker placement without the CPU pinning.
+    """
+    kind = str(cluster_cfg.get("kind", "auto"))
+    if kind not in CLUSTER_KINDS:
+        raise ValueError(f"cluster.kind must be one of {CLUSTER_KINDS}; got {kind!r}")
+    if kind == "cuda" and not dask_cuda_available():
+        raise ValueError(
+            "cluster.kind=cuda needs dask-cuda (pip install dask-cuda, which pins its own dask version); "
+            "cluster.kind=local runs one LocalCluster worker per GPU without it"
+        )
+    if kind != "auto":
+        return kind
+    gpu_tasks = "GPU" in (task_resources(cluster_cfg) or {})
+    if not gpu_tasks or not bool(cluster_cfg.get("processes", True)) or not dask_cuda_available():
+        return "local"  # (dask-cuda's workers are processes: cluster.processes=false keeps a threaded LocalCluster)
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "local"
+
+
+def make_client(cluster_cfg: dict):
+    """A dask client: attach to ``cluster.address`` if given, else start a local cluster (:func:`cluster_kind`).
+
+    The local cluster's scheduler gives up on a scene after ``cluster.allowed_failures`` retries of a
     worker dying under it (default 0: a scene that is OOM-killed or segfaults would most likely kill
     every worker it is retried on; a rerun of the stage retries it). An attached cluster keeps its
     scheduler's own ``distributed.scheduler.allowed-failures``. With ``cluster.resources`` (e.g. ``{GPU: 1}``)
-    every local worker offers them, so one worker per GPU: ``cluster.n_workers`` = the GPUs to use.
+    every local worker offers them, so one worker per GPU: ``cluster.n_workers`` = the GPUs to use (under
+    dask-cuda's ``LocalCUDACluster`` at most the GPUs there are: it gives each worker its own).
     """
     import dask
     from dask.distributed import Client, LocalCluster
@@ -174,15 +243,26 @@ def make_client(cluster_cfg: dict):
     allowed = int(cluster_cfg.get("allowed_failures", ALLOWED_FAILURES))
     if allowed < 0:
         raise ValueError(f"cluster.allowed_failures must be >= 0, got {allowed}")
+    kind = cluster_kind(cluster_cfg)
+    n_workers = int(cluster_cfg.get("n_workers", 2))
+    common = dict(
+        threads_per_worker=int(cluster_cfg.get("threads_per_worker", 1)),
+        memory_limit=cluster_cfg.get("memory_limit", "auto"),
+        dashboard_address=cluster_cfg.get("dashboard_address", None),
+        resources=task_resources(cluster_cfg),
+    )
     with dask.config.set({"distributed.scheduler.allowed-failures": allowed}):  # read when the scheduler starts
-        cluster = LocalCluster(
-            n_workers=int(cluster_cfg.get("n_workers", 2)),
-            threads_per_worker=int(cluster_cfg.get("threads_per_worker", 1)),
-            processes=bool(cluster_cfg.get("processes", True)),
-            memory_limit=cluster_cfg.get("memory_limit", "auto"),
-            dashboard_address=cluster_cfg.get("dashboard_address", None),
-            resources=task_resources(cluster_cfg),
-        )
+        if kind == "cuda":
+            import torch
+            from dask_cuda import LocalCUDACluster
+
+            gpus = torch.cuda.device_count()
+            if n_workers > gpus:
+                log.warning("cluster.n_workers=%d but %d GPUs: dask-cuda starts one worker per GPU", n_workers, gpus)
+            log.info("starting dask-cuda's LocalCUDACluster: %d workers, one GPU each", min(n_workers, gpus))
+            cluster = LocalCUDACluster(n_workers=max(1, min(n_workers, gpus)), **common)
+        else:
+            cluster = LocalCluster(n_workers=n_workers, processes=bool(cluster_cfg.get("processes", True)), **common)
     return Client(cluster), cluster
 
 

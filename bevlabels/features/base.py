@@ -57,6 +57,12 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device(device)
 
 
+def compute_dtype_on(device: str | torch.device, dtype: str | torch.dtype | None) -> torch.dtype:
+    """The dtype an extractor configured with ``dtype`` computes in on ``device``: ``dtype`` under autocast on CUDA,
+    float32 elsewhere (what its ``describe()["dtype"]`` then says). ``device`` is only named, never opened."""
+    return resolve_dtype(dtype) if resolve_device(device).type == "cuda" else torch.float32
+
+
 def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
     """Return the torch dtype named by ``dtype`` (None -> float32; accepts ``"bfloat16"``, ``"bf16"``...)."""
     if dtype is None:
@@ -190,10 +196,8 @@ class FeatureExtractor(nn.Module, ABC):
         self.out_channels = int(out_channels)
         self.patch_size = int(patch_size)
         self.image_height = None if image_height is None else int(image_height)
-        dev = resolve_device(device)
-        requested = resolve_dtype(dtype)
         # Autocast only on CUDA; on CPU everything runs (and is reported) in float32.
-        self.compute_dtype = requested if dev.type == "cuda" else torch.float32
+        self.compute_dtype = compute_dtype_on(device, dtype)
         self.register_buffer("mean", torch.tensor(image_mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(image_std, dtype=torch.float32).view(1, 3, 1, 1))
 
