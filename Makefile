@@ -6,9 +6,18 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 # The local CPU wheel; override for a GPU box, e.g. `make setup TORCH="torch==2.11.0"`.
-TORCH  ?= torch==2.13.0
+DEFAULT_TORCH := torch==2.13.0
+TORCH  ?= $(DEFAULT_TORCH)
 ARGS   ?=
 STAMP  := $(VENV)/.setup-stamp
+# The stamp records the TORCH it was made with (one from before it did: the default). Another TORCH remakes it, so
+# `make setup TORCH=...` installs that torch even in a set-up checkout.
+STAMP_TORCH := $(if $(wildcard $(STAMP)),$(or $(shell cat $(STAMP)),$(DEFAULT_TORCH)))
+ifneq ($(STAMP_TORCH),)
+ifneq ($(STAMP_TORCH),$(TORCH))
+.PHONY: $(STAMP)
+endif
+endif
 
 .PHONY: help setup test test-all lint format labels inspect train evaluate teacher teacher-train teacher-eval \
 	teacher-cache synth bench bench-labels bench-teacher clean
@@ -18,7 +27,7 @@ help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
 	  awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
 
-setup: $(STAMP) ## Create .venv, install torch first, then bevlabels (editable, dev extras); idempotent
+setup: $(STAMP) ## Create .venv, install torch first (TORCH=...), then bevlabels (editable, dev extras); idempotent
 
 $(STAMP): pyproject.toml
 	@bash scripts/ensure_libusb.sh
@@ -26,7 +35,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
 	$(PY) -m pip install -q -e ".[dev]"
-	@touch $(STAMP)
+	@printf '%s\n' "$(TORCH)" > $(STAMP)
 	@echo "setup done: $(VENV) ($$($(PY) -c 'import torch; print("torch", torch.__version__)'))"
 
 # The suite runs in TEST_WORKERS pytest-xdist processes (0: in this process). A file's tests stay in one worker
