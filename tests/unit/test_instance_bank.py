@@ -146,3 +146,32 @@ def test_decoder_leaves_samples_without_carried_instances_as_they_would_be_alone
     _, with_all = dec(f[:1], a[:1], carried=CarriedInstances(carried.instance_feature[:1], carried.anchor[:1]))
     torch.testing.assert_close(out[:1], with_all)
     assert not torch.allclose(out[:1], dec(f[:1], a[:1])[1])  # the carried instances did change sample 0
+
+
+def test_the_bank_keeps_every_tensor_on_its_inputs_device():
+    """On CUDA the bank stored the pose with ``.cpu()`` and multiplied it with the next CUDA pose (a crash).
+
+    Here the inputs live on the ``meta`` device (no GPU needed): an op that meets a CPU tensor of the bank fails,
+    and after two keyframes (carry, merge, cache) every tensor the bank keeps or returns must be on ``meta``.
+    """
+    meta = torch.device("meta")
+    bank = InstanceBank(num_temp_instances=2)
+    keys = ["s1", "s2"]
+    poses = torch.stack([pose(1.0, 2.0, 0.1), pose(-3.0, 0.5, 0.7)])
+    f, a, cls = _frame(bank, keys, [0, 0])
+    carried, dt = bank.carried(keys, [0, 0], poses.to(meta))
+    assert carried is None and dt.device == meta
+    bank.cache(keys, [0, 0], poses.to(meta), f.to(meta), a.to(meta), cls.to(meta))
+
+    later = torch.stack([pose(2.0, 2.5, 0.15), pose(-2.0, 0.0, 0.75)])
+    keys2 = ["s1", "new"]
+    carried, dt = bank.carried(keys2, [500_000, 500_000], later.to(meta))
+    f2, a2, cls2 = _frame(bank, keys2, [500_000, 500_000], seed=1)
+    mf, ma = bank.merge(carried, f2.to(meta), a2.to(meta), cls2.to(meta))
+    bank.cache(keys2, [500_000, 500_000], later.to(meta), mf, ma, cls2.to(meta))
+
+    returned = [*carried, dt, mf, ma]
+    kept = [t for s in bank.streams.values() for t in (s.aug_from_global, s.feature, s.anchor, s.confidence, s.ids)]
+    assert len(kept) == 10 and all(isinstance(t, torch.Tensor) for t in returned + kept)
+    off = [tuple(t.shape) for t in returned + kept if t.device != meta]
+    assert not off, f"tensors of the bank off the inputs' device: {off}"

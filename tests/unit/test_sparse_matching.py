@@ -10,7 +10,12 @@ import torch
 
 from bevlabels import geometry as G
 from trainer.models.components.sparse.anchors import COS, SIN, X, Y, Z, boxes_to_anchors
-from trainer.models.components.sparse.matching import DEFAULT_MATCH_BOX_WEIGHTS, hungarian_match, matching_cost
+from trainer.models.components.sparse.matching import (
+    DEFAULT_MATCH_BOX_WEIGHTS,
+    hungarian_match,
+    hungarian_match_many,
+    matching_cost,
+)
 from trainer.models.losses import (
     DEFAULT_BOX_WEIGHTS,
     box_l1_loss,
@@ -312,3 +317,42 @@ def test_bad_labels_raise():
     layers = _outputs(torch.Generator().manual_seed(7), 1, 3, layers=1)
     with pytest.raises(ValueError, match="num_classes"):
         sparse_detection_loss(layers, [torch.tensor([box(0, 0)], dtype=torch.float64)], [torch.tensor([K])])
+
+
+def test_one_host_copy_for_the_matching_of_a_whole_step(monkeypatch):
+    """scipy solves on the host, so the cost matrices must come over; on a GPU each copy is a device sync, and
+    one per decoder layer and sample made about 24 a step for ``dvd``. Every layer's and sample's matrix (and the
+    labels' range check) now travel in one ``.cpu()``; nothing else reads a value back (``item``, ``tolist``,
+    ``bool``, ``nonzero``: each a sync on a GPU)."""
+    g = torch.Generator().manual_seed(8)
+    B, Q, layers = 3, 6, 4
+    gt_boxes = [torch.tensor([box(1, 2), box(-4, 3, vy=float("nan"))]), torch.zeros(0, 9), torch.tensor([box(0, -6)])]
+    gt_labels = [torch.tensor([2, 0]), torch.zeros(0, dtype=torch.long), torch.tensor([1])]
+    outputs = _outputs(g, B, Q, layers=layers, dtype=torch.float32)
+    dn = {
+        "layers": _outputs(g, B, 4, layers=layers, dtype=torch.float32),
+        "gt_anchor": torch.zeros(B, 4, 11),
+        "labels": torch.tensor([[2, 0, -1, -1], [-1, -1, -1, -1], [1, -1, -1, -1]]),
+        "valid": torch.tensor([[True] * 4, [False] * 4, [True, False, True, False]]),
+    }
+    ref = sparse_detection_loss(outputs, gt_boxes, gt_labels, dn=dn)
+
+    reads: dict[str, int] = {}
+    for name in ("cpu", "item", "tolist", "__bool__", "nonzero"):
+        real = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _real=real, _name=name, **kwargs):
+            reads[_name] = reads.get(_name, 0) + 1
+            return _real(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    out = sparse_detection_loss(outputs, gt_boxes, gt_labels, dn=dn)
+    monkeypatch.undo()
+    assert reads == {"cpu": 1}, reads
+    for k in ref:  # and the same loss as before
+        torch.testing.assert_close(out[k], ref[k])
+    # the per-matrix path is the batched one's special case
+    qi, gi = hungarian_match(outputs[1]["cls"][0].detach(), outputs[1]["anchor"][0].detach(), gt_boxes[0], gt_labels[0])
+    cost = matching_cost(outputs[1]["cls"][0].detach(), outputs[1]["anchor"][0].detach(), gt_boxes[0], gt_labels[0])
+    (qm, gm), (qe, ge) = hungarian_match_many([cost, cost[:, :0]])
+    assert torch.equal(qi, qm) and torch.equal(gi, gm) and len(qe) == len(ge) == 0

@@ -28,8 +28,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainer.models.components.lift_splat import DepthBins
+from trainer.models.components.precision import at_least_float32, autocast_off
 from trainer.models.components.sparse.anchors import ANCHOR_DIM, COS, SIN, X, Y, Z, boxes_to_anchors
-from trainer.models.components.sparse.matching import DEFAULT_MATCH_BOX_WEIGHTS, hungarian_match
+from trainer.models.components.sparse.matching import (
+    DEFAULT_MATCH_BOX_WEIGHTS,
+    assignments_to,
+    host_copy,
+    matching_cost,
+    solve_assignments,
+)
 
 # ---------------------------------------------------------------------------------------------
 # Dense detection (CenterPoint's head)
@@ -214,6 +221,11 @@ def camera_bev_losses(
 # stays in the graph (DDP); no class-wise box weights (Sparse4D's traffic-cone row) and no yaw
 # reversal for barriers (``cls_allow_reverse``).
 #
+# Precision: under bf16 / fp16 autocast the GT boxes, their anchors, the matching costs and every loss term
+# are float32 (predictions are cast up where they meet them): bf16 would round a GT centre beyond 16 m to
+# 0.125-0.25 m in matching and in the L1 targets. Host syncs: the cost matrices of every layer and sample
+# (and the GT labels' range check) come to the host in one copy per step (``hungarian_match_many``).
+#
 # Shape letters: B batch, Q queries, K classes, M GT boxes of one sample, P matched pairs, D denoising
 # queries (all groups), L decoder layers.
 
@@ -322,7 +334,8 @@ def yawness_loss(
     return _reduce(t * pos + (1 - t) * neg, reduction)
 
 
-def _check_gt(gt_boxes: Sequence[torch.Tensor], gt_labels: Sequence[torch.Tensor], B: int, K: int) -> None:
+def _check_gt(gt_boxes: Sequence[torch.Tensor], gt_labels: Sequence[torch.Tensor], B: int) -> None:
+    """Shapes only (no device sync); the labels' range is checked on the host copy of :func:`_match_all`."""
     assert len(gt_boxes) == len(gt_labels) == B, (
         f"gt_boxes and gt_labels must be lists of B={B} tensors; got {len(gt_boxes)}, {len(gt_labels)}"
     )
@@ -330,8 +343,41 @@ def _check_gt(gt_boxes: Sequence[torch.Tensor], gt_labels: Sequence[torch.Tensor
         assert boxes.ndim == 2 and boxes.shape[1] == 9 and labels.shape == (len(boxes),), (
             f"sample {b}: gt_boxes must be (M, 9) and gt_labels (M,); got {tuple(boxes.shape)}, {tuple(labels.shape)}"
         )
-        if len(labels) and (labels.min() < 0 or labels.max() >= K):
-            raise ValueError(f"sample {b}: gt_labels must lie in [0, {K}) (num_classes); got {labels.tolist()}")
+
+
+def _match_all(
+    layer_outputs: Sequence[dict],
+    gt_boxes: Sequence[torch.Tensor],
+    gt_labels: Sequence[torch.Tensor],
+    K: int,
+    **cost_kwargs,
+) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+    """Per layer, per sample ``(query_idx, gt_idx)`` of the Hungarian matching, with one host copy for the step.
+
+    Every layer's and sample's cost matrix (:func:`matching_cost`) and the GT labels travel to the host together
+    (:func:`host_copy`), so the labels' range (``[0, K)``) is checked there without a sync of its own.
+    """
+    B = len(gt_boxes)
+    costs = [
+        # labels clamped for the cost's gather only: out-of-range ones are refused below, on the host copy
+        matching_cost(
+            layer["cls"][b].detach(),
+            layer["anchor"][b].detach(),
+            gt_boxes[b],
+            gt_labels[b].clamp(0, K - 1),
+            **cost_kwargs,
+        )
+        for layer in layer_outputs
+        for b in range(B)
+    ]
+    device = layer_outputs[0]["cls"].device
+    labels = torch.cat([torch.zeros(0, dtype=torch.long, device=device)] + [g.reshape(-1) for g in gt_labels])
+    *host_costs, host_labels = host_copy([*costs, labels])
+    if len(host_labels) and (host_labels.min() < 0 or host_labels.max() >= K):
+        b = next(i for i, g in enumerate(gt_labels) if len(g) and (g.min() < 0 or g.max() >= K))
+        raise ValueError(f"sample {b}: gt_labels must lie in [0, {K}) (num_classes); got {gt_labels[b].tolist()}")
+    pairs = assignments_to(solve_assignments(host_costs), device)
+    return [pairs[l * B : (l + 1) * B] for l in range(len(layer_outputs))]
 
 
 def sparse_detection_loss(
@@ -365,37 +411,43 @@ def sparse_detection_loss(
         avg_factor: the normaliser of the matched terms (default: the number of matched queries, >= 1).
 
     Returns ``{"cls_l", "box_l", "cns_l", "yns_l", "dn_cls_l", "dn_box_l": weighted scalar terms per layer l,
-    "loss": their sum}``. Each layer is matched on its own (Hungarian, :func:`hungarian_match`, on detached
-    predictions); the denoising queries have a known assignment.
+    "loss": their sum}``. Each layer is matched on its own (Hungarian, on detached predictions; every layer's
+    and sample's cost matrix comes to the host in one copy, :func:`_match_all`); the denoising queries have a
+    known assignment. GT, matching and every term are float32 at least (module notes).
     """
     assert len(layer_outputs) > 0, "layer_outputs is empty: the decoder's operation_order has no 'refine'"
     B, Q, K = layer_outputs[0]["cls"].shape
-    _check_gt(gt_boxes, gt_labels, B, K)
-    device, dtype = layer_outputs[0]["cls"].device, layer_outputs[0]["cls"].dtype
-    gt_boxes = [g.to(device=device, dtype=dtype) for g in gt_boxes]
+    _check_gt(gt_boxes, gt_labels, B)
+    device = layer_outputs[0]["cls"].device
+    box_dtype = torch.promote_types(layer_outputs[0]["anchor"].dtype, torch.float32)  # never bf16 / fp16
+    gt_boxes = [g.to(device=device, dtype=box_dtype) for g in gt_boxes]
     gt_labels = [g.to(device=device, dtype=torch.long) for g in gt_labels]
     gt_anchors = [boxes_to_anchors(g) for g in gt_boxes]  # B x (M_b, 11)
     num_matched = sum(min(Q, len(g)) for g in gt_boxes)
     norm = float(avg_factor) if avg_factor is not None else float(max(num_matched, 1))
+    for l, layer in enumerate(layer_outputs):
+        assert layer["cls"].shape == (B, Q, K) and layer["anchor"].shape == (B, Q, ANCHOR_DIM), (
+            f"layer {l}: cls {tuple(layer['cls'].shape)} and anchor {tuple(layer['anchor'].shape)} must be "
+            "(B, Q, K), (B, Q, 11)"
+        )
+    matches = _match_all(
+        layer_outputs,
+        gt_boxes,
+        gt_labels,
+        K,
+        cls_weight=match_cls_weight,
+        box_weights=match_box_weights,
+        alpha=alpha,
+        gamma=gamma,
+    )
 
     out: dict[str, torch.Tensor] = {}
     for l, layer in enumerate(layer_outputs):
-        cls, anchor, quality = layer["cls"], layer["anchor"], layer.get("quality")
-        assert cls.shape == (B, Q, K) and anchor.shape == (B, Q, ANCHOR_DIM), (
-            f"layer {l}: cls {tuple(cls.shape)} and anchor {tuple(anchor.shape)} must be (B, Q, K), (B, Q, 11)"
-        )
+        # the predictions meet the GT in float32 at least (bf16 / fp16 under autocast)
+        cls, anchor = at_least_float32(layer["cls"]), at_least_float32(layer["anchor"])
+        quality = layer.get("quality")
         b_idx, q_idx, g_anchor, g_label = [], [], [], []
-        for b in range(B):
-            qi, gi = hungarian_match(
-                cls[b].detach(),
-                anchor[b].detach(),
-                gt_boxes[b],
-                gt_labels[b],
-                cls_weight=match_cls_weight,
-                box_weights=match_box_weights,
-                alpha=alpha,
-                gamma=gamma,
-            )
+        for b, (qi, gi) in enumerate(matches[l]):
             b_idx.append(torch.full_like(qi, b))
             q_idx.append(qi)
             g_anchor.append(gt_anchors[b][gi])
@@ -408,13 +460,13 @@ def sparse_detection_loss(
         out[f"cls_{l}"] = cls_weight * sigmoid_focal_loss(cls, target, alpha, gamma, "sum") / norm
 
         pred = anchor[b_idx, q_idx]  # (P, 11)
-        keep = torch.ones_like(g_label, dtype=dtype)
+        keep = torch.ones_like(g_label, dtype=cls.dtype)
         if cls_threshold_to_reg is not None:
-            keep = (cls[b_idx, q_idx].detach().sigmoid().amax(-1) > cls_threshold_to_reg).to(dtype)
+            keep = (cls[b_idx, q_idx].detach().sigmoid().amax(-1) > cls_threshold_to_reg).to(cls.dtype)
         box = box_l1_loss(pred, g_anchor, box_weights, "none").sum(-1)  # (P,)
         out[f"box_{l}"] = (box * keep).sum() / norm
         if quality is not None:
-            qt = quality[b_idx, q_idx]  # (P, 2)
+            qt = at_least_float32(quality[b_idx, q_idx])  # (P, 2)
             cns = centerness_loss(qt[:, CNS], pred, g_anchor, "none")
             yns = yawness_loss(qt[:, YNS], pred, g_anchor, reduction="none")
             out[f"cns_{l}"] = centerness_weight * (cns * keep).sum() / norm
@@ -437,14 +489,14 @@ def _denoising_loss(
         "must be (B, D, 11), (B, D), (B, D)"
     )
     pos = valid & (labels >= 0)  # (B, D)
+    gt_anchor = at_least_float32(gt_anchor)
     norm = valid.sum().clamp(min=1).to(gt_anchor.dtype)
     out = {}
     for l, layer in enumerate(dn["layers"]):
-        cls, anchor = layer["cls"], layer["anchor"]
+        cls, anchor = at_least_float32(layer["cls"]), at_least_float32(layer["anchor"])
         assert cls.shape[:2] == (B, D), f"dn layer {l}: cls {tuple(cls.shape)} must be (B={B}, D={D}, K)"
-        target = torch.zeros_like(cls)
-        b_idx, d_idx = pos.nonzero(as_tuple=True)
-        target[b_idx, d_idx, labels[b_idx, d_idx]] = 1.0
+        # one-hot of the positives (a mask, not nonzero(): no device sync)
+        target = F.one_hot(labels.clamp(min=0), cls.shape[-1]).to(cls.dtype) * pos[..., None]
         focal = sigmoid_focal_loss(cls, target, alpha, gamma, "none").sum(-1)  # (B, D)
         out[f"dn_cls_{l}"] = dn_weight * cls_weight * (focal * valid).sum() / norm
         box = box_l1_loss(anchor, gt_anchor, box_weights, "none").sum(-1)  # (B, D)
@@ -546,7 +598,8 @@ def inter_channel_loss(student: torch.Tensor, teacher: torch.Tensor, eps: float 
     dt = torch.promote_types(student.dtype, torch.float32)  # bf16 / fp16 features: the products in float32
     s = F.normalize(student.to(dt), dim=1, eps=eps)  # (M, N, C), unit columns
     t = F.normalize(teacher.detach().to(dt), dim=1, eps=eps)
-    return _similarity_loss(s.transpose(1, 2) @ s, t.transpose(1, 2) @ t)
+    with autocast_off(s):  # autocast would run the products in bf16 / fp16 again
+        return _similarity_loss(s.transpose(1, 2) @ s, t.transpose(1, 2) @ t)
 
 
 def inter_keypoint_loss(student: torch.Tensor, teacher: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -562,4 +615,5 @@ def inter_keypoint_loss(student: torch.Tensor, teacher: torch.Tensor, eps: float
     dt = torch.promote_types(student.dtype, torch.float32)
     s = F.normalize(student.to(dt), dim=2, eps=eps)  # (M, N, C), unit rows
     t = F.normalize(teacher.detach().to(dt), dim=2, eps=eps)
-    return _similarity_loss(s @ s.transpose(1, 2), t @ t.transpose(1, 2))
+    with autocast_off(s):
+        return _similarity_loss(s @ s.transpose(1, 2), t @ t.transpose(1, 2))

@@ -39,11 +39,15 @@ from trainer.models.components.lift_splat import DepthBins, LiftSplat
 
 
 def img_from_ego_of(K: torch.Tensor, ego_from_cam: torch.Tensor) -> torch.Tensor:
-    """``(B, N, 4, 4)`` float32 ``K`` (padded to 4x4) ``@ inverse(ego_from_cam)`` of ``K (B, N, 3, 3)``, poses ``(B, N, 4, 4)``."""
-    K4 = torch.zeros(*K.shape[:-2], 4, 4, dtype=torch.float32, device=K.device)
-    K4[..., :3, :3] = K.float()
+    """``(B, N, 4, 4)`` float32 ``K`` (padded to 4x4) ``@ inverse(ego_from_cam)`` of ``K (B, N, 3, 3)``, poses ``(B, N, 4, 4)``.
+
+    Computed in float64, which autocast leaves alone (a float32 matmul would run in bf16 under it: pixels off
+    by a few at a focal length of 1000).
+    """
+    K4 = torch.zeros(*K.shape[:-2], 4, 4, dtype=torch.float64, device=K.device)
+    K4[..., :3, :3] = K.double()
     K4[..., 3, 3] = 1.0
-    return K4 @ torch.linalg.inv(ego_from_cam.float())
+    return (K4 @ torch.linalg.inv(ego_from_cam.double())).float()
 
 
 class CameraBEV(nn.Module):

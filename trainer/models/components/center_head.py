@@ -34,6 +34,10 @@ peaks, duplicates are near-coincident centres. The default radii are CenterPoint
 (``min_radius = [4, 12, 10, 1, 0.85, 0.175]`` in mmdet3d, compared there with the *squared*
 distance), written here as metres.
 
+Precision: targets are built in float64 on the host and kept in float32; the losses and the decoding cast the
+head's maps up to float32 first, so under bf16 / fp16 autocast a box centre is not rounded (bf16 adds a cell
+index beyond 64 and its offset half a cell off) and the losses are not summed in bf16.
+
 Shape letters: B batch, C channels, H/W rows/columns of the BEV map, K_t classes of a task,
 K max objects per sample (``max_objs``), M boxes, S window cells.
 """
@@ -51,6 +55,7 @@ from torch import nn
 from bevlabels.datasets.nuscenes import NUSCENES_CLASSES
 from bevlabels.geometry import BOX_DIM, VX, VY, YAW, H, L, W, X, Y, Z
 from bevlabels.grid import GridSpec
+from trainer.models.components.precision import at_least_float32
 from trainer.models.losses import gaussian_focal_loss, masked_l1
 
 #: CenterPoint's six nuScenes task groups
@@ -137,6 +142,24 @@ def draw_gaussians(
     flat = (channel.long()[:, None] * Hh + y) * Ww + x
     heatmap.view(-1).scatter_reduce_(0, flat[ok], val[ok], reduce="amax")
     return heatmap
+
+
+def _to_host(
+    boxes: Sequence[torch.Tensor], labels: Sequence[torch.Tensor]
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """B boxes ``(M_b, 9)`` as float64 and labels ``(M_b,)`` as int64 on the host: one copy (one sync) from a device."""
+    if all(b.device.type == "cpu" for b in boxes) and all(lb.device.type == "cpu" for lb in labels):
+        return [b.double() for b in boxes], [lb.long() for lb in labels]
+    counts = [len(b) for b in boxes]
+    device = boxes[0].device
+    flat = torch.cat(
+        [
+            torch.cat([b.to(device, torch.float64) for b in boxes]),  # (sum M, 9)
+            torch.cat([lb.to(device, torch.float64) for lb in labels])[:, None],  # (sum M, 1): exact below 2**53
+        ],
+        1,
+    ).cpu()
+    return list(flat[:, :BOX_DIM].split(counts)), list(flat[:, BOX_DIM].long().split(counts))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -358,18 +381,21 @@ class CenterHead(nn.Module):
             ``rot (B, K, 2)``, ``vel (B, K, 2)`` (NaN replaced by 0); ``vel_mask (B, K)`` bool,
             True where the GT velocity is known. Boxes whose centre is off the grid, of classes
             in no task, or beyond ``max_objs`` per task are left out.
+
+        The targets are made on the host: GT on an accelerator comes over in one copy (one device sync, where
+        building them there would sync on every task and sample's masks); :meth:`loss` moves them to the maps.
         """
         assert len(gt_boxes) == len(gt_labels), f"{len(gt_boxes)} box sets for {len(gt_labels)} label sets"
         B, K = len(gt_boxes), self.max_objs
         Hh, Ww = grid.shape
         dx, dy = grid.cell_size
-        boxes_b = [torch.as_tensor(b, dtype=torch.float64) for b in gt_boxes]
-        labels_b = [torch.as_tensor(lb, dtype=torch.long, device=b.device) for lb, b in zip(gt_labels, boxes_b)]
-        device = boxes_b[0].device if B else torch.device("cpu")
+        boxes_b, labels_b = [torch.as_tensor(b) for b in gt_boxes], [torch.as_tensor(lb) for lb in gt_labels]
         for b, lb in zip(boxes_b, labels_b):
             assert b.ndim == 2 and b.shape[1] == BOX_DIM and lb.shape == (len(b),), (
                 f"boxes must be (M, {BOX_DIM}) and labels (M,); got {tuple(b.shape)}, {tuple(lb.shape)}"
             )
+        boxes_b, labels_b = _to_host(boxes_b, labels_b) if B else ([], [])
+        device = torch.device("cpu")
         out = []
         for labels_t in self.task_labels:
             to_local = torch.full((len(self.class_names),), -1, dtype=torch.long, device=device)
@@ -425,7 +451,9 @@ class CenterHead(nn.Module):
         out: dict[str, torch.Tensor] = {}
         hm_total, loc_total = 0.0, 0.0
         for t, (p, tg) in enumerate(zip(preds, targets)):
-            tg = {k: v.to(p["hm"].device) for k, v in tg.items()}  # targets may be made on the CPU
+            # targets are made on the host (non_blocking: no device sync); the maps in float32 under autocast
+            tg = {k: v.to(p["hm"].device, non_blocking=True) for k, v in tg.items()}
+            p = {k: at_least_float32(v) for k, v in p.items()}
             assert p["hm"].shape == tg["heatmap"].shape, (
                 f"task {t}: heatmap {tuple(p['hm'].shape)} vs target {tuple(tg['heatmap'].shape)}: the targets' grid "
                 "must be the head's output grid (pillar size x backbone output stride)"
@@ -458,6 +486,7 @@ class CenterHead(nn.Module):
         Hh, Ww = grid.shape
         per_task = []
         for t, p in enumerate(preds):
+            p = {k: at_least_float32(v) for k, v in p.items()}  # bf16 would add cell index and offset half a cell off
             hm = torch.sigmoid(p["hm"])
             B, Kt = hm.shape[:2]
             assert hm.shape[-2:] == (Hh, Ww), f"task {t}: maps {tuple(hm.shape[-2:])} are not on the grid {(Hh, Ww)}"

@@ -49,7 +49,7 @@ class PFNLayer(nn.Module):
     """Linear (no bias) + BatchNorm1d + ReLU on the real points of each pillar, then the max over them.
 
     ``forward(x (V, N, C_in), mask (V, N)) -> (per-point (V, N, C_out), pillar max (V, C_out))``;
-    per-point features are zero at padded slots.
+    per-point features are zero at padded slots, in the linear layer's output dtype (bf16 / fp16 under autocast).
     """
 
     def __init__(self, in_channels: int, out_channels: int, bn_eps: float = 1e-3, bn_momentum: float = 0.01):
@@ -67,7 +67,8 @@ class PFNLayer(nn.Module):
         else:
             z = self.norm(z)
         y_real = torch.relu(z)
-        y = x.new_zeros(V, N, y_real.shape[1])
+        # The linear's dtype, not the input's: under autocast it is bf16 / fp16, and index_put needs them equal.
+        y = y_real.new_zeros(V, N, y_real.shape[1])
         y[mask] = y_real
         return y, y.amax(1)  # ReLU >= 0 and padding is 0: the max is that of real points
 

@@ -144,7 +144,7 @@ def inner_depth_cells(
     all_boxes = torch.cat(boxes) if boxes else torch.zeros(0, 9, device=device)
     centres = all_boxes[offsets[b] + obj, :3]  # (E, 3) each cell's box centre
     m = img_from_ego.to(device=device, dtype=torch.float32)[b, cam]  # (E, 4, 4)
-    uvd = (m[:, :3, :3] @ centres[:, :, None])[..., 0] + m[:, :3, 3]  # (E, 3)
+    uvd = (m[:, :3, :3] * centres[:, None, :]).sum(-1) + m[:, :3, 3]  # (E, 3); elementwise: no bf16 under autocast
     d = uvd[:, 2]
     front = d > 1e-3
     safe = torch.where(front, d, torch.ones_like(d))

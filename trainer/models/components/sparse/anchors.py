@@ -39,8 +39,13 @@ ANCHOR_COLUMNS = ("x", "y", "z", "log_l", "log_w", "log_h", "sin", "cos", "vx", 
 
 
 def boxes_to_anchors(boxes: torch.Tensor) -> torch.Tensor:
-    """Anchors ``(..., 11)`` of boxes ``(..., 9)`` (sizes clamped to 1 cm before the log; ``VZ`` = 0)."""
+    """Anchors ``(..., 11)`` of boxes ``(..., 9)`` (sizes clamped to 1 cm before the log; ``VZ`` = 0).
+
+    float32 at least: bf16 / fp16 boxes are cast up (a box is never rounded to bf16, and under CUDA autocast
+    ``log`` would return float32 into a bf16 buffer).
+    """
     assert boxes.shape[-1] == G.BOX_DIM, f"boxes must be (..., {G.BOX_DIM}); got {tuple(boxes.shape)}"
+    boxes = boxes.to(torch.promote_types(boxes.dtype, torch.float32))
     out = boxes.new_zeros(*boxes.shape[:-1], ANCHOR_DIM)
     out[..., [X, Y, Z]] = boxes[..., [G.X, G.Y, G.Z]]
     out[..., [LOG_L, LOG_W, LOG_H]] = boxes[..., [G.L, G.W, G.H]].clamp(min=0.01).log()
@@ -51,8 +56,9 @@ def boxes_to_anchors(boxes: torch.Tensor) -> torch.Tensor:
 
 
 def anchors_to_boxes(anchors: torch.Tensor) -> torch.Tensor:
-    """Boxes ``(..., 9)`` of anchors ``(..., 11)`` (``VZ`` dropped; yaw = atan2(sin, cos))."""
+    """Boxes ``(..., 9)`` of anchors ``(..., 11)`` (``VZ`` dropped; yaw = atan2(sin, cos)), float32 at least."""
     assert anchors.shape[-1] == ANCHOR_DIM, f"anchors must be (..., {ANCHOR_DIM}); got {tuple(anchors.shape)}"
+    anchors = anchors.to(torch.promote_types(anchors.dtype, torch.float32))
     out = anchors.new_zeros(*anchors.shape[:-1], G.BOX_DIM)
     out[..., [G.X, G.Y, G.Z]] = anchors[..., [X, Y, Z]]
     out[..., [G.L, G.W, G.H]] = anchors[..., [LOG_L, LOG_W, LOG_H]].exp()

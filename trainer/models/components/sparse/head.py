@@ -510,13 +510,12 @@ class SparseDecoder(nn.Module):
             elif op == "temp_attn":
                 if carried is not None:
                     out = layer(f, anchor_embed, carried.instance_feature, carried_embed)
-                    if carried.valid is not None and not bool(carried.valid.all()):
-                        alone = (
-                            layer(f, anchor_embed, attn_mask=attn_mask)
-                            if self.temp_attn_without_carried == "self"
-                            else f
-                        )
-                        out = torch.where(carried.valid.to(out.device)[:, None, None], out, alone)
+                    if carried.valid is not None:
+                        valid = carried.valid.to(out.device)[:, None, None]
+                        if self.temp_attn_without_carried == "skip":
+                            out = torch.where(valid, out, f)  # no test of valid.all(): no device sync
+                        elif not bool(carried.valid.all()):  # "self": a second attention only where needed
+                            out = torch.where(valid, out, layer(f, anchor_embed, attn_mask=attn_mask))
                     f = out
                 elif self.temp_attn_without_carried == "self":
                     f = layer(f, anchor_embed, attn_mask=attn_mask)
@@ -825,9 +824,13 @@ def decode(layer_out: dict, topk: int = 300, score_threshold: float | None = Non
     the top ``topk`` (query, class) pairs over ``Q * K`` by ``sigmoid(cls)``, ``score_threshold`` applied to
     that class score, then each score multiplied by ``sigmoid(centerness)`` (when quality is given) and
     re-sorted. Returns B dicts ``{"boxes": (M, 9) (bevlabels.geometry layout, via anchors_to_boxes),
-    "scores": (M,) descending, "labels": (M,) long, "query_index": (M,) long}``.
+    "scores": (M,) descending, "labels": (M,) long, "query_index": (M,) long}``, boxes and scores float32 at
+    least (bf16 / fp16 outputs of autocast are cast up first).
     """
     cls, anchor, quality = layer_out["cls"], layer_out["anchor"], layer_out.get("quality")
+    up = torch.promote_types(cls.dtype, torch.float32)
+    cls, anchor = cls.to(up), anchor.to(torch.promote_types(anchor.dtype, torch.float32))
+    quality = quality.to(up) if quality is not None else None
     B, Q, K = cls.shape
     assert anchor.shape == (B, Q, ANCHOR_DIM), f"anchor must be (B, Q, 11); got {tuple(anchor.shape)}"
     assert quality is None or quality.shape == (B, Q, 2), f"quality must be (B, Q, 2); got {tuple(quality.shape)}"

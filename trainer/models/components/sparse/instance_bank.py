@@ -27,6 +27,12 @@ unique over the bank's life (so within a scene); -1 means no id.
 Sparse4D's released code writes ``[cos, sin]`` into the ``[SIN, COS]`` slots when it rotates anchors
 (its issue #61); here the rotated vector is written back through the named columns.
 
+Devices and precision: every tensor the bank keeps or returns lives on its inputs' device (the features',
+anchors' and poses' of :meth:`InstanceBank.cache`; nothing is moved to the host, so a CUDA step never meets a
+CPU pose); which streams carry is host bookkeeping of the keys and timestamps (Python values, never a tensor
+read back from the device). Poses are float64 and the anchors' projection is elementwise in float32 at
+least, so autocast's bf16 matmuls never touch them.
+
 Shape letters: B streams (batch slots), Q queries, T carried instances, C channels, K classes.
 """
 
@@ -49,24 +55,29 @@ def project_anchors(anchor: torch.Tensor, cur_from_prev: torch.Tensor, dt: torch
     the translation); log sizes unchanged.
     """
     assert anchor.shape[-1] == ANCHOR_DIM, f"anchor must be (..., T, 11); got {tuple(anchor.shape)}"
-    M = cur_from_prev.to(anchor.dtype)
+    anchor = anchor.to(torch.promote_types(anchor.dtype, torch.float32))
+    M = cur_from_prev.to(device=anchor.device, dtype=anchor.dtype)
     R, t = M[..., None, :3, :3], M[..., None, :3, 3]  # (..., 1, 3, 3), (..., 1, 3)
     dt = torch.as_tensor(dt, dtype=anchor.dtype, device=anchor.device)[..., None, None]  # (..., 1, 1)
+
+    def rotate(R: torch.Tensor, v: torch.Tensor) -> torch.Tensor:  # R @ v, elementwise: autocast leaves it alone
+        return (R * v[..., None, :]).sum(-1)
+
     vel = anchor[..., [VX, VY, VZ]]
     centre = anchor[..., [X, Y, Z]] + vel * dt
     out = anchor.clone()
-    out[..., [X, Y, Z]] = (R @ centre[..., None])[..., 0] + t
+    out[..., [X, Y, Z]] = rotate(R, centre) + t
     cos_sin = torch.stack([anchor[..., COS], anchor[..., SIN]], -1)  # the heading as a vector (cos, sin)
-    turned = (R[..., :2, :2] @ cos_sin[..., None])[..., 0]
+    turned = rotate(R[..., :2, :2], cos_sin)
     out[..., COS], out[..., SIN] = turned[..., 0], turned[..., 1]
-    out[..., [VX, VY, VZ]] = (R @ vel[..., None])[..., 0]
+    out[..., [VX, VY, VZ]] = rotate(R, vel)
     return out
 
 
 @dataclass
 class _Stream:
     timestamp: int  # microseconds of the cached keyframe
-    aug_from_global: torch.Tensor  # (4, 4) float64: the frame the cached anchors live in
+    aug_from_global: torch.Tensor  # (4, 4) float64 on the inputs' device: the frame the cached anchors live in
     feature: torch.Tensor  # (T, C) detached
     anchor: torch.Tensor  # (T, 11) detached
     confidence: torch.Tensor  # (T,)
@@ -98,7 +109,7 @@ class InstanceBank:
         self.new_id_threshold = float(new_id_threshold)
         self.streams: dict[str, _Stream] = {}
         self.next_id = 0
-        self._valid: torch.Tensor | None = None  # (B,) of the keyframe in flight: which streams carry
+        self._valid: list[bool] | None = None  # B of the keyframe in flight: which streams carry (host bookkeeping)
 
     def reset(self) -> None:
         """Forget every stream (e.g. between validation and training)."""
@@ -110,38 +121,42 @@ class InstanceBank:
         self, keys: Sequence[str], timestamps: Sequence[int] | torch.Tensor, aug_from_global: torch.Tensor
     ) -> tuple[CarriedInstances | None, torch.Tensor]:
         """The carried instances of this keyframe's streams (None when no stream carries any), and ``dt (B,)``
-        seconds since each stream's cached keyframe (0 where it starts afresh).
+        float64 seconds since each stream's cached keyframe (0 where it starts afresh), on ``aug_from_global``'s
+        device, as the carried instances.
 
-        ``keys``: B stream keys; ``timestamps``: B microseconds; ``aug_from_global (B, 4, 4)``: the frame the
-        model predicts in (the held BEV augmentation times ``ego_from_global``).
+        ``keys``: B stream keys; ``timestamps``: B microseconds (a host sequence; a tensor is read once);
+        ``aug_from_global (B, 4, 4)``: the frame the model predicts in (the held BEV augmentation times
+        ``ego_from_global``).
         """
         B = len(keys)
         ts = [int(t) for t in (timestamps.tolist() if isinstance(timestamps, torch.Tensor) else timestamps)]
         assert len(ts) == B and aug_from_global.shape == (B, 4, 4), (
             f"{B} keys need B timestamps and aug_from_global (B, 4, 4); got {len(ts)}, {tuple(aug_from_global.shape)}"
         )
-        valid = torch.zeros(B, dtype=torch.bool)
-        dt = torch.zeros(B, dtype=torch.float64)
+        device = aug_from_global.device
+        valid, gaps = [False] * B, [0.0] * B
         for b, (k, t) in enumerate(zip(keys, ts)):
             s = self.streams.get(k)
             if s is not None and 0 < t - s.timestamp <= self.max_time_interval * 1e6:
-                valid[b], dt[b] = True, (t - s.timestamp) / 1e6
+                valid[b], gaps[b] = True, (t - s.timestamp) / 1e6
         self._valid = valid
-        if not valid.any():
+        dt = torch.tensor(gaps, dtype=torch.float64).to(device, non_blocking=True)
+        if not any(valid):
             return None, dt
-        first = next(self.streams[k] for k, v in zip(keys, valid.tolist()) if v)
+        first = next(self.streams[k] for k, v in zip(keys, valid) if v)
         T, C = first.feature.shape
-        device, dtype = first.feature.device, first.feature.dtype
-        feature = torch.zeros(B, T, C, device=device, dtype=dtype)
+        feature = torch.zeros(B, T, C, device=device, dtype=first.feature.dtype)
         anchor = torch.zeros(B, T, ANCHOR_DIM, device=device, dtype=first.anchor.dtype)
         anchor[..., COS] = 1.0  # rows of streams that carry nothing: a 1 m box at the origin, finite embeddings
         for b, k in enumerate(keys):
             if valid[b]:
                 s = self.streams[k]
+                # float64: autocast leaves it alone
                 cur_from_prev = aug_from_global[b].double() @ torch.linalg.inv(s.aug_from_global.double())
                 feature[b] = s.feature
-                anchor[b] = project_anchors(s.anchor, cur_from_prev.to(s.anchor.device), float(dt[b]))
-        return CarriedInstances(feature, anchor, valid.to(device)), dt
+                anchor[b] = project_anchors(s.anchor, cur_from_prev, gaps[b])
+        carries = torch.tensor(valid).to(device, non_blocking=True)
+        return CarriedInstances(feature, anchor, carries), dt
 
     # -- after the first refine ----------------------------------------------------------------------
     def merge(
@@ -184,7 +199,7 @@ class InstanceBank:
         T = self.num_temp_instances
         assert Q >= T, f"{Q} queries cannot fill {T} carried instances"
         ts = [int(t) for t in (timestamps.tolist() if isinstance(timestamps, torch.Tensor) else timestamps)]
-        valid = self._valid if self._valid is not None and len(self._valid) == B else torch.zeros(B, dtype=torch.bool)
+        valid = self._valid if self._valid is not None and len(self._valid) == B else [False] * B
         conf = cls.detach().float().sigmoid().amax(-1)  # (B, Q)
         ids = torch.full((B, Q), -1, dtype=torch.long, device=conf.device)
         streams: dict[str, _Stream] = {}
@@ -202,7 +217,7 @@ class InstanceBank:
             keep = c.topk(T).indices
             streams[k] = _Stream(
                 timestamp=ts[b],
-                aug_from_global=aug_from_global[b].detach().double().cpu(),
+                aug_from_global=aug_from_global[b].detach().double(),  # on the inputs' device: no host copy
                 feature=instance_feature[b, keep].detach(),
                 anchor=anchor[b, keep].detach(),
                 confidence=c[keep],

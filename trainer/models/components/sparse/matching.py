@@ -12,6 +12,12 @@ converted with :func:`~trainer.models.components.sparse.anchors.boxes_to_anchors
 (:data:`DEFAULT_MATCH_BOX_WEIGHTS`, in the 11-column anchor layout). NaN GT entries (unknown
 velocity) cost nothing (Sparse4D's would turn the whole row into its 1e8 fallback).
 
+The cost is computed in float32 at least (bf16 / fp16 logits and anchors are cast up: under autocast bf16
+would round a GT centre beyond 16 m to 0.125-0.25 m). The assignment is solved on the host by scipy, so the
+cost matrices must come over from the device: :func:`hungarian_match_many` brings every matrix of a training
+step (all decoder layers, all samples) in one copy, one device sync per step instead of one per layer and
+sample; :func:`hungarian_match` is its one-matrix case.
+
 Shape letters: Q queries, K classes, M GT boxes.
 """
 
@@ -23,6 +29,7 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
+from trainer.models.components.precision import at_least_float32
 from trainer.models.components.sparse.anchors import ANCHOR_DIM, boxes_to_anchors
 
 #: 0.25 x [2, 2, 2, 0.5, 0.5, 0.5, 0 (sin), 0 (cos), 0 (vx), 0 (vy)] (Sparse4Dv3), plus 0 for VZ
@@ -48,6 +55,7 @@ def matching_cost(
     assert anchors.shape == (Q, ANCHOR_DIM), f"anchors must be (Q={Q}, {ANCHOR_DIM}); got {tuple(anchors.shape)}"
     assert gt_boxes.shape == (M, 9), f"gt_boxes must be (M, 9); got {tuple(gt_boxes.shape)}"
     assert gt_labels.shape == (M,), f"gt_labels must be (M={M},); got {tuple(gt_labels.shape)}"
+    cls_logits, anchors = at_least_float32(cls_logits), at_least_float32(anchors)  # bf16 / fp16 under autocast
     w = torch.as_tensor(box_weights, dtype=anchors.dtype, device=anchors.device)
     assert w.shape == (ANCHOR_DIM,), f"box_weights must be ({ANCHOR_DIM},); got {tuple(w.shape)}"
     if M == 0:
@@ -80,13 +88,60 @@ def hungarian_match(
     empty when M = 0. Non-finite costs are replaced by 1e8 (as Sparse4D).
     """
     cost = matching_cost(cls_logits, anchors, gt_boxes, gt_labels, cls_weight, box_weights, alpha, gamma)
-    if cost.shape[1] == 0 or cost.shape[0] == 0:
-        empty = torch.zeros(0, dtype=torch.long, device=cls_logits.device)
-        return empty, empty.clone()
-    c = cost.double().cpu().numpy()
-    c = np.where(np.isfinite(c), c, 1e8)
-    rows, cols = linear_sum_assignment(c)
-    return (
-        torch.as_tensor(rows, dtype=torch.long, device=cls_logits.device),
-        torch.as_tensor(cols, dtype=torch.long, device=cls_logits.device),
-    )
+    return hungarian_match_many([cost])[0]
+
+
+def host_copy(tensors: Sequence[torch.Tensor]) -> list[np.ndarray]:
+    """float64 numpy copies of ``tensors`` (any shapes, all on one device), made by *one* device-to-host copy.
+
+    Integers are exact below 2**53 (labels, indices).
+    """
+    if not tensors:
+        return []
+    device = tensors[0].device
+    for t in tensors:
+        assert t.device == device, f"tensors must share one device; got {t.device} and {device}"
+    flat = torch.cat([t.detach().reshape(-1).to(torch.float64) for t in tensors]).cpu().numpy()  # the one copy
+    out, offset = [], 0
+    for t in tensors:
+        out.append(flat[offset : offset + t.numel()].reshape(tuple(t.shape)))
+        offset += t.numel()
+    return out
+
+
+def solve_assignments(costs: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """scipy's ``linear_sum_assignment`` of each host cost matrix ``(Q_i, M_i)`` (non-finite costs read as 1e8, as
+    Sparse4D): per matrix ``(rows, cols)`` int64 ``(min(Q_i, M_i),)``, sorted by row; empty where a side is 0."""
+    out = []
+    for c in costs:
+        if c.shape[0] == 0 or c.shape[1] == 0:
+            out.append((np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)))
+            continue
+        rows, cols = linear_sum_assignment(np.where(np.isfinite(c), c, 1e8))
+        out.append((rows.astype(np.int64), cols.astype(np.int64)))
+    return out
+
+
+def assignments_to(
+    pairs: Sequence[tuple[np.ndarray, np.ndarray]], device: torch.device | str
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Host index pairs as int64 tensors on ``device``, moved by one host-to-device copy (no device sync)."""
+    counts = [len(r) for r, _ in pairs]
+    n = sum(counts)
+    both = np.concatenate([np.zeros(0, dtype=np.int64)] + [r for r, _ in pairs] + [g for _, g in pairs])
+    back = torch.as_tensor(both, dtype=torch.long).to(device, non_blocking=True)
+    return list(zip(back[:n].split(counts), back[n:].split(counts)))
+
+
+def hungarian_match_many(costs: Sequence[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The assignments of many cost matrices ``(Q_i, M_i)`` (:func:`matching_cost`'s), each as :func:`hungarian_match`.
+
+    The matrices travel to the host in one copy (:func:`host_copy`: one device sync, however many layers and
+    samples), are solved there one by one (:func:`solve_assignments`), and the index pairs come back in one copy.
+    Returns, per matrix, ``(query_idx, gt_idx)`` int64 ``(min(Q_i, M_i),)`` on the matrices' device.
+    """
+    for c in costs:
+        assert c.ndim == 2, f"cost matrices must be (Q, M); got {tuple(c.shape)}"
+    if not costs:
+        return []
+    return assignments_to(solve_assignments(host_copy(costs)), costs[0].device)
