@@ -200,14 +200,29 @@ class BEVDepthModule(DetectionModule):
         return losses["loss"]
 
     def on_validation_epoch_end(self) -> None:
-        m = self.depth_metrics.compute()
-        if m["pixels"]:
-            self.log("val/fg_abs_rel", m["abs_rel"], sync_dist=True)
-            self.log("val/fg_rmse", m["rmse"], sync_dist=True)
-        fit = self.distill_fit.compute()
+        """``val/fg_abs_rel``, ``val/fg_rmse`` and ``val/distill_cos_<region>`` of the whole validation set.
+
+        Under DDP every rank must log the same keys in the same order (``sync_dist`` all-reduces key by key: a
+        rank that skips one leaves the others waiting forever). So the metrics' running sums are first added
+        up over the ranks (:meth:`_sum_over_ranks`, called by every rank, whatever its shard held), and each
+        key is logged, or not, on what the whole set held: the same decision on every rank, with the same value.
+        """
+        depth = DepthMetrics.from_state(self._sum_over_ranks(self.depth_metrics.state())).compute()
+        if depth["pixels"]:
+            self.log("val/fg_abs_rel", depth["abs_rel"], sync_dist=True)
+            self.log("val/fg_rmse", depth["rmse"], sync_dist=True)
+        names = ("object_sum", "object_cells", "background_sum", "background_cells")
+        fit = dict(zip(names, self._sum_over_ranks([float(self.distill_fit.sums[k]) for k in names])))
         for region in ("object", "background"):
             if fit[f"{region}_cells"]:
-                self.log(f"val/distill_cos_{region}", fit[f"cos_{region}"], sync_dist=True)
+                self.log(f"val/distill_cos_{region}", fit[f"{region}_sum"] / fit[f"{region}_cells"], sync_dist=True)
+
+    def _sum_over_ranks(self, values: Sequence[float]) -> list[float]:
+        """``values`` summed over the DDP ranks (one all-reduce, which every rank must call); as given on one."""
+        if self._trainer is None or self.trainer.world_size <= 1:
+            return [float(v) for v in values]
+        t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=self.device)
+        return self.trainer.strategy.reduce(t, reduce_op="sum").tolist()
 
     def on_predict_epoch_start(self) -> None:
         self.depth_metrics.reset()

@@ -92,7 +92,8 @@ class DualViewDistillModule(BEVDepthModule):
             aug = torch.eye(4, dtype=torch.float64, device=pose.device).expand_as(pose) if aug is None else aug.double()
             stream = {
                 "keys": list(batch["scene"]),
-                "timestamps": batch["timestamp"],
+                # read once here (one host copy when the batch is on a device), not by the bank twice a step
+                "timestamps": [int(t) for t in torch.as_tensor(batch["timestamp"]).tolist()],
                 "aug_from_global": aug @ torch.linalg.inv(pose),
             }
         return self.detector(batch["images"], batch["K"], batch["ego_from_cam"], stream=stream, **gt)

@@ -93,6 +93,19 @@ class DepthMetrics:
         self.sums["log10"] += float((torch.log10(p) - torch.log10(g)).abs().sum())
         self.sums["sq"] += float(((p - g) ** 2).sum())
 
+    def state(self) -> list[float]:
+        """The running sums as one list (pixel count first): what DDP ranks add up (:meth:`from_state`)."""
+        return [float(self.n), *self.sums.values()]
+
+    @classmethod
+    def from_state(cls, state: Sequence[float]) -> DepthMetrics:
+        """Metrics whose running sums are ``state`` (:meth:`state`'s layout, e.g. summed over DDP ranks)."""
+        m = cls()
+        assert len(state) == 1 + len(m.sums), f"a state of {1 + len(m.sums)} sums; got {len(state)}"
+        m.n = int(round(state[0]))
+        m.sums = dict(zip(m.sums, (float(v) for v in state[1:])))
+        return m
+
     def compute(self) -> dict[str, float]:
         """``{silog, abs_rel, sq_rel, log10, rmse, pixels}``; NaN metrics when no pixel was added."""
         n = self.n
