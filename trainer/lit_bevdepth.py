@@ -165,8 +165,9 @@ class BEVDepthModule(DetectionModule):
         eye = torch.eye(4, dtype=aug.dtype, device=aug.device)
         for b, d in enumerate(dets):
             if not torch.allclose(aug[b], eye):
-                ego_from_aug = torch.linalg.inv(aug[b].double()).to(d["boxes"].dtype)
-                d["boxes"] = augment_boxes(d["boxes"], ego_from_aug)
+                # in float64, which autocast leaves alone (its matmuls would run in bf16 on float32 boxes)
+                ego_from_aug = torch.linalg.inv(aug[b].double())
+                d["boxes"] = augment_boxes(d["boxes"].double(), ego_from_aug).to(d["boxes"].dtype)
         return dets
 
     # -- depth and distillation metrics during validation and prediction -----------------------------

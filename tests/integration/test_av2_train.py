@@ -105,3 +105,19 @@ def test_short_training_then_trainer_evaluate_scores_with_av2(compose_train, av2
     assert (tmp_path / "eval" / "detections_av2.feather").is_file()
     for m in ("AP", "CDS", "ATE", "ASE", "AOE"):
         assert m in summary and 0.0 <= summary["AP"] <= 1.0
+
+
+def test_the_av2_experiments_step_and_decode_under_bf16_autocast(av2_tiny, av2_tiny_store, tmp_path):
+    """AV2's 26 classes and seven cameras under CPU bf16 autocast (a GPU's mixed precision): the camera detectors
+    and the LiDAR teacher take a step and decode (tests/integration/test_mixed_precision_experiments.py, whose
+    subprocess runner this shares, does every experiment on the nuScenes-format world)."""
+    from test_mixed_precision_experiments import batch_one, run_bf16_steps
+    from test_teacher import TINY_TEACHER
+
+    teacher = [
+        "experiment=teacher_centerpoint", "dataset=av2_synthetic", f"dataset.root={av2_tiny}", "grid=near",
+        f"run_dir={tmp_path}", *TINY_TEACHER,
+    ]  # fmt: skip
+    runs = {f"av2_{e}": (av2_overrides(e, av2_tiny, av2_tiny_store, tmp_path), 1) for e in ("bevdepth", "dvd")}
+    runs["av2_teacher_centerpoint"] = (teacher, 1)
+    run_bf16_steps({name: (batch_one(over), steps) for name, (over, steps) in runs.items()})
