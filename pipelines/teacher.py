@@ -225,6 +225,7 @@ def plan_store(ds, sample_tokens: list[str], scenes: list[str]) -> dict[str, tup
 def run(cfg) -> dict:
     """Run the teacher stage for a resolved config; return the summary (also printed)."""
     from bevlabels.cache import TEACHER, LabelStoreReader, LabelStoreWriter, StoreMismatchError
+    from bevlabels.features import resolve_device
     from trainer.lit_base import load_checkpoint
 
     cfg = plain(cfg)
@@ -296,7 +297,7 @@ def run(cfg) -> dict:
         n_sweeps=identity["n_sweeps"],
         min_range=identity["min_range"],
         resample_mode=resample_mode,
-        device=str(cfg.get("device", "cpu")),
+        device=str(resolve_device(cfg.get("device", "auto"))),  # auto: cuda when the driver sees a GPU
         threads=cfg["cluster"].get("threads_per_worker"),
     )
     with LabelStoreWriter.open(store_path) as writer:  # the store's lock, released on exit, errors included
