@@ -44,6 +44,13 @@ TEST_WORKERS ?= 2
 test: setup ## Run the test suite in TEST_WORKERS processes (2; excludes `slow` and `gpu` markers)
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(ARGS)
 
+# The whole chain on whatever device is there (scripts/smoke.py): a tiny world, its labels, a few steps of bevdepth_dino,
+# dvd_temporal and the teacher at the device's precision, DDP on every GPU (2 gloo processes on a CPU), evaluate, track.
+# Under 10 minutes on 2 CPU cores; not part of `make test` (CI runs it after). ARGS="--device cpu --keep --out DIR".
+.PHONY: smoke
+smoke: setup ## The whole chain in minutes on the device there is (labels, 3 trainings, DDP, evaluate, track); a table
+	$(PY) scripts/smoke.py $(ARGS)
+
 test-all: setup ## Run every test, slow ones included
 	$(PY) -m pytest -q -m "" $(ARGS)
 
