@@ -68,6 +68,44 @@ def test_depth_loss_of_a_uniform_distribution_is_the_hand_computed_bce():
     assert depth_loss(logits, torch.zeros(1, 1, 1, 2), bins).item() == 0.0  # no LiDAR: no loss
 
 
+def test_depth_loss_reads_nothing_back_to_the_host(monkeypatch):
+    """On a GPU every value read back (``any()`` in an ``if``, a boolean index) is a device sync in the step."""
+    from trainer.models.losses import depth_loss
+
+    bins = DepthBins(DBOUND)
+    logits = torch.randn(2, 3, 4, 5, 6, requires_grad=True)
+    for depth in (torch.rand(2, 3, 5, 6) * 10, torch.zeros(2, 3, 5, 6)):  # with and without LiDAR cells
+        ref = depth_loss(logits, depth, bins)
+        reads: list[str] = []
+        _count_host_reads(monkeypatch, reads)
+        loss = depth_loss(logits, depth, bins)
+        monkeypatch.undo()
+        assert reads == [], reads
+        torch.testing.assert_close(loss, ref)
+        loss.backward()  # in the graph even without a target (DDP)
+        assert logits.grad is not None
+
+
+def _count_host_reads(monkeypatch, reads: list[str]) -> None:
+    """Record in ``reads`` every tensor method that brings a value to the host, and every boolean index."""
+
+    def counted(name, real):
+        def method(self, *args, **kwargs):
+            if name != "__getitem__":
+                reads.append(name)
+            elif any(
+                isinstance(i, torch.Tensor) and i.dtype == torch.bool
+                for i in (args[0] if isinstance(args[0], tuple) else args[:1])
+            ):
+                reads.append("boolean index")
+            return real(self, *args, **kwargs)
+
+        return method
+
+    for name in ("__bool__", "item", "tolist", "nonzero", "cpu", "__getitem__"):
+        monkeypatch.setattr(torch.Tensor, name, counted(name, getattr(torch.Tensor, name)))
+
+
 def test_distill_cosine_loss_averages_one_minus_cos_over_occupied_cells():
     from trainer.models.losses import distill_cosine_loss
 

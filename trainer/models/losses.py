@@ -95,19 +95,17 @@ def depth_loss(depth_logits: torch.Tensor, depth_map: torch.Tensor, bins: DepthB
     ``depth_logits (B, N, D, h, w)``; ``depth_map (B, N, h, w)`` the min LiDAR depth per feature cell
     (0 where none). BEVDepth sums the BCE over bins and divides by the number of cells with a
     target (``max(1, n)``); the same is done here, computed from log-probabilities so no
-    probability is clamped.
+    probability is clamped. The cells without a target are masked by a product, not indexed away: no
+    device sync (``valid.any()``, a boolean index), and every logit stays in the graph (DDP) when none has one.
     """
     B, N, D, h, w = depth_logits.shape
     assert depth_map.shape == (B, N, h, w), f"depth_map must be ({B}, {N}, {h}, {w}); got {tuple(depth_map.shape)}"
     assert D == bins.num, f"depth_logits have {D} bins; dbound gives {bins.num}"
     target, valid = depth_onehot(depth_map.float(), bins)  # (B, N, h, w, D), (B, N, h, w)
-    if not valid.any():
-        return depth_logits.sum() * 0.0  # keeps the graph (DDP) with a zero gradient
-    logp = F.log_softmax(depth_logits.float(), dim=2).permute(0, 1, 3, 4, 2)[valid]  # (n, D)
+    logp = F.log_softmax(depth_logits.float(), dim=2).permute(0, 1, 3, 4, 2)  # (B, N, h, w, D)
     log1mp = torch.log1p(-logp.exp().clamp(max=1 - 1e-6))  # log(1 - p), p < 1 keeps it finite
-    t = target[valid]  # (n, D)
-    bce = -(t * logp + (1 - t) * log1mp).sum()
-    return bce / valid.sum().clamp(min=1)
+    bce = -(target * logp + (1 - target) * log1mp).sum(-1)  # (B, N, h, w), finite everywhere
+    return (bce * valid).sum() / valid.sum().clamp(min=1)
 
 
 def distill_cosine_loss(pred: torch.Tensor, target: torch.Tensor, count: torch.Tensor) -> torch.Tensor:

@@ -623,7 +623,9 @@ def make_denoising_queries(
     assert s.shape == (ANCHOR_DIM,), f"noise_scale (dn_noise_scale) must have {ANCHOR_DIM} entries; got {s.shape}"
     G = num_groups
 
-    def rand(*shape):
+    def rand(*shape):  # on the device (no copy, no sync) unless a (CPU) generator is given
+        if generator is None:
+            return torch.rand(*shape, dtype=dtype, device=device)
         return torch.rand(*shape, generator=generator, dtype=dtype).to(device)
 
     clean = torch.nan_to_num(gt, nan=0.0)[:, None]  # (B, 1, Mx, 11)
