@@ -437,8 +437,22 @@ def summarize(writer, results: list[SceneResult], wall: float, out: Path, skippe
         "keyframes_total": store_summary["total"],
         "keyframes_done_total": store_summary["done"],
         "coverage": store_summary.get("coverage"),
+        "visibility": (writer.attrs.get("params") or {}).get("visibility"),
         **tally(results, wall, skipped_scenes),
     }
+
+
+def describe_visibility(vis: dict | None) -> str:
+    """One line for the summary: which visibility test the store's labels were pooled under."""
+    if not vis:
+        return "(not recorded)"
+    point = f"{vis.get('method', 'zbuffer')}" + (
+        f" {vis.get('zbuffer_px')} px" if vis.get("method", "zbuffer") == "zbuffer" else ""
+    )
+    if not vis.get("box_occluders"):
+        return f"{point}, no box occluders"
+    extra = f", ground under boxes unlabelled to {vis['box_floor']} m" if vis.get("box_floor") else ""
+    return f"{point} + GT boxes as occluders{extra}"
 
 
 def print_summary(s: dict) -> None:
@@ -448,6 +462,7 @@ def print_summary(s: dict) -> None:
         4,
         f"  coverage     {100 * (s['coverage'] or 0):.1f}% of BEV cells have pooled points (mean over done keyframes)",
     )
+    lines.insert(5, f"  visibility   {describe_visibility(s.get('visibility'))}")
     print("\n".join(lines), flush=True)
 
 
