@@ -365,7 +365,7 @@ def camera_hits(
             vis = hpr_visible(g.transform_points(cams.cam_from_ego[n], points[idx, :3]), cfg)
         if cfg.box_occluders and len(boxes):
             cam_from_ego = torch.as_tensor(cams.cam_from_ego[n], dtype=torch.float64, device=points.device)
-            origin = torch.linalg.inv(cam_from_ego)[:3, 3].float()  # (3,) the camera centre in the ego frame
+            origin = torch.linalg.inv(cam_from_ego)[:3, 3]  # (3,) the camera centre in the ego frame
             M = len(boxes)
             # One sweep over the image for both tests: the solid boxes (occlusion) and, as boxes M.., the floor slabs.
             tested = torch.cat([solid, floor_slabs(boxes, cfg.box_floor)]) if cfg.box_floor > 0 else solid
@@ -373,11 +373,13 @@ def camera_hits(
             keep = torch.nonzero(vis).squeeze(1)
             pi, bi = box_candidates(uv_i[keep], tested, cam_from_ego, cams.K[n], margin_px=cfg.box_margin_px,
                                     min_depth=cfg.min_depth)  # fmt: skip
-            pts_k = points[idx[keep], :3].float()
+            # float64: a ray to the ground just behind a box leaves it through its bottom face at t ~ 1, where
+            # float32 flipped ~1% of the hidden points of a camera on the small world.
+            pts_k = points[idx[keep], :3].double()
             occl = bi < M
-            hid = box_occluded(pts_k, origin, solid.float(), margin[:M].float(), (pi[occl], bi[occl]))
+            hid = box_occluded(pts_k, origin, solid, margin[:M], (pi[occl], bi[occl]))
             if cfg.box_floor > 0:
-                hid |= in_boxes_pairs(pts_k, tested[M:].float(), (pi[~occl], bi[~occl] - M))
+                hid |= in_boxes_pairs(pts_k, tested[M:], (pi[~occl], bi[~occl] - M))
             vis[keep[hid]] = False
         hits.append(CameraHits(idx[vis], uv_i[vis], depth_i[vis]))
     return hits
