@@ -118,7 +118,7 @@ def test_every_box_with_lidar_points_gets_a_pooled_cell_unless_another_box_hides
         own = torch.from_numpy(pts[g.points_box_index(pts, frame.boxes.boxes) == m]).float()
         cams = CameraSet.from_frame(frame)
 
-        def seen(cfg):
+        def seen(cfg, own=own, cams=cams):
             return sum(len(h.index) for h in camera_hits(own, cams, cfg, frame.boxes.boxes))
 
         assert seen(VisibilityConfig(box_floor=0.0)) == 0, f"box {m} at {b[:2].round(1)}: seen, yet no pooled cell"
