@@ -285,13 +285,24 @@ def in_boxes_pairs(pts: torch.Tensor, boxes: torch.Tensor, pairs: tuple[torch.Te
 
 
 def box_candidates(
-    uv: torch.Tensor, boxes: torch.Tensor, cam_from_ego: torch.Tensor, K: np.ndarray, margin_px: float, min_depth: float
+    uv: torch.Tensor,
+    boxes: torch.Tensor,
+    cam_from_ego: torch.Tensor,
+    K: np.ndarray,
+    margin_px: float,
+    min_depth: float,
+    depth: torch.Tensor | None = None,
+    inside_only: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The (point, box) pairs ``(n,), (n,)`` whose pixel ``uv (p, 2)`` lies in the box's image rectangle.
 
     The rectangle bounds the projected corners of the box (widened by ``margin_px``), so it holds every
     pixel whose ray passes through the box: only those pairs can occlude. A box with a corner at or
     behind ``min_depth`` gets the whole image (its projection is unbounded); one wholly behind, none.
+    With the points' camera ``depth (p,)`` and ``inside_only (M,)`` bool, a box asked only whether a point is
+    *inside* it (the floor slabs) keeps only the points whose depth lies between its corners' (depth is
+    linear, so a point of a box lies between its nearest and farthest corner): most of its rectangle's
+    points are the ground behind it.
     """
     M = boxes.shape[0]
     corners = g.box_corners(boxes).reshape(-1, 3)  # (M*8, 3)
@@ -307,6 +318,12 @@ def box_candidates(
     hi = torch.where(unbounded[:, None], torch.full_like(hi, float("inf")), hi)
     behind = (z <= 0).all(1)
     hi = torch.where(behind[:, None], torch.full_like(hi, -float("inf")), hi)
+    span = None
+    if depth is not None and inside_only is not None and bool(inside_only.any()):
+        tol = 1e-3  # metres: the points' depths are float32
+        zlo = torch.where(inside_only, z.amin(1) - tol, -float("inf")).to(depth.dtype)  # (M,)
+        zhi = torch.where(inside_only, z.amax(1) + tol, float("inf")).to(depth.dtype)
+        span = (zlo.tolist(), zhi.tolist())
     u, v = uv[:, 0].to(lo), uv[:, 1].to(lo)
     order = torch.argsort(u)  # sweep and prune along u: each box looks only at its columns' points
     us = u[order]
@@ -317,7 +334,10 @@ def box_candidates(
         if b[m] <= a[m]:
             continue
         cand = order[a[m] : b[m]]
-        cand = cand[(v[cand] >= lo[m, 1]) & (v[cand] <= hi[m, 1])]
+        keep = (v[cand] >= lo[m, 1]) & (v[cand] <= hi[m, 1])
+        if span is not None and span[0][m] > -float("inf"):
+            keep &= (depth[cand] >= span[0][m]) & (depth[cand] <= span[1][m])
+        cand = cand[keep]
         pis.append(cand)
         bis.append(torch.full_like(cand, m))
     if not pis:
@@ -371,8 +391,9 @@ def camera_hits(
             tested = torch.cat([solid, floor_slabs(boxes, cfg.box_floor)]) if cfg.box_floor > 0 else solid
             margin = torch.cat([box_margins(solid, cam_from_ego, fx, cfg), torch.zeros(len(tested) - M).to(boxes)])
             keep = torch.nonzero(vis).squeeze(1)
+            slab = torch.arange(len(tested), device=tested.device) >= M  # floor slabs: only "inside?" is asked
             pi, bi = box_candidates(uv_i[keep], tested, cam_from_ego, cams.K[n], margin_px=cfg.box_margin_px,
-                                    min_depth=cfg.min_depth)  # fmt: skip
+                                    min_depth=cfg.min_depth, depth=depth_i[keep], inside_only=slab)  # fmt: skip
             # float64: a ray to the ground just behind a box leaves it through its bottom face at t ~ 1, where
             # float32 flipped ~1% of the hidden points of a camera on the small world.
             pts_k = points[idx[keep], :3].double()
