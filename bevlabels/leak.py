@@ -178,7 +178,8 @@ def keyframe_leak(
     assert feat.shape[1:] == (H, W) and count.shape == (H, W), (
         f"feat {feat.shape} / count {count.shape} do not fit the grid {grid.shape}"
     )
-    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, max(np.asarray(boxes).shape[-1], 7))
+    boxes = np.asarray(boxes, dtype=np.float64)
+    assert boxes.ndim == 2 and (len(boxes) == 0 or boxes.shape[1] >= 7), f"boxes must be (M, >=7); got {boxes.shape}"
     assert len(box_classes) == len(boxes), f"{len(box_classes)} classes for {len(boxes)} boxes"
     occupied = count > 0
     cls = oracle.argmax(feat)  # (H, W)
@@ -298,14 +299,12 @@ def measure_store(store, dataset=None, rows: Sequence[int] | None = None, margin
 
 def dataset_of(attrs: dict, where: str = "the store"):
     """The dataset adapter a store's ``attrs.config.dataset.adapter`` names (``_target_`` + kwargs)."""
-    import importlib
+    from bevlabels.datasets.factory import build_adapter
 
     adapter = ((attrs.get("config") or {}).get("dataset") or {}).get("adapter")
     if not adapter or "_target_" not in adapter:
         raise ValueError(f"{where}: attrs.config.dataset.adapter is missing; pass the dataset explicitly")
-    cfg = dict(adapter)
-    module, _, name = str(cfg.pop("_target_")).rpartition(".")
-    root = cfg.get("root")
+    root = adapter.get("root")
     if root is not None and not Path(root).exists():
         raise FileNotFoundError(f"{where}: its dataset root {root} (attrs.config.dataset.adapter.root) does not exist")
-    return getattr(importlib.import_module(module), name)(**cfg)
+    return build_adapter(adapter)

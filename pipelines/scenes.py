@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import importlib
 import logging
 import os
 import time
@@ -30,18 +29,13 @@ import numpy as np
 
 log = logging.getLogger("bevlabels.stage")
 
-# Per-process caches: a dask worker builds its dataset adapter once, not per task.
-_DATASETS: dict[str, Any] = {}
-
 
 def get_dataset(adapter_cfg: dict):
-    """The dataset adapter for this config, built once per process (``_target_`` + kwargs)."""
-    key = repr(sorted(adapter_cfg.items()))
-    if key not in _DATASETS:
-        cfg = dict(adapter_cfg)
-        module, _, name = cfg.pop("_target_").rpartition(".")
-        _DATASETS[key] = getattr(importlib.import_module(module), name)(**cfg)
-    return _DATASETS[key]
+    """The dataset adapter for this config, built once per process (a dask worker builds it once, not per task):
+    :func:`bevlabels.datasets.factory.build_adapter`."""
+    from bevlabels.datasets.factory import build_adapter
+
+    return build_adapter(adapter_cfg)
 
 
 def plain(cfg) -> dict:

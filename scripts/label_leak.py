@@ -78,12 +78,13 @@ def report(res) -> str:
 
 
 def main(argv=None) -> None:
+    from bevlabels.cache import StoreError
     from bevlabels.leak import NotAnOracleStoreError, measure_store
 
     args = parse(argv)
     try:
         res = measure_store(args.store, rows=rows_of(args.rows), margin=args.margin)
-    except (NotAnOracleStoreError, FileNotFoundError, ValueError) as e:
+    except (NotAnOracleStoreError, StoreError, FileNotFoundError, ValueError) as e:
         raise SystemExit(f"label_leak: {e}") from None
     if not res.rows:
         raise SystemExit(f"label_leak: {args.store} has no done keyframes among the rows asked for")

@@ -40,55 +40,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from trainer.tiny import TINY_CAMERA, TINY_CENTER_HEAD, TINY_TEACHER  # the sizes the tests use too
+from trainer.tiny import TINY_SPARSE_HEAD as _SPARSE
+
 REPO = Path(__file__).resolve().parents[1]
 
-#: the camera student at a few thousand parameters on 64x176 images (tests/conftest.py's TINY_CAMERA_MODEL)
-TINY_CAMERA = [
-    "data.image_aug.final_hw=[64,176]",
-    "model.detector.camera_bev.backbone.depths=[1,1,1,1]",
-    "model.detector.camera_bev.backbone.hidden_sizes=[8,16,32,64]",
-    "model.detector.camera_bev.backbone.embedding_size=8",
-    "model.detector.camera_bev.neck.in_channels=[32,64]",
-    "model.detector.camera_bev.neck.out_channels=16",
-    "model.detector.camera_bev.depth_net.mid_channels=16",
-    "model.detector.camera_bev.depth_net.context_channels=8",
-    "model.detector.camera_bev.depth_net.num_res_blocks=1",
-    "model.detector.camera_bev.depth_net.aspp=false",
-    "model.detector.camera_bev.depth_net.depth_bins=16",
-    "model.detector.camera_bev.lift_splat.dbound=[1.0,33.0,2.0]",
-    "model.detector.camera_bev.bev_encoder.channels=[8,16]",
-    "model.detector.camera_bev.bev_encoder.num_blocks=[1,1]",
-    "model.detector.camera_bev.bev_encoder.strides=[1,2]",
-    "model.detector.camera_bev.bev_encoder.out_channels=16",
-]
-#: BEVDepth's CenterHead, shrunk
-TINY_CENTER_HEAD = ["model.detector.head.share_conv_channels=8", "model.detector.head.head_channels=8"]
-#: DualViewDistill's sparse head, shrunk (tests/integration/test_dvd_train.py's TINY_MODEL)
+#: DualViewDistill's sparse head, shrunk, with the temporal bank and the aggregations' groups the smoke run trains
 TINY_SPARSE_HEAD = [
-    "model.detector.head.num_anchors=32",
-    "model.detector.head.num_heads=2",
-    "model.detector.head.num_dn_groups=2",
-    "model.detector.head.operation_order.num_layers=2",
-    "model.detector.topk=50",
+    *_SPARSE,
     "model.detector.head.bev_agg.num_groups=2",
     "model.detector.head.pv_agg.num_groups=2",
     "model.detector.bank.num_temp_instances=16",
-]
-#: the LiDAR teacher, shrunk (tests/integration/test_teacher.py's TINY_TEACHER)
-TINY_TEACHER = [
-    "model.detector.encoder.feat_channels=[8]",
-    "model.detector.backbone.in_channels=8",
-    "model.detector.backbone.layer_nums=[1,1]",
-    "model.detector.backbone.layer_strides=[1,2]",
-    "model.detector.backbone.layer_channels=[8,16]",
-    "model.detector.backbone.upsample_strides=[1,2]",
-    "model.detector.backbone.upsample_channels=[8,8]",
-    "model.detector.head.in_channels=16",
-    "model.detector.head.share_conv_channels=8",
-    "model.detector.head.head_channels=8",
-    "model.detector.head.num_head_convs=1",
-    "model.detector.voxelizer.max_pillars=[6000,6000]",
-    "data.n_sweeps=2",
 ]
 
 

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from trainer.tiny import TINY_CAMERA, TINY_CENTER_HEAD
+
 
 def realdata_root() -> Path:
     """The shared real-data folder: ``$BEVLABELS_REALDATA``, else ``../shared/realdata`` beside the repo."""
@@ -132,27 +134,8 @@ def av2_tiny_store(av2_tiny, compose_labels, tmp_path_factory) -> Path:
 
 
 #: the camera student at a few thousand parameters on 64x176 images (overrides of experiment=bevdepth, grid=near):
-#: seconds per step on a CPU
-TINY_CAMERA_MODEL = [
-    "data.image_aug.final_hw=[64,176]",
-    "model.detector.camera_bev.backbone.depths=[1,1,1,1]",
-    "model.detector.camera_bev.backbone.hidden_sizes=[8,16,32,64]",
-    "model.detector.camera_bev.backbone.embedding_size=8",
-    "model.detector.camera_bev.neck.in_channels=[32,64]",
-    "model.detector.camera_bev.neck.out_channels=16",
-    "model.detector.camera_bev.depth_net.mid_channels=16",
-    "model.detector.camera_bev.depth_net.context_channels=8",
-    "model.detector.camera_bev.depth_net.num_res_blocks=1",
-    "model.detector.camera_bev.depth_net.aspp=false",
-    "model.detector.camera_bev.depth_net.depth_bins=16",
-    "model.detector.camera_bev.lift_splat.dbound=[1.0,33.0,2.0]",
-    "model.detector.camera_bev.bev_encoder.channels=[8,16]",
-    "model.detector.camera_bev.bev_encoder.num_blocks=[1,1]",
-    "model.detector.camera_bev.bev_encoder.strides=[1,2]",
-    "model.detector.camera_bev.bev_encoder.out_channels=16",
-    "model.detector.head.share_conv_channels=8",
-    "model.detector.head.head_channels=8",
-]
+#: seconds per step on a CPU (trainer/tiny.py, which the smoke run uses too)
+TINY_CAMERA_MODEL = [*TINY_CAMERA, *TINY_CENTER_HEAD]
 
 
 @pytest.fixture(scope="session")

@@ -94,6 +94,20 @@ def build_datamodule(config: dict, **overrides: Any):
     return instantiate(OmegaConf.create(data_cfg))
 
 
+def evaluation_result(summary: dict, extra: dict, out_dir, eval_set, keyframes: int, ran: dict) -> dict[str, Any]:
+    """What an evaluation returns, for either benchmark: its metrics summary, the extra metrics, where it wrote, what
+    it scored and on which device and precision it predicted."""
+    return {
+        **summary,
+        "extra": extra,
+        "out_dir": str(out_dir),
+        "eval_set": eval_set,
+        "keyframes": keyframes,
+        "device": ran["device"],
+        "precision": ran["precision"],
+    }
+
+
 def predict(
     model: DetectionModule,
     datamodule,
@@ -603,15 +617,7 @@ def evaluate_nuscenes(
         + f"\nsummary: {out_dir / 'metrics_summary.json'}",
         flush=True,
     )
-    return {
-        **summary,
-        "extra": extra,
-        "out_dir": str(out_dir),
-        "eval_set": eval_set,
-        "keyframes": len(frames),
-        "device": ran["device"],
-        "precision": ran["precision"],
-    }
+    return evaluation_result(summary, extra, out_dir, eval_set, len(frames), ran)
 
 
 def run_av2_eval(
@@ -716,15 +722,7 @@ def evaluate_av2(
         + f"\ndetections: {det_path}\nsummary: {out_dir / 'metrics_summary.json'}",
         flush=True,
     )
-    return {
-        **summary,
-        "extra": extra,
-        "out_dir": str(out_dir),
-        "eval_set": eval_set,
-        "keyframes": len(frames),
-        "device": ran["device"],
-        "precision": ran["precision"],
-    }
+    return evaluation_result(summary, extra, out_dir, eval_set, len(frames), ran)
 
 
 def main() -> None:

@@ -84,10 +84,6 @@ class VisibilityConfig:
         if self.box_margin_px < 0 or self.ring_gap_deg <= 0 or self.splat_scale <= 0 or self.hpr_radius <= 0:
             raise ValueError(f"visibility config out of range: {self}")
 
-    @property
-    def needs_boxes(self) -> bool:
-        return self.box_occluders
-
 
 @dataclass(frozen=True)
 class CameraSet:
@@ -389,7 +385,7 @@ def camera_hits(
             M = len(boxes)
             # One sweep over the image for both tests: the solid boxes (occlusion) and, as boxes M.., the floor slabs.
             tested = torch.cat([solid, floor_slabs(boxes, cfg.box_floor)]) if cfg.box_floor > 0 else solid
-            margin = torch.cat([box_margins(solid, cam_from_ego, fx, cfg), torch.zeros(len(tested) - M).to(boxes)])
+            margin = box_margins(solid, cam_from_ego, fx, cfg)  # (M,) metres; box_candidates widens by pixels
             keep = torch.nonzero(vis).squeeze(1)
             slab = torch.arange(len(tested), device=tested.device) >= M  # floor slabs: only "inside?" is asked
             pi, bi = box_candidates(uv_i[keep], tested, cam_from_ego, cams.K[n], margin_px=cfg.box_margin_px,
@@ -398,7 +394,7 @@ def camera_hits(
             # float32 flipped ~1% of the hidden points of a camera on the small world.
             pts_k = points[idx[keep], :3].double()
             occl = bi < M
-            hid = box_occluded(pts_k, origin, solid, margin[:M], (pi[occl], bi[occl]))
+            hid = box_occluded(pts_k, origin, solid, margin, (pi[occl], bi[occl]))
             if cfg.box_floor > 0:
                 hid |= in_boxes_pairs(pts_k, tested[M:], (pi[~occl], bi[~occl] - M))
             vis[keep[hid]] = False

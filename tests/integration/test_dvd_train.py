@@ -16,16 +16,12 @@ import pytest
 import torch
 from conftest import TINY_CAMERA_MODEL  # tests/conftest.py
 
+from trainer.tiny import TINY_CAMERA, TINY_SPARSE_HEAD
+
 EXPERIMENTS = ("dvd", "dvd_pv", "dvd_bev", "dvd_dino")
 
 #: conftest's camera network (its CenterHead keys dropped) and a sparse head of a few thousand parameters
-TINY_MODEL = [o for o in TINY_CAMERA_MODEL if not o.startswith("model.detector.head.")] + [
-    "model.detector.head.num_anchors=32",
-    "model.detector.head.num_heads=2",
-    "model.detector.head.num_dn_groups=2",
-    "model.detector.head.operation_order.num_layers=2",
-    "model.detector.topk=50",
-]
+TINY_MODEL = [*TINY_CAMERA, *TINY_SPARSE_HEAD]  # trainer/tiny.py
 
 
 def train_overrides(

@@ -14,23 +14,13 @@ import numpy as np
 import pytest
 import torch
 
+from trainer.tiny import TINY_TEACHER as _TINY_TEACHER
+
 CONF = Path(__file__).resolve().parents[2] / "conf"
 
 #: a CenterPoint of a few thousand parameters: the real experiment's structure in seconds
 TINY_TEACHER = (
-    "model.detector.encoder.feat_channels=[8]",
-    "model.detector.backbone.in_channels=8",
-    "model.detector.backbone.layer_nums=[1,1]",
-    "model.detector.backbone.layer_strides=[1,2]",
-    "model.detector.backbone.layer_channels=[8,16]",
-    "model.detector.backbone.upsample_strides=[1,2]",
-    "model.detector.backbone.upsample_channels=[8,8]",
-    "model.detector.head.in_channels=16",
-    "model.detector.head.share_conv_channels=8",
-    "model.detector.head.head_channels=8",
-    "model.detector.head.num_head_convs=1",
-    "model.detector.voxelizer.max_pillars=[6000,6000]",
-    "data.n_sweeps=2",
+    *_TINY_TEACHER,  # trainer/tiny.py
     "data.batch_size=2",
     "data.num_workers=0",
     "threads=1",

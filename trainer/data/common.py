@@ -50,7 +50,6 @@ Shape letters: B batch, M boxes, P points (of the whole batch).
 
 from __future__ import annotations
 
-import importlib
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -85,20 +84,13 @@ VERSION_SPLITS = {
 # Dataset adapters, built once per process
 
 
-_ADAPTERS: dict[str, Any] = {}
-
-
 def get_adapter(adapter_cfg: Mapping) -> Any:
-    """The dataset adapter of a ``dataset.adapter`` config (``_target_`` + kwargs), built once per process.
+    """The dataset adapter of a ``dataset.adapter`` config, built once per process
+    (:func:`bevlabels.datasets.factory.build_adapter`). DataLoader workers call this too: a :class:`KeyframeDataset`
+    pickles only the config."""
+    from bevlabels.datasets.factory import build_adapter
 
-    DataLoader workers call this too: a :class:`KeyframeDataset` pickles only the config.
-    """
-    cfg = dict(adapter_cfg)
-    key = repr(sorted((k, repr(v)) for k, v in cfg.items()))
-    if key not in _ADAPTERS:
-        module, _, name = str(cfg.pop("_target_")).rpartition(".")
-        _ADAPTERS[key] = getattr(importlib.import_module(module), name)(**cfg)
-    return _ADAPTERS[key]
+    return build_adapter(adapter_cfg)
 
 
 def ensure_synthetic(dataset_cfg: Mapping, log_fn=log.warning) -> None:
