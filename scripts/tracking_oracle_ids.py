@@ -13,7 +13,7 @@ id; a detection with no such box gets an id of its own (it is a false positive t
 No tracker knows the truth, so this is the ceiling of association on these detections, not a result: what is left
 below AMOTA 1 is the detector's (missed boxes, false positives, their scores), not the tracker's. If it is
 below a target, no association (greedy or the instance bank) can reach the target with the same detections. The
-greedy tracker's score of the same detections, when the folder has one (``tracking/metrics_summary.json``), is
+folder's own tracking of the same detections, when it has one (``tracking/metrics_summary.json``), is
 printed beside it.
 """
 
@@ -23,63 +23,6 @@ import argparse
 import json
 import sys
 from pathlib import Path
-
-import numpy as np
-
-#: tracking_nips_2019's dist_th_tp (metres, centre distance in the ground plane)
-MATCH_DISTANCE = 2.0
-
-
-def oracle_tracking_results(detections: dict[str, list], nusc, max_distance: float = MATCH_DISTANCE) -> dict:
-    """The tracking result dict of ``detections`` (``{sample_token: [detection box dicts]}``) with oracle ids."""
-    from nuscenes.eval.tracking.utils import category_to_tracking_name
-
-    from trainer.nusc_results import MAX_BOXES_PER_SAMPLE
-    from trainer.tracking import TRACKING_CLASSES
-
-    results: dict[str, list] = {}
-    fresh = 0
-    for token, dets in detections.items():
-        sample = nusc.get("sample", token)
-        gts: dict[str, list] = {}
-        for a in sample["anns"]:
-            ann = nusc.get("sample_annotation", a)
-            name = category_to_tracking_name(ann["category_name"])
-            if name is not None:
-                gts.setdefault(name, []).append((ann["instance_token"], np.asarray(ann["translation"][:2], float)))
-        taken: set[str] = set()
-        boxes = []
-        dets = sorted(
-            (d for d in dets if d["detection_name"] in TRACKING_CLASSES), key=lambda d: -float(d["detection_score"])
-        )
-        for d in dets[:MAX_BOXES_PER_SAMPLE]:
-            name = d["detection_name"]
-            p = np.asarray(d["translation"][:2], float)
-            best, best_dist = None, max_distance
-            for inst, c in gts.get(name, []):
-                dist = float(np.linalg.norm(c - p))
-                if inst not in taken and dist <= best_dist:
-                    best, best_dist = inst, dist
-            if best is None:
-                track_id = f"unmatched-{fresh}"
-                fresh += 1
-            else:
-                taken.add(best)
-                track_id = best
-            boxes.append(
-                {
-                    "sample_token": token,
-                    "translation": d["translation"],
-                    "size": d["size"],
-                    "rotation": d["rotation"],
-                    "velocity": d["velocity"],
-                    "tracking_id": track_id,
-                    "tracking_name": name,
-                    "tracking_score": float(d["detection_score"]),
-                }
-            )
-        results[token] = boxes
-    return results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,8 +36,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from nuscenes import NuScenes
 
-    from trainer.nusc_results import write_results
-    from trainer.tracking import format_tracking_table, run_tracking_eval
+    from trainer.eval.nusc_tracking import format_tracking_table, oracle_ceiling
 
     det_path = args.eval_dir / "results_nusc.json"
     if not det_path.is_file():
@@ -103,11 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     with open(det_path) as f:
         det = json.load(f)
     nusc = NuScenes(version=args.version, dataroot=str(args.root), verbose=False)
-    results = oracle_tracking_results(det["results"], nusc)
     out = args.out or args.eval_dir / "tracking_oracle_ids"
-    out.mkdir(parents=True, exist_ok=True)
-    path = write_results(out / "tracking_oracle_ids.json", {"meta": det["meta"], "results": results})
-    summary = run_tracking_eval(nusc, path, args.eval_set, out)
+    summary = oracle_ceiling(nusc, det["results"], det["meta"], args.eval_set, out)
     print("oracle association (true ids given to the detections):")
     print(format_tracking_table(summary))
     greedy = args.eval_dir / "tracking" / "metrics_summary.json"

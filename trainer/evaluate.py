@@ -22,9 +22,10 @@ default (``<ckpt dir>/eval-<ckpt name>-<split>/``), receives ``results_nusc.json
 ``metrics_summary.json`` and ``metrics_details.json``, and ``extra_metrics.json`` when the model
 has an ``extra_eval`` hook.
 
-Tracking (``tracking=true``, the default). The same predictions are tracked scene by scene, with the
-model's own ``track_ids`` when it gives them, else CenterPoint's greedy association
-(:mod:`trainer.tracking`), written in the nuScenes tracking format and scored by the devkit's
+Tracking (``tracking=true``, the default). The same predictions are tracked scene by scene by the
+tracker of ``tracker=kalman|greedy|bank`` (``conf/tracker``; :mod:`trainer.tracking`: a Kalman filter that
+learns velocity from the track's history, CenterPoint's greedy association, or the model's own instance-bank
+ids), written in the nuScenes tracking format and scored by the devkit's
 ``TrackingEval`` (``tracking_nips_2019``): AMOTA, AMOTP, MOTA, IDS, FRAG overall and per class in
 ``tracking/metrics_summary.json``, the overall ones under ``tracking`` in ``metrics_summary.json`` and
 in the printout, and a PNG per scene (``tracking/png/<scene>.png``: predicted tracks beside the GT's,
@@ -385,8 +386,10 @@ def default_out_dir(ckpt: Path, split: str) -> Path:
     return ckpt.parent / f"eval-{ckpt.stem}-{split}"
 
 
-#: ``tracker`` of :func:`evaluate`: ``auto`` (the model's own ids when it gives them, else greedy), ``greedy``
-TRACKERS = ("auto", "greedy")
+def tracking_text(summary: Mapping[str, Any]) -> str:
+    from trainer.eval.nusc_tracking import describe_ceiling, format_tracking_table
+
+    return f"{format_tracking_table(summary)}\n{describe_ceiling(summary)}"
 
 
 def evaluate(
@@ -401,7 +404,7 @@ def evaluate(
     tracking: bool = True,
     roi: bool | None = None,
     n_jobs: int | None = None,
-    tracker: str = "auto",
+    tracker: str | Mapping[str, Any] = "kalman",
     nms: str = "auto",
     precision: str | None = "auto",
 ) -> dict[str, Any]:
@@ -411,10 +414,9 @@ def evaluate(
     :func:`evaluation_of`): the nuScenes devkit's ``DetectionEval`` (:func:`evaluate_nuscenes`) or
     av2's detection evaluation (:func:`evaluate_av2`).
 
-    ``tracking``: also track the detections scene by scene (the model's own ``track_ids`` when it
-    gives them, else :class:`~trainer.tracking.GreedyTracker`; ``tracker="greedy"``: the greedy tracker even
-    for a model that tracks, to compare its bank with greedy association on the same detections) and score
-    them with ``TrackingEval``:
+    ``tracking``: also track the detections scene by scene with ``tracker`` (a name of ``conf/tracker``,
+    ``kalman`` | ``greedy`` | ``bank``, or its config; ``bank``: the model's own ``track_ids``) and score
+    them with ``TrackingEval``, beside the oracle-id ceiling of the same detections:
     ``tracking/metrics_summary.json`` under the output folder, its overall metrics in the returned
     summary's ``tracking`` and the printout. nuScenes-format datasets only: on AV2 it is skipped
     with a message.
@@ -439,8 +441,12 @@ def evaluate(
     from trainer.device import resolve_eval_device
 
     resolve_eval_device(device, precision)  # a bad device fails here, naming the key, before any loading
-    if tracker not in TRACKERS:  # before the checkpoint and the data are loaded
-        raise ValueError(f"evaluate: tracker (conf/evaluate.yaml) must be one of {TRACKERS}; got {tracker!r}")
+    from trainer.tracking import build_tracker
+
+    try:  # before the checkpoint and the data are loaded
+        build_tracker(tracker)
+    except ValueError as e:
+        raise ValueError(f"evaluate: tracker (conf/tracker, tracker=kalman|greedy|bank): {e}") from e
     if nms not in NMS_CHOICES:
         raise ValueError(f"evaluate: nms (conf/evaluate.yaml) must be one of {NMS_CHOICES}; got {nms!r}")
     t0 = time.perf_counter()
@@ -533,7 +539,7 @@ def evaluate_nuscenes(
     verbose: bool = False,
     tracking: bool = True,
     t0: float | None = None,
-    tracker: str = "auto",
+    tracker: str | Mapping[str, Any] = "kalman",
     decoding: dict[str, Any] | None = None,
     precision: str | None = "auto",
 ) -> dict[str, Any]:
@@ -574,32 +580,20 @@ def evaluate_nuscenes(
 
     track_summary = None
     if tracking:
-        from itertools import groupby
+        from trainer.eval.nusc_tracking import TRACKING_METRICS, track_and_score
 
-        from trainer.tracking import (
-            TRACKING_METRICS,
-            format_tracking_table,
-            make_tracking_results,
-            render_scene_tracks,
-            run_tracking_eval,
-        )
-
-        scenes = [list(g) for _, g in groupby(frames, key=lambda f: f.scene)]
-        track_results = make_tracking_results(
-            scenes,
+        detections = make_results(
             predictions,
-            model.class_names,
-            use_camera=model.use_camera,
-            use_lidar=model.use_lidar,
-            use_model_ids=tracker == "auto",
+            poses={f.token: f.global_from_ego for f in frames},
+            class_names=model.class_names,
+            all_tokens=[f.token for f in frames],
+            with_track_ids=True,
+        )["results"]
+        track_summary = track_and_score(
+            nusc, frames, detections, tracker, out_dir / "tracking", eval_set, results["meta"], verbose=verbose
         )
-        track_path = write_results(out_dir / "tracking" / "results_nusc_tracking.json", track_results)
-        track_summary = run_tracking_eval(nusc, track_path, eval_set, out_dir / "tracking", verbose=verbose)
-        for scene in scenes:  # a picture per scene: predicted tracks beside the GT's
-            render_scene_tracks(scene, track_results["results"], out_dir / "tracking" / "png" / f"{scene[0].scene}.png")
-        summary["tracking"] = {k: track_summary.get(k) for k in (*TRACKING_METRICS, "evaluated")}
-        own = tracker == "auto" and any("track_ids" in p for p in predictions)
-        summary["tracking"]["tracker"] = "model" if own else "greedy"
+        summary["tracking"] = {k: track_summary.get(k) for k in (*TRACKING_METRICS, "evaluated", "tracker")}
+        summary["tracking"]["oracle_ids"] = {k: track_summary["oracle_ids"].get(k) for k in TRACKING_METRICS}
         with open(out_dir / "metrics_summary.json", "w") as f:
             json.dump(summary, f, indent=2)
 
@@ -613,7 +607,7 @@ def evaluate_nuscenes(
         + (f"decoding: {describe_decoding(decoding)}\n" if decoding is not None else "")
         + format_table(summary)
         + "".join(f"\n{k:<22}{v}" for k, v in extra.items())
-        + (f"\n{format_tracking_table(track_summary)}" if track_summary is not None else "")
+        + (f"\n{tracking_text(track_summary)}" if track_summary else "")
         + f"\nsummary: {out_dir / 'metrics_summary.json'}",
         flush=True,
     )
@@ -745,7 +739,7 @@ def main() -> None:
             tracking=bool(cfg.get("tracking", True)),
             roi=cfg.get("roi"),
             n_jobs=cfg.get("n_jobs"),
-            tracker=str(cfg.get("tracker", "auto")),
+            tracker=cfg.tracker,
             nms=str(cfg.get("nms", "auto")),
         )
 

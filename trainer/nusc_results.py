@@ -98,8 +98,11 @@ def sample_results(
     labels: np.ndarray,
     global_from_ego: np.ndarray,
     class_names: Sequence[str],
+    track_ids: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
-    """The result boxes of one sample (best first, at most :data:`MAX_BOXES_PER_SAMPLE`)."""
+    """The result boxes of one sample (best first, at most :data:`MAX_BOXES_PER_SAMPLE`). ``track_ids (M,)``: the
+    detector's own track ids (an instance bank's), added to each box as ``tracking_id`` for the trackers
+    (:class:`trainer.tracking.BankTracker`); a detection results file is written without them."""
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     labels = np.asarray(labels, dtype=np.int64).reshape(-1)
     order = np.argsort(-scores, kind="stable")[:MAX_BOXES_PER_SAMPLE]
@@ -122,6 +125,8 @@ def sample_results(
                 "attribute_name": default_attribute(name, float(np.hypot(*vel))),
             }
         )
+        if track_ids is not None:
+            out[-1]["tracking_id"] = str(int(np.asarray(track_ids).reshape(-1)[k]))
     return out
 
 
@@ -132,11 +137,14 @@ def make_results(
     use_camera: bool = False,
     use_lidar: bool = False,
     all_tokens: Sequence[str] | None = None,
+    with_track_ids: bool = False,
 ) -> dict[str, Any]:
     """The result dict of a split: ``predictions`` (``predict_step`` outputs) with every token of ``all_tokens``.
 
     ``poses[token]`` is the keyframe's ``global_from_ego (4, 4)``. A token of ``all_tokens`` without a
-    prediction gets ``[]``; a prediction for a token outside ``all_tokens`` is an error.
+    prediction gets ``[]``; a prediction for a token outside ``all_tokens`` is an error. ``with_track_ids``:
+    boxes of predictions that carry ``track_ids`` (a model with an instance bank) get their ``tracking_id``
+    (for the trackers, not for a results file).
     """
     results: dict[str, list] = {t: [] for t in all_tokens} if all_tokens is not None else {}
     for p in predictions:
@@ -150,6 +158,7 @@ def make_results(
             _np(p["labels"]),
             poses[tok],
             class_names,
+            track_ids=_np(p["track_ids"]) if with_track_ids and "track_ids" in p else None,
         )
     return {"meta": result_meta(use_camera, use_lidar), "results": results}
 

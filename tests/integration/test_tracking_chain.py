@@ -1,14 +1,15 @@
 """The tracking result chain scored by the devkit's TrackingEval: GT tracks score perfectly, a broken track shows.
 
-GT boxes with their instance ids go through our chain (ego frame -> make_tracking_results ->
-TrackingEval) and must score AMOTA >= 0.99 with no identity switch; swapping the ids of two tracks
-halfway through a scene must raise IDS (so the check can fail). The greedy tracker, fed the GT boxes
-without their ids, must recover the tracks (its ids come from association alone).
+GT boxes with their instance ids go through our chain (ego frame -> track_predictions with tracker=bank, the
+model's own ids -> TrackingEval) and must score AMOTA >= 0.99 with no identity switch; swapping the ids of two
+tracks halfway through a scene must raise IDS (so the check can fail). The greedy and Kalman trackers, fed the GT
+boxes without their ids, must recover the tracks (their ids come from association alone).
 """
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 
@@ -42,11 +43,12 @@ def _scenes_and_gt(synth_tiny, split="mini_val"):
     return ds, scenes, preds, NUSCENES_CLASSES
 
 
-def _score(ds, preds, scenes, classes, tmp_path, **kw):
-    from trainer.nusc_results import write_results
-    from trainer.tracking import make_tracking_results, run_tracking_eval
+def _score(ds, preds, scenes, classes, tmp_path, tracker="bank"):
+    from trainer.eval.nusc_tracking import run_tracking_eval
+    from trainer.nusc_results import result_meta, write_results
+    from trainer.tracking import track_predictions
 
-    results = make_tracking_results(scenes, preds, classes, use_lidar=True, **kw)
+    results = track_predictions(scenes, preds, classes, tracker, meta=result_meta(False, True))
     path = write_results(tmp_path / "tracking.json", results)
     return run_tracking_eval(ds.nusc, path, "mini_val", tmp_path / "eval")
 
@@ -67,38 +69,50 @@ def test_gt_tracks_score_perfectly_and_a_swapped_track_shows(synth_tiny, tmp_pat
     assert broken["ids"] >= 2, broken["ids"]
 
 
-def test_greedy_tracker_recovers_the_gt_tracks(synth_tiny, tmp_path):
+@pytest.mark.parametrize("tracker", ["greedy", "kalman"])
+def test_trackers_recover_the_gt_tracks(synth_tiny, tmp_path, tracker):
     ds, scenes, preds, classes = _scenes_and_gt(synth_tiny)
     for p in preds:
         del p["track_ids"]
-    s = _score(ds, preds, scenes, classes, tmp_path)
+    s = _score(ds, preds, scenes, classes, tmp_path, tracker)
     assert s["amota"] >= 0.95 and s["ids"] <= 2, (s["amota"], s["ids"])
     assert np.isfinite(s["amotp"])
+
+
+def test_bank_refuses_detections_without_model_ids(synth_tiny, tmp_path):
+    from trainer.tracking import NoModelIdsError
+
+    ds, scenes, preds, classes = _scenes_and_gt(synth_tiny)
+    for p in preds:
+        del p["track_ids"]
+    with pytest.raises(NoModelIdsError, match="tracker=kalman"):
+        _score(ds, preds, scenes, classes, tmp_path, "bank")
 
 
 def test_scene_track_picture(synth_tiny, tmp_path):
     """The per-scene PNG: predicted tracks beside the GT's (a real image with drawn pixels)."""
     from PIL import Image
 
-    from trainer.tracking import make_tracking_results, render_scene_tracks
+    from trainer.tracking import render_scene_tracks, track_predictions
 
     ds, scenes, preds, classes = _scenes_and_gt(synth_tiny)
-    results = make_tracking_results(scenes, preds, classes)["results"]
-    path = render_scene_tracks(scenes[0], results, tmp_path / "scene.png")
+    results = track_predictions(scenes, preds, classes, "bank")["results"]
+    path = render_scene_tracks(scenes[0], results, tmp_path / "scene.png", tracker="bank", note="AMOTA 1.000")
     img = np.asarray(Image.open(path).convert("L"))
     assert img.shape[0] > 300 and img.shape[1] > 600 and (img < 128).mean() > 0.01
 
 
-def test_greedy_can_replace_the_models_ids(synth_tiny):
-    """``use_model_ids=False`` (evaluate's ``tracker=greedy``): the model's ids are ignored, the greedy tracker's used."""
-    from trainer.tracking import make_tracking_results
+@pytest.mark.parametrize("tracker", ["greedy", "kalman"])
+def test_any_tracker_can_replace_the_models_ids(synth_tiny, tracker):
+    """``tracker=greedy|kalman`` on a model with its own ids: the model's ids are ignored, the tracker's used."""
+    from trainer.tracking import track_predictions
 
     ds, scenes, preds, classes = _scenes_and_gt(synth_tiny)
     for p in preds:  # a model that gives every box the same id
         p["track_ids"] = torch.full_like(p["track_ids"], 7)
-    own = make_tracking_results(scenes, preds, classes)["results"]
-    greedy = make_tracking_results(scenes, preds, classes, use_model_ids=False)["results"]
+    own = track_predictions(scenes, preds, classes, "bank")["results"]
+    other = track_predictions(scenes, preds, classes, tracker)["results"]
     some = next(t for t, boxes in own.items() if len(boxes) > 1)
     assert {b["tracking_id"] for b in own[some]} == {"7"}
-    ids = [b["tracking_id"] for b in greedy[some]]
+    ids = [b["tracking_id"] for b in other[some]]
     assert len(set(ids)) == len(ids) > 1  # one track per box within a keyframe

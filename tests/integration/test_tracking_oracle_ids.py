@@ -1,4 +1,4 @@
-"""scripts/tracking_oracle_ids.py: the true track ids given to detections, the ceiling of association.
+"""trainer.eval.nusc_tracking.oracle_id_results (scripts/tracking_oracle_ids.py): the true track ids given to detections, the ceiling of association.
 
 On the tiny synthetic world, GT boxes as detections inherit their own instance tokens; a detection moved beyond
 2 m, a second detection of an already taken box and one of another class get ids of their own; and the
@@ -6,11 +6,6 @@ devkit scores GT boxes with oracle ids as perfect tracks.
 """
 
 from __future__ import annotations
-
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 
 
 def _gt_detections(nusc, tokens):
@@ -42,9 +37,8 @@ def _gt_detections(nusc, tokens):
 
 
 def test_gt_boxes_inherit_their_instances_and_misses_get_their_own(synth_tiny):
-    from tracking_oracle_ids import oracle_tracking_results
-
     from bevlabels.datasets.nuscenes import NuScenesDataset
+    from trainer.eval.nusc_tracking import oracle_id_results as oracle_tracking_results
 
     nusc = NuScenesDataset(synth_tiny, version="v1.0-mini").nusc
     tok = next(s["token"] for s in nusc.sample if len(s["anns"]) >= 3)
@@ -67,12 +61,11 @@ def test_gt_boxes_inherit_their_instances_and_misses_get_their_own(synth_tiny):
 
 
 def test_gt_with_oracle_ids_scores_perfect_tracks(synth_tiny, tmp_path):
-    from tracking_oracle_ids import oracle_tracking_results
-
     from bevlabels.datasets.nuscenes import NuScenesDataset
+    from trainer.eval.nusc_tracking import oracle_id_results as oracle_tracking_results
+    from trainer.eval.nusc_tracking import run_tracking_eval
     from trainer.evaluate import split_samples
     from trainer.nusc_results import result_meta, write_results
-    from trainer.tracking import run_tracking_eval
 
     nusc = NuScenesDataset(synth_tiny, version="v1.0-mini").nusc
     tokens = [t for ts in split_samples(nusc, "mini_val").values() for t in ts]
