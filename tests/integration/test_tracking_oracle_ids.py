@@ -62,9 +62,9 @@ def test_gt_boxes_inherit_their_instances_and_misses_get_their_own(synth_tiny):
 
 def test_gt_with_oracle_ids_scores_perfect_tracks(synth_tiny, tmp_path):
     from bevlabels.datasets.nuscenes import NuScenesDataset
+    from trainer.eval.coverage import split_samples
     from trainer.eval.nusc_tracking import oracle_id_results as oracle_tracking_results
     from trainer.eval.nusc_tracking import run_tracking_eval
-    from trainer.evaluate import split_samples
     from trainer.nusc_results import result_meta, write_results
 
     nusc = NuScenesDataset(synth_tiny, version="v1.0-mini").nusc

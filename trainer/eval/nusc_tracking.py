@@ -33,7 +33,7 @@ def run_tracking_eval(nusc, result_path: Path, eval_set: str, out_dir: Path, ver
     import nuscenes.eval.tracking.evaluate as devkit_tracking
     from nuscenes.eval.common.config import config_factory
 
-    from trainer.evaluate import describe_coverage, gt_restricted_to, split_coverage
+    from trainer.eval.coverage import describe_coverage, gt_restricted_to, split_coverage
 
     with open(result_path) as f:
         results = json.load(f)["results"]
