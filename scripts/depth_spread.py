@@ -28,7 +28,7 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=1)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
-    from trainer.evaluate import build_datamodule
+    from trainer.eval.predict import build_datamodule
     from trainer.lit_base import load_checkpoint
 
     loaded = load_checkpoint(a.ckpt)

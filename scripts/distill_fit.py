@@ -54,7 +54,7 @@ def fit_of(run_dir: Path, split: str = "val", force: bool = False) -> dict:
     evaluated = from_evaluation(run_dir, ckpt) if split == "val" and not force else None
     if evaluated is not None:
         return evaluated
-    from trainer.evaluate import build_datamodule, predict
+    from trainer.eval.predict import build_datamodule, predict
     from trainer.lit_base import load_checkpoint
 
     t0 = time.perf_counter()

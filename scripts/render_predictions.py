@@ -115,7 +115,7 @@ def prediction_figure(sample: dict, det: dict, heatmap: np.ndarray, grid, camera
 @torch.no_grad()
 def render(ckpt: str, split: str = "val", n: int = 4, out: str | None = None, score: float = 0.3, device: str = "cpu"):
     """Write ``n`` PNGs (see the module docstring); return their paths."""
-    from trainer.evaluate import build_datamodule
+    from trainer.eval.predict import build_datamodule
     from trainer.lit_base import load_checkpoint
 
     loaded = load_checkpoint(ckpt)

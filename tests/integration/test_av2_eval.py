@@ -21,7 +21,7 @@ pytest.importorskip("av2")
 
 from bevlabels.datasets.av2 import AV2_CLASSES, AV2Dataset  # noqa: E402
 from bevlabels.geometry import YAW, X, transform_boxes  # noqa: E402
-from trainer.evaluate import run_av2_eval  # noqa: E402
+from trainer.eval.av2_detection import run_av2_eval  # noqa: E402
 
 N_JOBS = 1  # av2's spawn pool: one process is enough for 2 sweeps
 
@@ -153,6 +153,8 @@ def test_without_a_map_the_roi_filter_is_off(av2_sensor_log, tmp_path, gt_summar
 
 def test_evaluate_on_av2_writes_and_prints_its_scores(monkeypatch, tmp_path, log_frames, capsys):
     """``trainer.evaluate.evaluate`` on an AV2 data module (checkpoint and prediction stubbed: GT as predictions)."""
+    import trainer.eval.av2_detection as av2_detection
+    import trainer.eval.predict
     import trainer.evaluate as ev
     from trainer.lit_base import LoadedCheckpoint
 
@@ -178,15 +180,15 @@ def test_evaluate_on_av2_writes_and_prints_its_scores(monkeypatch, tmp_path, log
 
     loaded = LoadedCheckpoint(tmp_path / "last.ckpt", {"data": {}}, Model(), "", 3, 42)
     monkeypatch.setattr(ev, "load_checkpoint", lambda ckpt: loaded)
-    monkeypatch.setattr(ev, "build_datamodule", lambda config, **kw: DataModule())
-    monkeypatch.setattr(ev, "predict", lambda model, dm, split, *a, **kw: _gt_predictions(frames))
+    monkeypatch.setattr(trainer.eval.predict, "build_datamodule", lambda config, **kw: DataModule())
+    monkeypatch.setattr(av2_detection, "predict", lambda model, dm, split, *a, **kw: _gt_predictions(frames))
     out = ev.evaluate("last.ckpt", split="val", n_jobs=N_JOBS)
     printed = capsys.readouterr().out
 
     out_dir = tmp_path / "eval-last-val"
     assert out["out_dir"] == str(out_dir) and out["keyframes"] == 2
     assert out["mean_over_gt_categories"]["AP"] >= 0.99
-    assert out["tracking"] == {"skipped": ev.AV2_TRACKING_SKIPPED}
+    assert out["tracking"] == {"skipped": av2_detection.AV2_TRACKING_SKIPPED}
     on_disk = json.loads((out_dir / "metrics_summary.json").read_text())
     assert on_disk["AP"] == out["AP"] and on_disk["evaluated"]["keyframes"] == 2
     assert set(on_disk["per_category"]) == set(AV2_CLASSES)

@@ -66,7 +66,7 @@ def test_av2_scores_the_worlds_own_gt_perfectly_and_moved_boxes_lower(av2_tiny):
 
     from bevlabels.datasets.av2 import AV2_CLASSES, AV2Dataset
     from bevlabels.geometry import X
-    from trainer.evaluate import run_av2_eval
+    from trainer.eval.av2_detection import run_av2_eval
 
     ds = AV2Dataset(av2_tiny, split="val")
     frames = [f for s in ds.scenes("val") for f in ds.keyframes(s)]

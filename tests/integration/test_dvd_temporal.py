@@ -119,7 +119,8 @@ def test_fast_dev_run(compose_train, synth_tiny, synth_tiny_store, tmp_path):
 
 
 def test_evaluation_tracks_with_the_banks_ids(compose_train, synth_tiny, synth_tiny_store, tmp_path):
-    from trainer.evaluate import evaluate, predict
+    from trainer.eval.predict import predict
+    from trainer.evaluate import evaluate
     from trainer.lit_base import load_checkpoint
     from trainer.train import train
 
@@ -136,7 +137,7 @@ def test_evaluation_tracks_with_the_banks_ids(compose_train, synth_tiny, synth_t
     ckpt = Path(result["last_ckpt"])
     loaded = load_checkpoint(ckpt)
     assert loaded.model.detector.bank is not None
-    from trainer.evaluate import build_datamodule
+    from trainer.eval.predict import build_datamodule
 
     dm = build_datamodule(loaded.config, num_workers=0)
     dm.setup("predict")

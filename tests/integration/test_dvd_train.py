@@ -196,7 +196,7 @@ def test_distill_fit_script_scores_a_run_and_reuses_its_numbers(short_run, tmp_p
     def no_second_pass(*args, **kwargs):
         raise AssertionError("a cached run was predicted again")
 
-    monkeypatch.setattr("trainer.evaluate.predict", no_second_pass)
+    monkeypatch.setattr("trainer.eval.predict.predict", no_second_pass)
     assert distill_fit.fit_of(run) == fit
 
     # an evaluation's extra_metrics.json (written after the checkpoint) is read, not predicted again

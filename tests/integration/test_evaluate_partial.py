@@ -2,7 +2,7 @@
 
 The world here has two val scenes (``mini_val``: scene-0103, scene-0916) of 3 keyframes each, so
 ``limit_scenes=1`` predicts half of the split. The devkit's ``DetectionEval`` asserts that the results
-hold every sample of the split; :func:`trainer.evaluate.run_detection_eval` restricts its GT to the
+hold every sample of the split; :func:`trainer.eval.nusc_detection.run_detection_eval` restricts its GT to the
 scenes the results cover instead, refuses results that miss a keyframe of a scene they cover, and
 says in the summary (``evaluated``) which scenes and how many keyframes it scored.
 """
@@ -61,7 +61,7 @@ def _gt_results(ds, scenes, tmp_path: Path, drop: int = 0) -> Path:
 
 def test_gt_of_one_scene_scores_perfectly_on_that_scene(dataset, tmp_path):
     """The GT is restricted to the predicted keyframes: the other scene's objects are not counted as misses."""
-    from trainer.evaluate import run_detection_eval
+    from trainer.eval.nusc_detection import run_detection_eval
 
     scenes = dataset.scenes("mini_val")
     assert len(scenes) == 2
@@ -78,7 +78,7 @@ def test_gt_of_one_scene_scores_perfectly_on_that_scene(dataset, tmp_path):
 
 
 def test_results_missing_a_keyframe_of_an_evaluated_scene_are_refused(dataset, tmp_path):
-    from trainer.evaluate import run_detection_eval
+    from trainer.eval.nusc_detection import run_detection_eval
 
     scenes = dataset.scenes("mini_val")
     path = _gt_results(dataset, scenes, tmp_path, drop=1)  # the last keyframe of the second scene
@@ -87,7 +87,7 @@ def test_results_missing_a_keyframe_of_an_evaluated_scene_are_refused(dataset, t
 
 
 def test_results_outside_the_split_are_refused(dataset, tmp_path):
-    from trainer.evaluate import run_detection_eval
+    from trainer.eval.nusc_detection import run_detection_eval
 
     path = _gt_results(dataset, dataset.scenes("mini_train"), tmp_path)
     with pytest.raises(ValueError, match="3 samples that are not in split mini_val"):

@@ -18,7 +18,7 @@ import torch
 
 def _score(ds, split, boxes_of, tmp_path):
     from bevlabels.datasets.nuscenes import NUSCENES_CLASSES
-    from trainer.evaluate import run_detection_eval
+    from trainer.eval.nusc_detection import run_detection_eval
     from trainer.nusc_results import make_results, write_results
 
     preds, poses, tokens = [], {}, []

@@ -6,6 +6,9 @@ from pathlib import Path
 
 import pytest
 
+import trainer.eval.av2_detection
+import trainer.eval.nusc_detection
+import trainer.eval.predict
 import trainer.evaluate as ev
 from bevlabels.datasets.av2 import AV2Dataset
 from bevlabels.datasets.base import DriveDataset
@@ -61,9 +64,13 @@ def test_evaluate_runs_the_adapters_evaluation(monkeypatch, tmp_path, adapter_cl
     )
     called: list[tuple[str, dict]] = []
     monkeypatch.setattr(ev, "load_checkpoint", lambda ckpt: loaded)
-    monkeypatch.setattr(ev, "build_datamodule", lambda config, **kw: dm)
-    for name in ("evaluate_nuscenes", "evaluate_av2"):
-        monkeypatch.setattr(ev, name, lambda *a, _n=name, **kw: called.append((_n, kw)) or {"ran": _n})
+    monkeypatch.setattr(trainer.eval.predict, "build_datamodule", lambda config, **kw: dm)
+    # where the dispatcher looks them up: the benchmark modules
+    for module, name in (
+        (trainer.eval.nusc_detection, "evaluate_nuscenes"),
+        (trainer.eval.av2_detection, "evaluate_av2"),
+    ):
+        monkeypatch.setattr(module, name, lambda *a, _n=name, **kw: called.append((_n, kw)) or {"ran": _n})
     if expected is None:
         with pytest.raises(NotImplementedError, match="no evaluation for the dataset adapter"):
             ev.evaluate("x.ckpt", tracking=False)

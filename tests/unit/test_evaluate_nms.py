@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from trainer.evaluate import set_decoding_nms
+from trainer.eval.decoding import set_decoding_nms
 
 
 class _Sparse:

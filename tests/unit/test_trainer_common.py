@@ -177,7 +177,7 @@ def test_one_cycle_gets_total_steps_from_the_trainer():
 
 def test_a_result_without_boxes_scores_zero_where_the_devkit_would_raise():
     """The devkit's filter_eval_boxes raises on a result file with no box at all; we give its numbers instead."""
-    from trainer.evaluate import format_table, no_detections_eval
+    from trainer.eval.nusc_detection import format_table, no_detections_eval
 
     summary, details = no_detections_eval("mini_val")
     assert summary["nd_score"] == 0.0 and summary["mean_ap"] == 0.0
