@@ -18,6 +18,7 @@ def render_scene_tracks(
     class_names: Sequence[str] | None = None,
     tracker: str = "",
     note: str = "",
+    classes: Sequence[str] | None = TRACKING_CLASSES,
 ) -> Path:
     """A PNG of one scene: predicted tracks (left, titled with ``tracker``'s name and, when given, the AMOTA and its
     oracle-id ceiling) beside the GT tracks (right), in the global frame seen from above, each track a polyline of
@@ -25,7 +26,9 @@ def render_scene_tracks(
 
     ``frames``: the scene's keyframes in time order (``token``, ``global_from_ego``, ``boxes`` of
     :class:`bevlabels.datasets.base.Boxes`); ``results``: the tracking result dict's ``results``. GT tracks are
-    the boxes of tracking classes (``detection_class`` in :data:`TRACKING_CLASSES`) by ``instance_id``.
+    the boxes of tracking classes (``detection_class`` in ``classes``: nuScenes' :data:`TRACKING_CLASSES` by
+    default; another dataset's, e.g. av2's categories; ``None``: every box with a ``detection_class``) by
+    ``instance_id``.
     """
     from bevlabels.viz import _plt
 
@@ -42,7 +45,7 @@ def render_scene_tracks(
             :3, 3
         ]
         for c, name, inst in zip(centres, f.boxes.detection_class, f.boxes.instance_id):
-            if name in TRACKING_CLASSES:
+            if name is not None and (classes is None or name in classes):
                 gt.setdefault(inst, []).append(c[:2])
     ego = np.array([np.asarray(f.global_from_ego)[:2, 3] for f in frames])
     fig, axes = plt.subplots(1, 2, figsize=(12, 6), sharex=True, sharey=True)
