@@ -17,19 +17,22 @@ algorithms:
   with Joseph's form of the covariance, batched over the matched tracks (:class:`ConstantVelocityFilter`; tested
   against ``filterpy.kalman.KalmanFilter``).
 - **Association** per class, Hungarian (``scipy.optimize.linear_sum_assignment``) on the ground-plane
-  Mahalanobis distance of each detection to each track's predicted centre (``cost=mahalanobis``: the innovation
-  covariance of ``x, y`` sets the gate, so a young track whose velocity is unknown reaches as far as a car drives
-  in ``dt``, an old one only its predicted position's spread), gated at ``gate_chi2`` and at the class's
-  ``max_distance`` metres; ``cost=distance`` uses the centre distance itself, gated at ``max_distance``.
+  Mahalanobis distance ``d2`` of each detection to each track's predicted centre (the innovation covariance ``S``
+  of ``x, y`` sets the gate, so a young track whose velocity is unknown reaches as far as a car drives in ``dt``,
+  an old one only its predicted position's spread), gated at ``gate_chi2`` and at the class's ``max_distance``
+  metres. ``cost=nll`` (the default) adds ``log det S``, the Gaussian's negative log-likelihood, so a track that has
+  coasted for a while (a wide ``S``) does not take a detection from a track that was seen a keyframe ago;
+  ``cost=mahalanobis`` is ``d2`` alone; ``cost=distance`` the centre distance, gated at ``max_distance`` only.
 - **Two stages** (ByteTrack): detections scoring at least ``high_score`` are associated first, with every live
   track; the remaining live tracks that are confirmed may then take detections scoring between ``low_score`` and
   ``high_score``. Only unmatched detections scoring at least ``birth_score`` start tracks, so a weak box can extend
   a track and never start one. Detections below ``low_score`` are not used.
 - **Life**: a track is confirmed after ``min_hits`` matches; a tentative track unmatched once is dropped, a
-  confirmed one coasts (predicted, not output) for up to ``max_age`` keyframes. Each keyframe outputs the tracks
+  confirmed one coasts (predicted) for up to ``max_age`` keyframes. Each keyframe outputs the tracks
   matched in it that are confirmed (at a scene's first ``min_hits`` keyframes the tentative ones too), with
   the filtered box (``output=filtered``) or the detected one (``output=detection``), the detection's score and
-  the filtered velocity.
+  the filtered velocity; with ``coast_score`` > 0 also the coasting tracks, their predicted box scored their last
+  detection's score times ``coast_score`` per missed keyframe (a missed detection bridged, ranked low).
 
 The per-class parameters live in ``conf/tracker/kalman.yaml`` (``classes``, with ``default`` for a class not
 listed); :func:`~trainer.tracking.factory.build_tracker` reads them.
@@ -186,7 +189,7 @@ class KalmanTracker:
 
     classes: Mapping[str, ClassParams] = field(default_factory=dict)
     default: ClassParams = field(default_factory=ClassParams)
-    cost: str = "mahalanobis"  # mahalanobis | distance
+    cost: str = "nll"  # nll | mahalanobis | distance
     gate_chi2: float = CHI2_2DOF_99
     high_score: float = 0.3
     low_score: float = 0.1
@@ -194,12 +197,13 @@ class KalmanTracker:
     min_hits: int = 1
     max_age: int = 2
     output: str = "filtered"  # filtered | detection
+    coast_score: float = 0.0  # > 0: coasting tracks are output, their last score times this per missed keyframe
     use_detector_velocity: bool = False
     name: str = "kalman"
 
     def __post_init__(self):
-        if self.cost not in ("mahalanobis", "distance"):
-            raise ValueError(f"tracker kalman: cost must be mahalanobis or distance; got {self.cost!r}")
+        if self.cost not in ("mahalanobis", "nll", "distance"):
+            raise ValueError(f"tracker kalman: cost must be mahalanobis, nll or distance; got {self.cost!r}")
         if self.output not in ("filtered", "detection"):
             raise ValueError(f"tracker kalman: output must be filtered or detection; got {self.output!r}")
         if not (self.low_score <= self.high_score and self.high_score <= self.birth_score):
@@ -221,6 +225,7 @@ class KalmanTracker:
         self.ids = np.zeros(0, np.int64)
         self.hits = np.zeros(0, np.int64)
         self.misses = np.zeros(0, np.int64)
+        self.score = np.zeros(0)  # each track's last detection score
         self.frame = 0
 
     # -- association ------------------------------------------------------------------------------------------
@@ -243,7 +248,11 @@ class KalmanTracker:
             Rxy = np.array([self.params(n).position_noise ** 2 for n in det_names])[:, None, None, None] * np.eye(2)
             S = Pxy[None] + Rxy  # (D, T, 2, 2)
             d2 = np.einsum("dti,dti->dt", r, np.linalg.solve(S, r[..., None])[..., 0])
-            cost = np.where(ok & (d2 <= self.gate_chi2), d2, np.inf)
+            if self.cost == "nll":  # the negative log-likelihood: an uncertain (old, coasting) track pays for its spread
+                d2_cost = d2 + np.log(np.linalg.det(S))
+            else:
+                d2_cost = d2
+            cost = np.where(ok & (d2 <= self.gate_chi2), d2_cost, np.inf)
         return cost
 
     @staticmethod
@@ -287,19 +296,21 @@ class KalmanTracker:
         # tracks not matched: a tentative one dies, a confirmed one coasts up to max_age keyframes
         self.misses[free] += 1
         alive = ~free | ((self.hits >= self.min_hits) & (self.misses <= self.max_age))
+        coasting = free & alive
         # births: confident detections left over
-        born = [i for i in high if track_of_det[i] < 0 and dets.scores[i] >= self.birth_score]
-        new_rows = self._birth(dets, born, velocity_measured)
+        born = np.array([i for i in high if track_of_det[i] < 0 and dets.scores[i] >= self.birth_score], np.int64)
+        self._birth(dets, born, velocity_measured)
         track_of_det[born] = np.arange(T, T + len(born))
-        keep_rows = np.concatenate([np.flatnonzero(alive), np.arange(T, T + len(born))]).astype(np.int64)
+        alive = np.concatenate([alive, np.ones(len(born), bool)])
+        coasting = np.concatenate([coasting, np.zeros(len(born), bool)])
         self.frame += 1
-        out = self._output(dets, track_of_det)
-        # drop the dead (after the output, which reads rows by their index before this)
-        self.x = np.concatenate([self.x, new_rows[0]])[keep_rows]
-        self.P = np.concatenate([self.P, new_rows[1]])[keep_rows]
-        names = self.names + [dets.names[i] for i in born]
-        self.names = [names[i] for i in keep_rows]
-        self.ids, self.hits, self.misses = (a[keep_rows] for a in (self.ids, self.hits, self.misses))
+        out = self._output(dets, track_of_det, np.flatnonzero(coasting))
+        # drop the dead
+        self.x, self.P = self.x[alive], self.P[alive]
+        self.names = [n for n, keep in zip(self.names, alive) if keep]
+        self.ids, self.hits, self.misses, self.score = (
+            a[alive] for a in (self.ids, self.hits, self.misses, self.score)
+        )
         return out
 
     def _update(self, dets: Detections, det_rows: np.ndarray, track_rows: np.ndarray, with_velocity: bool) -> None:
@@ -316,45 +327,59 @@ class KalmanTracker:
         )
         self.hits[track_rows] += 1
         self.misses[track_rows] = 0
+        self.score[track_rows] = dets.scores[det_rows]
 
-    def _birth(self, dets: Detections, born: list[int], with_velocity: bool) -> tuple[np.ndarray, np.ndarray]:
+    def _birth(self, dets: Detections, born: np.ndarray, with_velocity: bool) -> None:
+        """New tracks (appended rows) from the detections ``born``: the state is the detection."""
         xs, Ps = np.zeros((len(born), 9)), np.zeros((len(born), 9, 9))
         for k, i in enumerate(born):
             z = np.concatenate([dets.centre[i], [dets.yaw[i]], dets.size[i]])
             v = dets.velocity[i] if with_velocity else None
             xs[k], Ps[k] = ConstantVelocityFilter.initial(z, self.params(dets.names[i]), v)
+        self.x, self.P = np.concatenate([self.x, xs]), np.concatenate([self.P, Ps])
+        self.names = self.names + [dets.names[i] for i in born]
         self.ids = np.concatenate([self.ids, np.arange(self.next_id, self.next_id + len(born), dtype=np.int64)])
         self.hits = np.concatenate([self.hits, np.ones(len(born), np.int64)])
         self.misses = np.concatenate([self.misses, np.zeros(len(born), np.int64)])
+        self.score = np.concatenate([self.score, dets.scores[born]])
         self.next_id += len(born)
-        return xs, Ps
 
-    def _output(self, dets: Detections, track_of_det: np.ndarray) -> Tracks:
-        """The matched or born tracks of this keyframe that may be shown (confirmed, or the scene is young)."""
-        T = len(self.x)
+    def _output(self, dets: Detections, track_of_det: np.ndarray, coasting: np.ndarray) -> Tracks:
+        """This keyframe's tracks: those matched or born in it that may be shown (confirmed, or the scene is young),
+        and with ``coast_score`` > 0 the confirmed ones coasting (their predicted box, score decayed per miss)."""
         rows = np.flatnonzero(track_of_det >= 0)
-        tr = track_of_det[rows]
-        shown = (self.hits[tr] >= self.min_hits) | (self.frame <= self.min_hits)
-        rows, tr = rows[shown], tr[shown]
-        rows = rows[np.argsort(-dets.scores[rows], kind="stable")]
+        rows = rows[(self.hits[track_of_det[rows]] >= self.min_hits) | (self.frame <= self.min_hits)]
         tr = track_of_det[rows]
         out = Tracks.of_detections(dets, rows, self.ids[tr])
-        born = tr >= T  # a track born in this keyframe: its state is its detection
-        old = ~born
-        out.velocity = out.velocity.copy()
-        out.velocity[old] = self.x[tr[old]][:, [VX, VY]]
-        out.velocity[born] = 0.0 if not self.use_detector_velocity else out.velocity[born]
-        if self.output == "filtered" and old.any():
-            s = self.x[tr[old]]
-            out.centre = out.centre.copy()
-            out.size = out.size.copy()
-            out.yaw = out.yaw.copy()
-            out.centre[old] = s[:, [X, Y, Z]]
-            out.yaw[old] = s[:, YAW]
-            out.size[old] = s[:, [W, L, H]]
-            out.source = out.source.copy()
-            out.source[old] = -1
-        return out
+        first = self.hits[tr] == 1  # born in this keyframe: its state is its detection, its velocity unknown
+        out.velocity = self.x[tr][:, [VX, VY]]
+        if self.output == "filtered":
+            s = self.x[tr]
+            out.centre, out.yaw, out.size = s[:, [X, Y, Z]], s[:, YAW], s[:, [W, L, H]]
+            out.source = np.where(first, out.source, -1)
+        if self.coast_score > 0 and len(coasting):
+            s = self.x[coasting]
+            out = Tracks(
+                np.concatenate([out.centre, s[:, [X, Y, Z]]]),
+                np.concatenate([out.size, s[:, [W, L, H]]]),
+                np.concatenate([out.yaw, s[:, YAW]]),
+                np.concatenate([out.velocity, s[:, [VX, VY]]]),
+                out.names + [self.names[t] for t in coasting],
+                np.concatenate([out.scores, self.score[coasting] * self.coast_score ** self.misses[coasting]]),
+                np.concatenate([out.ids, self.ids[coasting]]),
+                np.concatenate([out.source, np.full(len(coasting), -1, np.int64)]),
+            )
+        order = np.argsort(-out.scores, kind="stable")
+        return Tracks(
+            out.centre[order],
+            out.size[order],
+            out.yaw[order],
+            out.velocity[order],
+            [out.names[i] for i in order],
+            out.scores[order],
+            out.ids[order],
+            out.source[order],
+        )
 
 
 def kalman_from_config(cfg: Mapping) -> KalmanTracker:
