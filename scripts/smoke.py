@@ -16,8 +16,8 @@ beyond its exit code, and timed:
    device's precision (``trainer=auto``: bf16-mixed on a GPU with native bf16, 32-true on the CPU), then a
    validation (PreciseBN) and a checkpoint;
 4. ``ddp``: ``bevdepth_dino`` under DDP on every visible GPU (NCCL), or on 2 CPU processes (gloo);
-5. ``eval bevdepth_dino`` and ``eval teacher`` (greedy tracking), ``eval dvd_temporal`` (the instance bank's own
-   ids): ``trainer.evaluate`` (``device=auto``) with the nuScenes devkit's DetectionEval and TrackingEval.
+5. ``eval bevdepth_dino`` and ``eval teacher`` (the Kalman tracker), ``eval dvd_temporal`` (``tracker=bank``: the
+   instance bank's own ids): ``trainer.evaluate`` (``device=auto``) with the nuScenes devkit's DetectionEval and TrackingEval.
 
 ``--size tiny`` (the default on a CPU) shrinks the camera and LiDAR networks to a few thousand parameters, as the
 tests do; ``--size full`` (the default on a GPU) trains the experiments' own networks (ResNet-50 at 256x704). A table
@@ -162,14 +162,15 @@ def plan(out: Path, dev: dict, size: str, steps: int) -> list[Step]:
             env=ddp_env,
         ),
         evaluate("eval bevdepth_dino", runs / "bevdepth_dino", evals / "bevdepth_dino", "bevdepth_dino", dev),
-        evaluate("eval dvd_temporal", runs / "dvd_temporal", evals / "dvd_temporal", "dvd_temporal", dev),
+        evaluate("eval dvd_temporal", runs / "dvd_temporal", evals / "dvd_temporal", "dvd_temporal", dev, "bank"),
         evaluate("eval teacher", runs / "teacher", evals / "teacher", "teacher", dev),
     ]
 
 
-def evaluate(name: str, run: Path, out: Path, needs: str, dev: dict) -> Step:
+def evaluate(name: str, run: Path, out: Path, needs: str, dev: dict, tracker: str = "kalman") -> Step:
     """``trainer.evaluate`` of a run's last checkpoint (device=auto, or cpu when --device cpu said so)."""
     cmd = [sys.executable, "-m", "trainer.evaluate", f"ckpt={run / 'checkpoints' / 'last.ckpt'}", f"out={out}"]
+    cmd.append(f"tracker={tracker}")
     cmd.append("device=cpu" if dev["forced_cpu"] else "device=auto")
     return Step(name, cmd, needs=(needs,), check=lambda log: check_eval(out, log))
 

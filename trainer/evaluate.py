@@ -154,6 +154,7 @@ def evaluate(
             t0=t0,
             decoding=decoding,
             precision=precision,
+            tracker=tracker,
         )
     return nusc_detection.evaluate_nuscenes(
         loaded,

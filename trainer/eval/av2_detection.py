@@ -11,8 +11,9 @@ categories, ``dataset_dir`` = the folder of the logs). The ROI filter (``eval_on
 every evaluated log has its ``map/``, else off (``roi=true|false`` forces it); which, and why, is printed and in
 the summary's ``roi``. The evaluation folder receives ``detections_av2.feather`` and ``metrics_summary.json``
 (av2's ``AVERAGE_METRICS``: ``AP CDS ATE ASE AOE`` over all 26 categories; ``mean_over_gt_categories``: the same
-over the categories with evaluated GT; ``per_category``; ``roi``; ``evaluated``). Tracking is not scored on AV2
-(a message says so, :data:`AV2_TRACKING_SKIPPED`). av2 matches in a ``spawn`` process pool of ``n_jobs``
+over the categories with evaluated GT; ``per_category``; ``roi``; ``evaluated``). Tracking (``tracking=true``):
+the same predictions tracked log by log by ``tracker`` and scored by ``av2.evaluation.tracking``
+(:mod:`trainer.eval.av2_tracking`), under ``tracking/``. av2 matches in a ``spawn`` process pool of ``n_jobs``
 (default: up to 8, at most the CPUs).
 """
 
@@ -71,13 +72,6 @@ def run_av2_eval(
     return summary, detections
 
 
-#: what :func:`evaluate_av2` says about tracking
-AV2_TRACKING_SKIPPED = (
-    "tracking skipped: trainer.evaluate scores tracking with the nuScenes devkit only; "
-    "av2's tracking evaluation (av2.evaluation.tracking) is not wired in yet"
-)
-
-
 def evaluate_av2(
     loaded: LoadedCheckpoint,
     datamodule,
@@ -90,15 +84,20 @@ def evaluate_av2(
     t0: float | None = None,
     decoding: dict[str, Any] | None = None,
     precision: str | None = "auto",
+    tracker: str | Mapping[str, Any] = "kalman",
 ) -> dict[str, Any]:
-    """:func:`trainer.evaluate.evaluate` on Argoverse 2: av2's detection evaluation (:func:`run_av2_eval`).
+    """:func:`trainer.evaluate.evaluate` on Argoverse 2: av2's detection evaluation (:func:`run_av2_eval`) and, with
+    ``tracking``, av2's tracking evaluation of the ``tracker``'s tracks (:mod:`trainer.eval.av2_tracking`).
 
     Writes ``detections_av2.feather`` (av2's detection table: ego-frame cuboids, as av2 scores them)
     and ``metrics_summary.json`` (av2's averages over its 26 categories ``AP CDS ATE ASE AOE``, the
     same over the categories with GT, ``per_category``, ``roi``, ``evaluated``), ``extra_metrics.json``
-    when the model has an ``extra_eval`` hook, and prints a table. Tracking is skipped (a message).
+    when the model has an ``extra_eval`` hook, and prints a table. Tracking writes ``tracking/`` (the tracks, av2's
+    tracking metrics: HOTA, AMOTA, MOTA, IDSW per category and their means) and its overall numbers under
+    ``tracking`` in the summary.
     """
     from trainer.av2_results import format_av2_table, write_detections
+    from trainer.eval.av2_tracking import format_av2_tracking_table
 
     t0 = time.perf_counter() if t0 is None else t0
     model = loaded.model
@@ -116,8 +115,26 @@ def evaluate_av2(
         extra = model.extra_eval(predictions, datamodule) or {}
         with open(out_dir / "extra_metrics.json", "w") as f:
             json.dump(extra, f, indent=2)
+    track_summary = None
     if tracking:
-        summary["tracking"] = {"skipped": AV2_TRACKING_SKIPPED}
+        from trainer.eval.av2_tracking import track_and_score_av2
+        from trainer.nusc_results import make_results
+
+        track_detections = make_results(
+            predictions,
+            poses={f.token: f.global_from_ego for f in frames},
+            class_names=model.class_names,
+            all_tokens=[f.token for f in frames],
+            with_track_ids=True,
+        )["results"]
+        track_summary = track_and_score_av2(
+            datamodule.adapter, frames, track_detections, tracker, out_dir / "tracking", eval_set, roi=roi
+        )
+        summary["tracking"] = {
+            k: track_summary.get(k)
+            for k in ("HOTA", "AMOTA", "MOTA", "IDSW", "tracker", "evaluated")
+            if k in track_summary
+        }
     if decoding is not None:
         summary["decoding"] = decoding
     with open(out_dir / "metrics_summary.json", "w") as f:
@@ -130,7 +147,7 @@ def evaluate_av2(
         f"evaluated: {describe_coverage(summary['evaluated'])}\n"
         + format_av2_table(summary)
         + "".join(f"\n{k:<22}{v}" for k, v in extra.items())
-        + (f"\n{AV2_TRACKING_SKIPPED}" if tracking else "")
+        + (f"\n{format_av2_tracking_table(track_summary)}" if track_summary is not None else "")
         + f"\ndetections: {det_path}\nsummary: {out_dir / 'metrics_summary.json'}",
         flush=True,
     )

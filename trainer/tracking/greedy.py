@@ -52,6 +52,7 @@ class GreedyTracker:
     max_distance: Mapping[str, float] = field(default_factory=lambda: dict(MAX_DISTANCE))
     max_age: int = 3
     min_new_score: float = 0.0
+    default_distance: float = 2.0  # metres, for a class without its own limit (e.g. Argoverse 2's categories)
     name: str = "greedy"
 
     def __post_init__(self):
@@ -90,7 +91,7 @@ class GreedyTracker:
             last = np.stack([t.centre for t in self.tracks])  # (T, 2)
             dist = np.linalg.norm(back[:, None] - last[None], axis=-1)  # (M, T)
             same = np.array([[lab == t.label for t in self.tracks] for lab in labels], dtype=bool).reshape(M, T)
-            limit = np.array([self.max_distance.get(lab, 0.0) for lab in labels]).reshape(M, 1)
+            limit = np.array([self.max_distance.get(lab, self.default_distance) for lab in labels]).reshape(M, 1)
             dist = np.where(same & (dist <= limit), dist, np.inf)
             for m in np.argsort(-scores, kind="stable"):  # the best detection chooses first
                 row = np.where(taken, np.inf, dist[m])

@@ -248,7 +248,9 @@ class KalmanTracker:
             Rxy = np.array([self.params(n).position_noise ** 2 for n in det_names])[:, None, None, None] * np.eye(2)
             S = Pxy[None] + Rxy  # (D, T, 2, 2)
             d2 = np.einsum("dti,dti->dt", r, np.linalg.solve(S, r[..., None])[..., 0])
-            if self.cost == "nll":  # the negative log-likelihood: an uncertain (old, coasting) track pays for its spread
+            if (
+                self.cost == "nll"
+            ):  # the negative log-likelihood: an uncertain (old, coasting) track pays for its spread
                 d2_cost = d2 + np.log(np.linalg.det(S))
             else:
                 d2_cost = d2
