@@ -97,8 +97,8 @@ def evaluate(
     ``kalman`` | ``greedy`` | ``bank``, or its config; ``bank``: the model's own ``track_ids``) and score
     them with ``TrackingEval``, beside the oracle-id ceiling of the same detections:
     ``tracking/metrics_summary.json`` under the output folder, its overall metrics in the returned
-    summary's ``tracking`` and the printout. nuScenes-format datasets only: on AV2 it is skipped
-    with a message.
+    summary's ``tracking`` and the printout; on AV2, av2's tracking evaluation. ``tracker=bank`` on a model
+    without an instance bank is refused before anything is predicted.
 
     ``limit_scenes``: predict the first that many scenes of the split; ``None`` keeps the checkpoint's
     ``data.limit_scenes`` (the scenes it was validated on), ``0`` the whole split. The summary's
@@ -126,13 +126,18 @@ def evaluate(
     from trainer.tracking import build_tracker
 
     try:  # before the checkpoint and the data are loaded
-        build_tracker(tracker)
+        tracker_name = build_tracker(tracker)[0].name
     except ValueError as e:
         raise ValueError(f"evaluate: tracker (conf/tracker, tracker=kalman|greedy|bank): {e}") from e
     if nms not in NMS_CHOICES:
         raise ValueError(f"evaluate: nms (conf/evaluate.yaml) must be one of {NMS_CHOICES}; got {nms!r}")
     t0 = time.perf_counter()
     loaded: LoadedCheckpoint = load_checkpoint(ckpt)
+    if tracking and tracker_name == "bank" and getattr(getattr(loaded.model, "detector", None), "bank", None) is None:
+        raise ValueError(
+            f"evaluate: tracker=bank writes the model's own instance-bank ids, and {loaded.path} has no instance bank "
+            "(a temporal experiment such as dvd_temporal has one): choose tracker=kalman or tracker=greedy"
+        )
     decoding = set_decoding_nms(loaded, nms)
     datamodule = build_datamodule(
         loaded.config, num_workers=num_workers, batch_size=batch_size, limit_scenes=limit_scenes

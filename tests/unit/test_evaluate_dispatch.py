@@ -91,3 +91,20 @@ def test_bad_tracker_fails_before_anything_loads(tmp_path):
     # the checkpoint does not exist: the tracker value is refused first, naming the field
     with pytest.raises(ValueError, match="tracker"):
         evaluate(tmp_path / "missing.ckpt", tracker="hungarian")
+
+
+def test_bank_tracker_on_a_model_without_a_bank_is_refused_before_predicting(monkeypatch, tmp_path):
+    import types
+
+    model = types.SimpleNamespace(detector=types.SimpleNamespace(bank=None))
+    loaded = LoadedCheckpoint(
+        path=tmp_path / "last.ckpt", config={"data": {}}, model=model, state_dict_sha256="", epoch=0, global_step=0
+    )
+    monkeypatch.setattr(ev, "load_checkpoint", lambda ckpt: loaded)
+
+    def no_data(*a, **kw):
+        raise AssertionError("the data module was built")
+
+    monkeypatch.setattr(trainer.eval.predict, "build_datamodule", no_data)
+    with pytest.raises(ValueError, match="has no instance bank.*tracker=kalman"):
+        ev.evaluate("last.ckpt", tracker="bank")
