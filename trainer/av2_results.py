@@ -268,6 +268,22 @@ def logs_have_maps(dataset_dir: str | Path, log_ids: Iterable[str]) -> tuple[boo
     )
 
 
+def roi_decision(dataset_dir: Path, log_ids, roi: bool | None, what: str) -> tuple[bool, str]:
+    """Whether av2's region-of-interest filter runs, and why: ``roi=None`` turns it on when every log of ``log_ids``
+    has its map under ``dataset_dir`` (a warning naming ``what`` when not); ``True`` needs the maps (an error naming
+    the first missing one); ``False`` turns it off."""
+    have_maps, why_not = logs_have_maps(dataset_dir, log_ids)
+    if roi is None:
+        if not have_maps:
+            log.warning("%s without the region-of-interest filter: %s", what, why_not)
+        return have_maps, "on: every evaluated log has its map" if have_maps else f"off: {why_not}"
+    if roi:
+        if not have_maps:
+            raise FileNotFoundError(f"the ROI filter (av2's region of interest) needs each log's map: {why_not}")
+        return True, "on: asked for"
+    return False, "off: asked for"
+
+
 def default_jobs() -> int:
     """av2's default pool size (8), at most the CPUs there are."""
     return max(1, min(8, os.cpu_count() or 1))
@@ -301,18 +317,7 @@ def run_av2_detection_eval(
     dt_logs = set(detections["log_id"])
     if not dt_logs <= set(log_ids):
         raise ValueError(f"detections for logs without GT rows: {sorted(dt_logs - set(log_ids))[:3]}")
-    have_maps, why_not = logs_have_maps(dataset_dir, log_ids)
-    if roi is None:
-        roi = have_maps
-        roi_reason = "on: every evaluated log has its map" if have_maps else f"off: {why_not}"
-        if not have_maps:
-            log.warning("av2 evaluation without the region-of-interest filter: %s", why_not)
-    elif roi:
-        if not have_maps:
-            raise FileNotFoundError(f"the ROI filter (eval_only_roi_instances) needs each log's map: {why_not}")
-        roi_reason = "on: asked for"
-    else:
-        roi_reason = "off: asked for"
+    roi, roi_reason = roi_decision(dataset_dir, log_ids, roi, "av2 evaluation")
 
     kwargs: dict[str, Any] = {"dataset_dir": dataset_dir, "eval_only_roi_instances": bool(roi)}
     if categories is not None:

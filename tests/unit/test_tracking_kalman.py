@@ -119,3 +119,16 @@ def test_the_configs_per_class_parameters_are_used():
     tr = build_tracker("kalman")[0]
     assert tr.params("pedestrian").max_distance == 2.5 and tr.params("car").max_distance == 7.0
     assert tr.params("barrier") == tr.default
+
+
+def test_coasting_tracks_are_output_only_when_asked_with_a_decayed_score():
+    for coast_score, expected in ((0.0, 0), (0.5, 1)):
+        tr = KalmanTracker(coast_score=coast_score, max_age=3)
+        for k in range(3):  # a car at 6 m/s along x, seen three times
+            tr.step(_dets([[3.0 * k, 0.0, 1.0]], scores=np.array([0.8])), 0.5 if k else 0.0)
+        out = tr.step(Detections.empty(), 0.5)  # missed: coasting
+        assert len(out) == expected
+        if expected:
+            assert out.ids.tolist() == [0] and out.source.tolist() == [-1]
+            assert out.scores[0] == pytest.approx(0.4)
+            assert abs(out.centre[0, 0] - 9.0) < 1.0  # predicted where it went on

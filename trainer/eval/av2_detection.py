@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.eval.coverage import coverage_of, describe_coverage
-from trainer.eval.predict import evaluation_result, predict, ran_of
+from trainer.eval.predict import evaluation_result, predict, ran_of, run_extra_eval
 from trainer.lit_base import LoadedCheckpoint
 
 log = logging.getLogger("bevlabels.evaluate")
@@ -110,25 +110,15 @@ def evaluate_av2(
         datamodule.adapter, eval_set, frames, predictions, model.class_names, roi=roi, n_jobs=n_jobs
     )
     det_path = write_detections(out_dir / "detections_av2.feather", detections)
-    extra = {}
-    if hasattr(model, "extra_eval"):
-        extra = model.extra_eval(predictions, datamodule) or {}
-        with open(out_dir / "extra_metrics.json", "w") as f:
-            json.dump(extra, f, indent=2)
+    extra = run_extra_eval(model, predictions, datamodule, out_dir)
     track_summary = None
     if tracking:
         from trainer.eval.av2_tracking import track_and_score_av2
-        from trainer.nusc_results import make_results
+        from trainer.tracking import global_detections
 
-        track_detections = make_results(
-            predictions,
-            poses={f.token: f.global_from_ego for f in frames},
-            class_names=model.class_names,
-            all_tokens=[f.token for f in frames],
-            with_track_ids=True,
-        )["results"]
+        detections_g = global_detections(frames, predictions, model.class_names)
         track_summary = track_and_score_av2(
-            datamodule.adapter, frames, track_detections, tracker, out_dir / "tracking", eval_set, roi=roi
+            datamodule.adapter, frames, detections_g, tracker, out_dir / "tracking", eval_set, roi=roi
         )
         summary["tracking"] = {
             k: track_summary.get(k)

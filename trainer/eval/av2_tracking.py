@@ -339,7 +339,7 @@ def run_av2_tracking_eval(
     ``labels_av2.pkl``: pickles of ``{log_id: [frame]}``, av2's CLI input), TrackEval's files, av2's printout
     (``av2_tracking_log.txt``) and ``metrics_summary.json``.
     """
-    from trainer.av2_results import dataset_dir_of, logs_have_maps
+    from trainer.av2_results import dataset_dir_of, roi_decision
     from trainer.eval.coverage import coverage_of, describe_coverage
 
     tracking_eval, utils, _ = _av2_tracking()
@@ -361,18 +361,7 @@ def run_av2_tracking_eval(
 
     dataset_dir = dataset_dir_of(frames).resolve()  # av2 reads it from inside out_dir
     log_ids = sorted({f.scene for f in frames})
-    have_maps, why_not = logs_have_maps(dataset_dir, log_ids)
-    if roi is None:
-        roi = have_maps
-        roi_reason = "on: every evaluated log has its map" if have_maps else f"off: {why_not}"
-        if not have_maps:
-            log.warning("av2 tracking evaluation without the region-of-interest filter: %s", why_not)
-    elif roi:
-        if not have_maps:
-            raise FileNotFoundError(f"the ROI filter (av2's dataset_dir) needs each log's map: {why_not}")
-        roi_reason = "on: asked for"
-    else:
-        roi_reason = "off: asked for"
+    roi, roi_reason = roi_decision(dataset_dir, log_ids, roi, "av2 tracking evaluation")
 
     preds, dropped = prediction_frames(frames, results)
     if dropped:

@@ -42,7 +42,7 @@ from typing import Any
 
 from trainer.eval.coverage import describe_coverage, gt_restricted_to, split_coverage
 from trainer.eval.decoding import describe_decoding
-from trainer.eval.predict import evaluation_result, predict, ran_of
+from trainer.eval.predict import evaluation_result, predict, ran_of, run_extra_eval
 from trainer.lit_base import LoadedCheckpoint
 
 log = logging.getLogger("bevlabels.evaluate")
@@ -199,23 +199,14 @@ def evaluate_nuscenes(
     with open(out_dir / "metrics_details.json", "w") as f:
         json.dump(details, f, indent=2)
 
-    extra = {}
-    if hasattr(model, "extra_eval"):
-        extra = model.extra_eval(predictions, datamodule) or {}
-        with open(out_dir / "extra_metrics.json", "w") as f:
-            json.dump(extra, f, indent=2)
+    extra = run_extra_eval(model, predictions, datamodule, out_dir)
 
     track_summary = None
     if tracking:
         from trainer.eval.nusc_tracking import TRACKING_METRICS, track_and_score
+        from trainer.tracking import global_detections
 
-        detections = make_results(
-            predictions,
-            poses={f.token: f.global_from_ego for f in frames},
-            class_names=model.class_names,
-            all_tokens=[f.token for f in frames],
-            with_track_ids=True,
-        )["results"]
+        detections = global_detections(frames, predictions, model.class_names)
         track_summary = track_and_score(
             nusc, frames, detections, tracker, out_dir / "tracking", eval_set, results["meta"], verbose=verbose
         )

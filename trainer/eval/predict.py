@@ -6,6 +6,8 @@ device and precision of :func:`trainer.device.resolve_eval_device`), and the dic
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 from trainer.lit_base import DetectionModule
@@ -78,3 +80,14 @@ def ran_of(device: str = "auto", precision: str | None = "auto") -> dict[str, st
 
     accelerator, precision = resolve_eval_device(device, precision)
     return {"device": accelerator, "precision": precision, "ran": f"device {accelerator}, precision {precision}"}
+
+
+def run_extra_eval(model, predictions, datamodule, out_dir: Path) -> dict[str, Any]:
+    """The model's own extra metrics (its ``extra_eval`` hook, e.g. foreground depth), written to
+    ``<out_dir>/extra_metrics.json``; ``{}`` for a model without the hook."""
+    if not hasattr(model, "extra_eval"):
+        return {}
+    extra = model.extra_eval(predictions, datamodule) or {}
+    with open(Path(out_dir) / "extra_metrics.json", "w") as f:
+        json.dump(extra, f, indent=2)
+    return extra

@@ -11,7 +11,7 @@ from trainer.tracking.factory import TRACKERS, build_tracker, tracker_config
 from trainer.tracking.greedy import MAX_DISTANCE, GreedyTracker
 from trainer.tracking.kalman import ClassParams, ConstantVelocityFilter, KalmanTracker
 from trainer.tracking.render import render_scene_tracks
-from trainer.tracking.scenes import track_predictions, track_scenes, tracked_boxes
+from trainer.tracking.scenes import global_detections, track_predictions, track_scenes, tracked_boxes
 
 __all__ = [
     "MAX_DISTANCE",
@@ -27,6 +27,7 @@ __all__ = [
     "Tracker",
     "Tracks",
     "build_tracker",
+    "global_detections",
     "circle_nms",
     "render_scene_tracks",
     "track_predictions",

@@ -114,6 +114,29 @@ class Tracks:
     def __len__(self) -> int:
         return len(self.names)
 
+    def take(self, index: Sequence[int] | np.ndarray) -> Tracks:
+        """The boxes at ``index`` (in that order)."""
+        index = np.asarray(index, dtype=np.int64).reshape(-1)
+        return Tracks(
+            self.centre[index],
+            self.size[index],
+            self.yaw[index],
+            self.velocity[index],
+            [self.names[i] for i in index],
+            self.scores[index],
+            self.ids[index],
+            self.source[index],
+        )
+
+    @classmethod
+    def concat(cls, a: Tracks, b: Tracks) -> Tracks:
+        """``a``'s boxes, then ``b``'s."""
+        return cls(
+            *(np.concatenate([getattr(a, k), getattr(b, k)]) for k in ("centre", "size", "yaw", "velocity")),
+            a.names + b.names,
+            *(np.concatenate([getattr(a, k), getattr(b, k)]) for k in ("scores", "ids", "source")),
+        )
+
     @classmethod
     def of_detections(cls, dets: Detections, index: np.ndarray, ids: np.ndarray) -> Tracks:
         """The detections at ``index`` themselves, with track ids ``ids``."""

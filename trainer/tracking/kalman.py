@@ -361,27 +361,18 @@ class KalmanTracker:
             out.source = np.where(first, out.source, -1)
         if self.coast_score > 0 and len(coasting):
             s = self.x[coasting]
-            out = Tracks(
-                np.concatenate([out.centre, s[:, [X, Y, Z]]]),
-                np.concatenate([out.size, s[:, [W, L, H]]]),
-                np.concatenate([out.yaw, s[:, YAW]]),
-                np.concatenate([out.velocity, s[:, [VX, VY]]]),
-                out.names + [self.names[t] for t in coasting],
-                np.concatenate([out.scores, self.score[coasting] * self.coast_score ** self.misses[coasting]]),
-                np.concatenate([out.ids, self.ids[coasting]]),
-                np.concatenate([out.source, np.full(len(coasting), -1, np.int64)]),
+            coasted = Tracks(
+                s[:, [X, Y, Z]],
+                s[:, [W, L, H]],
+                s[:, YAW],
+                s[:, [VX, VY]],
+                [self.names[t] for t in coasting],
+                self.score[coasting] * self.coast_score ** self.misses[coasting],
+                self.ids[coasting],
+                np.full(len(coasting), -1, np.int64),
             )
-        order = np.argsort(-out.scores, kind="stable")
-        return Tracks(
-            out.centre[order],
-            out.size[order],
-            out.yaw[order],
-            out.velocity[order],
-            [out.names[i] for i in order],
-            out.scores[order],
-            out.ids[order],
-            out.source[order],
-        )
+            out = Tracks.concat(out, coasted)
+        return out.take(np.argsort(-out.scores, kind="stable"))
 
 
 def kalman_from_config(cfg: Mapping) -> KalmanTracker:

@@ -84,6 +84,22 @@ def track_scenes(
     return {"meta": dict(meta) if meta is not None else result_meta(True, False), "results": results}
 
 
+def global_detections(
+    frames: Sequence[Any], predictions: Sequence[Mapping[str, Any]], class_names: Sequence[str]
+) -> dict[str, list]:
+    """A model's ``predict_step`` outputs on ``frames`` as the trackers read them: ``{token: [detection result boxes]}``
+    in the global frame (each keyframe's ``global_from_ego``), with the model's ``tracking_id`` where it gives one."""
+    from trainer.nusc_results import make_results
+
+    return make_results(
+        predictions,
+        poses={f.token: f.global_from_ego for f in frames},
+        class_names=class_names,
+        all_tokens=[f.token for f in frames],
+        with_track_ids=True,
+    )["results"]
+
+
 def track_predictions(
     scenes: Sequence[Sequence[Any]],
     predictions: Sequence[Mapping[str, Any]],
@@ -95,19 +111,11 @@ def track_predictions(
     from a model with an instance bank, ``track_ids``), moved to the global frame by each keyframe's
     ``global_from_ego`` (``scenes``' keyframes carry it) as the detection results file is written.
     ``tracker``: a name of ``conf/tracker`` or its config."""
-    from trainer.nusc_results import make_results
     from trainer.tracking.factory import build_tracker
 
-    frames = [f for scene in scenes for f in scene]
-    detections = make_results(
-        predictions,
-        poses={f.token: f.global_from_ego for f in frames},
-        class_names=class_names,
-        all_tokens=[f.token for f in frames],
-        with_track_ids=True,
-    )["results"]
+    detections = global_detections([f for scene in scenes for f in scene], predictions, class_names)
     trk, input_nms = build_tracker(tracker)
     return track_scenes(scenes, detections, trk, input_nms=input_nms, meta=meta)
 
 
-__all__ = ["track_predictions", "track_scenes", "tracked_boxes"]
+__all__ = ["global_detections", "track_predictions", "track_scenes", "tracked_boxes"]
