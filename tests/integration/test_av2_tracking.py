@@ -199,6 +199,28 @@ def test_kalman_on_gt_detections_scores_high(val, tmp_path):
     tracks = json.loads((tmp_path / "results_av2_tracking.json").read_text())["results"]
     assert set(tracks) == {f.token for f in frames}
     assert (tmp_path / "png" / f"{frames[0].scene}.png").stat().st_size > 0
+    # the oracle-id ceiling of GT boxes as detections: every box its own true id, a perfect score
+    oracle = summary["oracle_ids"]
+    assert oracle["AMOTA"] >= 0.999 and oracle["HOTA"] >= 0.999 and oracle["IDSW"] == 0, oracle
+    assert "of the oracle-id ceiling" in table
+
+
+def test_oracle_ids_take_the_nearest_gt_of_their_category(val):
+    """A box beyond 2 m of every GT box, or of another category, or a second box on a taken GT box, gets an id of
+    its own; the true boxes get their track_uuid."""
+    ds, frames = val
+    dets = _detections(frames[:1])
+    tok = frames[0].token
+    truth = [str(t) for t in _scored(frames[0]).instance_id]
+    d0 = dets[tok][0]
+    moved = {**d0, "translation": [d0["translation"][0] + 2.5, *d0["translation"][1:]], "detection_score": 0.5}
+    twin = {**d0, "detection_score": 0.4}
+    other = next(c for c in AV2_CLASSES if c != d0["detection_name"])
+    wrong = {**d0, "detection_name": other, "detection_score": 0.3}
+    res = av2_tracking.oracle_id_results_av2(frames[:1], {tok: dets[tok] + [moved, twin, wrong]})[tok]
+    ids = [b["tracking_id"] for b in res]
+    assert ids[: len(truth)] == truth
+    assert all(i.startswith("unmatched-") for i in ids[len(truth) :])
 
 
 def test_missing_or_foreign_keyframes_are_refused(val, tmp_path):

@@ -2,7 +2,8 @@
 
 The target of issue 34: GT boxes of the `small` world's mini_val degraded as a camera detector degrades them
 (:mod:`trainer.analysis.degraded_gt`: centre jitter 0.3 m per axis, size 5%, yaw 0.05 rad, velocity 0, 5% dropped,
-3 false positives a keyframe at scores 0.05-0.3), on two jitter seeds: the Kalman tracker scores AMOTA >= 0.90 with
+3 false positives a keyframe at scores 0.05-0.3), on two jitter seeds held out from the choice of the tracker's
+defaults: the Kalman tracker scores AMOTA >= 0.90 with
 at most a quarter of the greedy tracker's ID switches. The world's two mini_val scenes are generated here with one
 small camera (the boxes and their LiDAR point counts are the `small` world's own: cameras only change the
 visibility tokens, which tracking does not read).
@@ -55,7 +56,7 @@ def _degraded(root: Path, seed: int, path: Path) -> Path:
     return write_results(path, degraded_gt_results(nusc, "mini_val", seed))
 
 
-@pytest.mark.parametrize("seed", [1, 2])
+@pytest.mark.parametrize("seed", [3, 4])  # the tracker's defaults were chosen on seeds 1 and 2 (results/tracking.md)
 def test_kalman_tracks_degraded_gt_far_better_than_greedy(small_val, tmp_path, seed):
     from trainer.track import track
 
@@ -100,7 +101,7 @@ def test_bad_detection_files_are_refused_naming_the_fault(small_val, tmp_path):
 
 def test_the_command_line_tracks_a_file_with_the_oracle_ceiling_beside(small_val, tmp_path):
     """The Hydra entry point, as a user runs it: dataset and tracker from the command line, the ceiling printed."""
-    det = _degraded(small_val, 3, tmp_path / "det.json")
+    det = _degraded(small_val, 5, tmp_path / "det.json")
     r = subprocess.run(
         [sys.executable, "-m", "trainer.track", f"detections={det}", f"dataset.root={small_val}", "tracker=kalman",
          f"out={tmp_path / 'out'}", f"hydra.run.dir={tmp_path / 'hydra'}"],

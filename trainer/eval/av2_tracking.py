@@ -429,6 +429,15 @@ def format_av2_tracking_table(summary: Mapping[str, Any]) -> str:
             f"  {cat:<33}{_fmt(r['HOTA']):>7}{_fmt(r['AssA']):>7}{_fmt(r['AMOTA']):>7}{_fmt(r['MOTA']):>7}"
             f"{r['IDSW']:>6}{r['num_gt']:>6}"
         )
+    oracle = summary.get("oracle_ids") or {}
+    if oracle:
+        a, c = summary.get("AMOTA"), oracle.get("AMOTA")
+        share = f" ({100 * a / c:.0f}%)" if isinstance(a, float) and isinstance(c, float) and c > 0 else ""
+        lines.append(
+            f"tracker {summary.get('tracker', '?')}: AMOTA {_fmt(a)} of the oracle-id ceiling {_fmt(c)}{share}, "
+            f"HOTA {_fmt(summary.get('HOTA'))} (ceiling {_fmt(oracle.get('HOTA'))}), IDSW {summary.get('IDSW')} "
+            f"(ceiling {oracle.get('IDSW')})"
+        )
     return "\n".join(lines)
 
 
@@ -445,6 +454,7 @@ def track_and_score_av2(
     verbose: bool = False,
     pictures: bool = True,
     plots: bool = False,
+    ceiling: bool = True,
 ) -> dict[str, Any]:
     """Track ``detections`` (``{sample_token: [detection result boxes]}``, global = city frame, AV2 category
     names) log by log with ``tracker`` (a name of ``conf/tracker`` or its config) and score the tracks with av2's
@@ -456,7 +466,8 @@ def track_and_score_av2(
     tracking result format, global frame), :func:`run_av2_tracking_eval`'s files, ``metrics_summary.json`` and, with
     ``pictures``, a PNG per log (``png/<log_id>.png``: tracks beside the GT tracks of av2's categories, titled
     with the tracker, HOTA and AMOTA). ``max_range_m``, ``roi``, ``verbose``, ``plots``: :func:`run_av2_tracking_eval`'s.
-    Returns the summary with ``tracker`` (its name) and ``tracker_config``.
+    Returns the summary with ``tracker`` (its name), ``tracker_config`` and, with ``ceiling``, ``oracle_ids``: av2's
+    summary of the same detections given their true track ids (:func:`oracle_id_results_av2`), under ``oracle_ids/``.
     """
     from itertools import groupby
 
@@ -482,10 +493,22 @@ def track_and_score_av2(
     )
     summary["tracker"] = trk.name
     summary["tracker_config"] = cfg
+    oracle = {}
+    if ceiling:
+        oracle_results = oracle_id_results_av2(frames, detections)
+        write_results(
+            out_dir / "oracle_ids" / "results_av2_tracking.json", {"meta": results["meta"], "results": oracle_results}
+        )
+        oracle = run_av2_tracking_eval(
+            adapter, eval_set, frames, oracle_results, out_dir / "oracle_ids", max_range_m=max_range_m, roi=roi
+        )
+    summary["oracle_ids"] = oracle
     with open(out_dir / "metrics_summary.json", "w") as f:
         json.dump(summary, f, indent=2, default=str)
     if pictures:
-        note = f"HOTA {_fmt(summary.get('HOTA'))}, AMOTA {_fmt(summary.get('AMOTA'))} (av2)"
+        note = f"HOTA {_fmt(summary.get('HOTA'))}, AMOTA {_fmt(summary.get('AMOTA'))} (av2)" + (
+            f", oracle-id ceiling AMOTA {_fmt(oracle.get('AMOTA'))}" if oracle else ""
+        )
         for scene in scenes:
             render_scene_tracks(
                 scene,
@@ -498,8 +521,52 @@ def track_and_score_av2(
     return summary
 
 
+def oracle_id_results_av2(
+    frames: Sequence[Any], detections: Mapping[str, list], max_distance: float = 2.0
+) -> dict[str, list]:
+    """The ceiling of association on ``detections`` (``{token: [detection result boxes]}``, city frame): each box,
+    best score first, takes the track id (``track_uuid``) of the nearest GT box of its category not yet taken within
+    ``max_distance`` metres in the ground plane (av2's tracking similarity is 0 from 2 m on), else an id of its own.
+    The GT is what av2 scores (:func:`label_frames`). A tracking ``results`` dict, city frame."""
+    from bevlabels.geometry import transform_points
+    from trainer.av2_results import dataset_dir_of
+
+    frames = list(frames)
+    labels = label_frames(dataset_dir_of(frames).resolve(), [f.token for f in frames])
+    out: dict[str, list] = {}
+    fresh = 0
+    for f, gt in zip(frames, labels):
+        centres = transform_points(np.asarray(f.global_from_ego, np.float64), gt["translation_m"])[:, :2]
+        taken = np.zeros(len(centres), bool)
+        boxes = []
+        for d in sorted(detections.get(f.token, []), key=lambda d: -float(d["detection_score"])):
+            dist = np.linalg.norm(centres - np.asarray(d["translation"][:2], np.float64), axis=1)
+            ok = (gt["name"] == d["detection_name"]) & ~taken & (dist <= max_distance)
+            if ok.any():
+                j = int(np.flatnonzero(ok)[np.argmin(dist[ok])])
+                taken[j] = True
+                track_id = str(gt["track_id"][j])
+            else:
+                track_id, fresh = f"unmatched-{fresh}", fresh + 1
+            boxes.append(
+                {
+                    "sample_token": f.token,
+                    "translation": d["translation"],
+                    "size": d["size"],
+                    "rotation": d["rotation"],
+                    "velocity": d.get("velocity", [0.0, 0.0]),
+                    "tracking_id": track_id,
+                    "tracking_name": d["detection_name"],
+                    "tracking_score": float(d["detection_score"]),
+                }
+            )
+        out[f.token] = boxes
+    return out
+
+
 __all__ = [
     "MAX_RANGE_M",
+    "oracle_id_results_av2",
     "OBJECTIVES",
     "av2_categories",
     "format_av2_tracking_table",
