@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 EXP=${1:-dvd}; STEPS=${2:-400}
 RUN=outputs/diag/overfit-$EXP-$STEPS
 mkdir -p outputs/diag
-MODEL=$(.venv/bin/python -c "import sys; sys.path.insert(0, 'scripts'); import bench_train as b; print(' '.join(b.cpu_model('$EXP') + b.CPU_DEPTH['default']))")
+MODEL=$(.venv/bin/python -c "from trainer.bench.cpu import CPU_DEPTH, cpu_model; print(' '.join(cpu_model('$EXP') + CPU_DEPTH['default']))")
 .venv/bin/python -m trainer.train experiment="$EXP" dataset=synthetic dataset.root=data/synthetic/small-seed0 \
   dataset.generate.preset=small data.label_store=data/labels/synthetic.zarr $MODEL data.limit_scenes=1 \
   hydra.run.dir="$RUN" seed=1 threads=1 data.batch_size=2 data.num_workers=1 trainer.max_epochs=100000 \
