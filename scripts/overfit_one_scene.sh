@@ -1,7 +1,7 @@
 #!/bin/bash
 # Can a camera detector fit ONE training scene? Train on the first training scene of the small synthetic world
-# (20 keyframes) with bench_train.py's CPU model and one-cycle schedule, then score it with the devkit on that
-# same scene (trainer.evaluate split=train limit_scenes=1). A detector that cannot localise its own training
+# (20 keyframes) with the CPU bench model (trainer.bench.cpu) and bench_train.py's one-cycle schedule, then score it
+# with the devkit on that same scene (trainer.evaluate split=train limit_scenes=1). A detector that cannot localise its own training
 # boxes has a bug or a learning-speed problem, not a generalisation one.
 #   bash scripts/overfit_one_scene.sh [EXPERIMENT=dvd] [STEPS=400] [extra Hydra overrides...]
 # Writes outputs/diag/overfit-<EXPERIMENT>-<STEPS>/ (run, eval-train/metrics_summary.json) and its .train/.eval logs.

@@ -1,5 +1,5 @@
-"""scripts/ablate.py (trainer.bench.ablate) with fake runs: an interrupted sweep resumes without redoing finished runs, and its table equals
-a hand computation of means and spreads over seeds."""
+"""trainer.bench.ablate (scripts/ablate.py) with fake runs: an interrupted sweep resumes without redoing finished runs,
+and its table equals a hand computation of means and spreads over seeds."""
 
 from __future__ import annotations
 

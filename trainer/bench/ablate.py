@@ -21,7 +21,7 @@ steps, ``--budget`` wall guard, ``--model cpu`` the CPU-sized model), then ``tra
 is complete is never redone, so an interrupted sweep resumes by rerunning the same command. With
 ``--ledger results/<ablation>.jsonl`` (``make ablate`` passes one) each finished run's row is also kept in a
 committed JSON-lines file and reused from there, so a sweep longer than one machine's life resumes on the next
-(``scripts/bench_train.py``'s module docstring). A run is known in the ledger by what it is (its overrides, store,
+(:mod:`trainer.bench.ledger`). A run is known in the ledger by what it is (its overrides, store,
 seed and budget), not by its row's name, so a row that two ablations share (``dvd_oracle`` of Table VII is ``w7`` of
 Table X) is trained once when they share a ledger, as ``make ablate``'s do (one per step budget).
 
