@@ -8,7 +8,7 @@ quarter-width CenterHead whose maps are one conv each off the shared conv, a 300
 
 These lists are part of every CPU run's ledger key (:meth:`trainer.bench.ledger.Ledger.key`): the
 ``results/*.jsonl`` ledgers hold finished runs keyed by them, so a change here means retraining those runs
-(``tests/unit/test_bench_summary.py`` holds a key to a ledger row).
+(``tests/unit/test_bench_ledger.py`` holds keys to ledger rows).
 """
 
 from __future__ import annotations

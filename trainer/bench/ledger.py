@@ -8,7 +8,8 @@ spread over sessions on fresh machines (whose ``outputs/`` is gone) resumes from
 every run. To redo a run (its code changed), delete its line.
 
 :meth:`Ledger.key` must stay byte-identical for the same command line: the ledgers hold hour-long runs keyed by
-it (``tests/unit/test_bench_summary.py`` checks a key against a row of ``results/bench_dvd_cpu.jsonl``).
+it (``tests/unit/test_bench_ledger.py`` checks keys against rows of ``results/bench_dvd_cpu.jsonl`` and
+``results/bench_tig_cpu.jsonl``).
 """
 
 from __future__ import annotations
