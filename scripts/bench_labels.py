@@ -249,7 +249,6 @@ def dino_floor(cfg: dict, frames: list, threads: int, n_workers: int) -> dict:
 
 def main(argv: list[str]) -> dict:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    sys.path.insert(0, str(REPO))  # pipelines/ when run from a checkout without the editable install
     args = parse(argv)
     import logging
 

@@ -1,7 +1,7 @@
 #!/bin/bash
 # Can a camera detector fit ONE training scene? Train on the first training scene of the small synthetic world
-# (20 keyframes) with bench_train.py's CPU model and one-cycle schedule, then score it with the devkit on that
-# same scene (trainer.evaluate split=train limit_scenes=1). A detector that cannot localise its own training
+# (20 keyframes) with the CPU bench model (trainer.bench.cpu) and bench_train.py's one-cycle schedule, then score it
+# with the devkit on that same scene (trainer.evaluate split=train limit_scenes=1). A detector that cannot localise its own training
 # boxes has a bug or a learning-speed problem, not a generalisation one.
 #   bash scripts/overfit_one_scene.sh [EXPERIMENT=dvd] [STEPS=400] [extra Hydra overrides...]
 # Writes outputs/diag/overfit-<EXPERIMENT>-<STEPS>/ (run, eval-train/metrics_summary.json) and its .train/.eval logs.
@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 EXP=${1:-dvd}; STEPS=${2:-400}
 RUN=outputs/diag/overfit-$EXP-$STEPS
 mkdir -p outputs/diag
-MODEL=$(.venv/bin/python -c "import sys; sys.path.insert(0, 'scripts'); import bench_train as b; print(' '.join(b.cpu_model('$EXP') + b.CPU_DEPTH['default']))")
+MODEL=$(.venv/bin/python -c "from trainer.bench.cpu import CPU_DEPTH, cpu_model; print(' '.join(cpu_model('$EXP') + CPU_DEPTH['default']))")
 .venv/bin/python -m trainer.train experiment="$EXP" dataset=synthetic dataset.root=data/synthetic/small-seed0 \
   dataset.generate.preset=small data.label_store=data/labels/synthetic.zarr $MODEL data.limit_scenes=1 \
   hydra.run.dir="$RUN" seed=1 threads=1 data.batch_size=2 data.num_workers=1 trainer.max_epochs=100000 \

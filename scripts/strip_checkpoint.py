@@ -13,9 +13,6 @@ import argparse
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
 #: the entries that only resuming a training run reads
 TRAINING_ONLY = (
     "optimizer_states",

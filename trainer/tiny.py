@@ -3,6 +3,8 @@
 One home for the sizes the smoke run (``scripts/smoke.py``) and the tests use; each list is a set of overrides of
 the experiment it names, so ``experiment=bevdepth`` plus :data:`TINY_CAMERA` and :data:`TINY_CENTER_HEAD` is a
 BEVDepth of a few thousand parameters on 64x176 images.
+
+The benchmarks' CPU-sized model (an hour of training on a CPU) is :mod:`trainer.bench.cpu`, in the same form.
 """
 
 from __future__ import annotations

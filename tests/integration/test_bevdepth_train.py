@@ -113,10 +113,16 @@ def test_checkpoint_alone_rebuilds_and_evaluates_the_model(short_run, tmp_path):
 
 
 def test_render_predictions_writes_bev_and_camera_pngs(short_run, tmp_path):
-    import importlib.util
+    """scripts/render_predictions.py as a user runs it: it prints the PNGs it wrote."""
+    import os
+    import subprocess
+    import sys
 
-    spec = importlib.util.spec_from_file_location("render_predictions", REPO / "scripts" / "render_predictions.py")
-    render = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(render)
-    paths = render.render(str(short_run), split="val", n=2, out=str(tmp_path / "png"))
+    cmd = [sys.executable, "scripts/render_predictions.py", f"ckpt={short_run}", "split=val", "n=2"]
+    cmd += [f"out={tmp_path / 'png'}"]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+    paths = [Path(line) for line in r.stdout.splitlines() if line.endswith(".png")]
     assert len(paths) == 2 and all(p.stat().st_size > 10_000 for p in paths), paths
+    assert all(p.parent == tmp_path / "png" for p in paths)

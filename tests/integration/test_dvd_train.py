@@ -175,12 +175,11 @@ def test_evaluate_decodes_the_same_checkpoint_with_and_without_nms(short_run, tm
 
 
 def test_distill_fit_script_scores_a_run_and_reuses_its_numbers(short_run, tmp_path, monkeypatch):
-    """scripts/distill_fit.py on the dvd_dino run: the fit by region, kept in eval/distill_fit.json and reused."""
+    """trainer.analysis.distill_fit (scripts/distill_fit.py) on the dvd_dino run: the fit by region, kept in
+    eval/distill_fit.json and reused."""
     import shutil
-    import sys
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
-    import distill_fit  # scripts/distill_fit.py
+    from trainer.analysis import distill_fit
 
     ckpt, _ = short_run
     run = tmp_path / "dvd_dino-s3"

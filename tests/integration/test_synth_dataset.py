@@ -428,15 +428,17 @@ def test_the_nuscenes_adapter_reads_the_world_unchanged(synth_tiny):
 
 
 def test_contact_sheet_renders(synth_tiny, tmp_path):
-    import importlib.util
+    """scripts/render_frame.py as a user runs it."""
+    import os
+    import subprocess
+    import sys
 
-    path = Path(__file__).resolve().parents[2] / "scripts" / "render_frame.py"
-    spec = importlib.util.spec_from_file_location("render_frame", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    out = mod.main(
-        ["--root", str(synth_tiny), "--scene", "scene-0103", "--index", "2", "--out", str(tmp_path / "f.png")]
-    )
+    repo = Path(__file__).resolve().parents[2]
+    out = tmp_path / "f.png"
+    cmd = [sys.executable, "scripts/render_frame.py", "--root", str(synth_tiny), "--scene", "scene-0103"]
+    cmd += ["--index", "2", "--out", str(out)]
+    r = subprocess.run(cmd, cwd=repo, env=dict(os.environ, PYTHONPATH=str(repo)), capture_output=True, text=True)
+    assert r.returncode == 0 and f"render_frame: {out}" in r.stdout, r.stdout + r.stderr
     from PIL import Image
 
     im = Image.open(out)

@@ -384,17 +384,24 @@ def test_cache_stage_refuses_a_store_without_the_dataset_keyframes(trained, synt
 
 def test_a_stripped_checkpoint_caches_the_same_teacher_maps(trained, synth_tiny_store, tmp_path):
     """scripts/strip_checkpoint.py drops the training-only state: smaller, same weights, the same teacher/bev."""
+    import os
+    import subprocess
     import sys
 
     from bevlabels.cache import LabelStoreReader
     from pipelines.teacher import run
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
-    import strip_checkpoint
+    repo = Path(__file__).resolve().parents[2]
+
+    def strip_checkpoint(*args: str) -> subprocess.CompletedProcess:  # the command, as a user runs it
+        cmd = [sys.executable, "scripts/strip_checkpoint.py", *args]
+        env = dict(os.environ, PYTHONPATH=str(repo))
+        return subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
 
     result, _ = trained
     stripped = tmp_path / "teacher.ckpt"
-    assert strip_checkpoint.main([result["last_ckpt"], str(stripped)]) == 0
+    done = strip_checkpoint(result["last_ckpt"], str(stripped))
+    assert done.returncode == 0, done.stdout + done.stderr
     full = torch.load(result["last_ckpt"], map_location="cpu", weights_only=False)
     small = torch.load(stripped, map_location="cpu", weights_only=False)
     assert "optimizer_states" in full and "optimizer_states" not in small
@@ -405,5 +412,5 @@ def test_a_stripped_checkpoint_caches_the_same_teacher_maps(trained, synth_tiny_
         assert not run(teacher_cfg(ckpt, store))["failures"]
         maps.append(LabelStoreReader(store).teacher_bev(2))
     np.testing.assert_array_equal(maps[0], maps[1])
-    with pytest.raises(SystemExit):
-        strip_checkpoint.main([str(stripped), str(stripped)])
+    refused = strip_checkpoint(str(stripped), str(stripped))
+    assert refused.returncode == 2 and "dst must differ from src" in refused.stderr

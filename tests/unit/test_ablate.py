@@ -1,19 +1,16 @@
-"""scripts/ablate.py with fake runs: an interrupted sweep resumes without redoing finished runs, and its table equals
-a hand computation of means and spreads over seeds."""
+"""trainer.bench.ablate (scripts/ablate.py) with fake runs: an interrupted sweep resumes without redoing finished runs,
+and its table equals a hand computation of means and spreads over seeds."""
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "scripts"))
-
-import ablate  # noqa: E402  (scripts/ablate.py)
-import bench_train as bt  # noqa: E402
+from trainer.bench import ablate
+from trainer.bench import runs as bt
+from trainer.bench.tables import summarise
 
 #: what each fake run scores: (row, seed) -> NDS, mAP, AMOTA, IDS, car AP, fg AbsRel
 SCORES = {
@@ -34,7 +31,7 @@ rows:
 
 
 class FakeRuns:
-    """Stands in for ``bench_train.run``: a train command writes a checkpoint, an evaluate command the summaries."""
+    """Stands in for :func:`trainer.bench.runs.run`: a train command writes a checkpoint, an evaluate command the summaries."""
 
     def __init__(self, fail_on: int | None = None):
         self.trained: list[str] = []
@@ -106,7 +103,7 @@ def test_the_table_equals_a_hand_computation(sweep, monkeypatch):
     assert go() == 0
     runs = json.loads((out / "ablation.json").read_text())
     assert [(r["experiment"], r["seed"]) for r in runs] == [("base", 1), ("base", 2), ("new", 1), ("new", 2)]
-    summary = {r["experiment"]: r for r in bt.summarise(runs, tuple(ablate.summary_keys(runs)))}
+    summary = {r["experiment"]: r for r in summarise(runs, tuple(ablate.summary_keys(runs)))}
     # by hand: base NDS (0.30, 0.34) -> 0.32 +- 0.02; new (0.40, 0.44) -> 0.42 +- 0.02: +0.10, beyond both spreads
     assert summary["base"]["NDS"] == "0.3200 +- 0.0200" and summary["new"]["NDS"] == "0.4200 +- 0.0200"
     assert summary["new"]["NDS vs base"] == "+0.1000 (beyond spread)"

@@ -1,14 +1,11 @@
-"""scripts/bench_train.py's seed summary: mean, spread (half the range) and the beyond-the-spread verdict."""
+"""The benchmarks' seed summary (trainer.bench.tables, scripts/bench_train.py): mean, spread (half the range) and the
+beyond-the-spread verdict; a run folder of another run refused (trainer.bench.runs)."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
-from bench_train import summarise  # noqa: E402
+from trainer.bench.tables import summarise
 
 
 def rows(name, nds, car):
@@ -43,7 +40,8 @@ def test_a_run_folder_of_another_seed_is_refused_not_reused(tmp_path):
     import argparse
     import json
 
-    import bench_train as bt
+    from trainer.bench import runs as bt
+    from trainer.bench.ledger import Ledger
 
     run = tmp_path / "dvd"
     (run / ".hydra").mkdir(parents=True)
@@ -53,7 +51,7 @@ def test_a_run_folder_of_another_seed_is_refused_not_reused(tmp_path):
     (run / "bench_timing.json").write_text(json.dumps({"train_s": 1.0}))
     p = argparse.ArgumentParser()
     bt.add_run_arguments(p)
-    ledger = bt.Ledger(tmp_path / "ledger.jsonl")
+    ledger = Ledger(tmp_path / "ledger.jsonl")
     for seed, steps, what in ((2, 3000, "seed 12345 (this run: 2)"), (12345, 600, "steps 3000 (this run: 600)")):
         a = p.parse_args(["--steps", str(steps), "--ledger", str(ledger.path)])
         with pytest.raises(ValueError, match=rf"{run}.*{what.replace('(', '.').replace(')', '.')}"):

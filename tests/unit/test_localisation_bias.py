@@ -1,15 +1,14 @@
-"""scripts/localisation_bias.py: boxes moved by a known amount along the ego ray read back as that radial bias."""
+"""trainer.analysis.localisation_bias (scripts/localisation_bias.py): boxes moved by a known amount along the ego ray
+read back as that radial bias."""
 
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from trainer.analysis import localisation_bias
 
 
 def _results(nusc, shift_m: float) -> dict:
@@ -38,9 +37,6 @@ def _results(nusc, shift_m: float) -> dict:
 @pytest.mark.parametrize("shift", [0.0, 0.5, -0.8])
 def test_a_known_radial_shift_is_read_back(synth_tiny, tmp_path, shift):
     from nuscenes.nuscenes import NuScenes
-
-    sys.path.insert(0, str(REPO / "scripts"))
-    import localisation_bias
 
     nusc = NuScenes("v1.0-mini", str(synth_tiny), verbose=False)
     path = tmp_path / "results_nusc.json"

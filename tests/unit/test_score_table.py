@@ -1,15 +1,13 @@
-"""scripts/score_table.py: the devkit's numbers of evaluation folders, grouped by run name and decoding."""
+"""trainer.analysis.score_table (scripts/score_table.py): the devkit's numbers of evaluation folders, grouped by run
+name and decoding; trainer.analysis.duplicates' count of same-class neighbours."""
 
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
-import score_table  # noqa: E402
+from trainer.analysis import score_table
 
 
 def _summary(nds: float, car: float, nms: str | None) -> dict:
@@ -51,7 +49,7 @@ def test_a_folder_without_a_summary_is_named(tmp_path):
 
 
 def test_duplicate_share_counts_same_class_neighbours_above_the_score():
-    import duplicates
+    from trainer.analysis import duplicates
 
     def det(x, y, name, score):
         return {"translation": [x, y, 0.0], "detection_name": name, "detection_score": score}
