@@ -187,7 +187,12 @@ ablate: setup ## An ablation: ABLATION=table7_oracle|table7_dino|table10_weight|
 	$(PY) scripts/ablate.py conf/ablation/$(ABLATION).yaml --seeds $(SEEDS) --steps $(STEPS) --budget 00:01:30:00 \
 	  --jobs $(JOBS) --threads $(THREADS) --ledger results/ablate_$(STEPS)steps.jsonl $(ARGS)
 
-clean: ## Remove caches and build debris (keeps .venv; `make clean VENV_TOO=1` removes it too)
-	rm -rf .pytest_cache .ruff_cache build *.egg-info outputs multirun
+clean: ## Remove caches and build debris; keeps outputs/ (checkpoints) and .venv (OUTPUTS_TOO=1, VENV_TOO=1 remove them)
+	rm -rf .pytest_cache .ruff_cache build *.egg-info multirun
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+	@if [ -n "$(OUTPUTS_TOO)" ]; then \
+	  n=$$(find outputs -name '*.ckpt' 2>/dev/null | wc -l); echo "removing outputs/ ($$n checkpoints)"; rm -rf outputs; \
+	elif [ -d outputs ]; then \
+	  echo "kept outputs/ ($$(find outputs -name '*.ckpt' | wc -l) checkpoints, $$(du -sh outputs | cut -f1)): make clean OUTPUTS_TOO=1 removes it"; \
+	fi
 	@if [ -n "$(VENV_TOO)" ]; then rm -rf $(VENV); fi

@@ -31,9 +31,11 @@ def dask_map(workers: int) -> Callable[[Callable, Iterable], list]:
 
     def run(f: Callable, items: Iterable) -> list:
         import dask
+        from dask.diagnostics import ProgressBar
 
         tasks = [dask.delayed(f, pure=True)(x) for x in items]
-        return list(dask.compute(*tasks, scheduler="processes", num_workers=workers))
+        with ProgressBar(minimum=1.0, dt=1.0):  # a bar on stdout while the scenes render (minutes for `small`)
+            return list(dask.compute(*tasks, scheduler="processes", num_workers=workers))
 
     return run
 

@@ -57,6 +57,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from bevlabels.datasets.av2 import AV2_CLASSES, RING_CAMERAS
 from bevlabels.geometry import invert_transform, transform_points, wrap_angle, yaw_to_quat
@@ -294,7 +295,8 @@ def generate_av2(cfg: SynthConfig, out: str | Path, overwrite: bool = False,
     stage.mkdir(parents=True)
     jobs = [(cfg, name, split, str(stage)) for name, split in cfg.scene_names()]
     log(f"synthetic world '{cfg.name}' (seed {cfg.seed}) as AV2: {len(jobs)} logs x {cfg.keyframes} sweeps -> {out}")
-    results = list((map_fn or map)(_log_job, jobs))
+    # a parallel map_fn shows its own progress (pipelines.synth.dask_map); rendering in turn gets a bar here
+    results = list(tqdm((map_fn or map)(_log_job, jobs), total=len(jobs), unit="scene", disable=map_fn is not None))
     meta = {
         "generator": GENERATOR,
         "format": FORMAT,

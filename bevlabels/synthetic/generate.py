@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from bevlabels.geometry import VX, VY, points_in_boxes, transform_points, yaw_to_quat
 from bevlabels.synthetic import catalog, tables
@@ -451,7 +452,8 @@ def generate(cfg: SynthConfig, out: str | Path, overwrite: bool = False,
     stage.mkdir(parents=True)
     jobs = [(cfg, name, split, str(stage)) for name, split in cfg.scene_names()]
     log(f"synthetic world '{cfg.name}' (seed {cfg.seed}): {len(jobs)} scenes x {cfg.keyframes} keyframes -> {out}")
-    results = list((map_fn or map)(_generate_job, jobs))
+    # a parallel map_fn shows its own progress (pipelines.synth.dask_map); rendering in turn gets a bar here
+    results = list(tqdm((map_fn or map)(_generate_job, jobs), total=len(jobs), unit="scene", disable=map_fn is not None))
     all_tables = tables.vocabulary_tables()
     for t in tables.SCENE_TABLES:
         all_tables[t] = [row for r in results for row in r.rows[t]]
