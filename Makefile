@@ -19,7 +19,7 @@ ifneq ($(STAMP_TORCH),$(TORCH))
 endif
 endif
 
-.PHONY: help setup test test-all lint format labels inspect train evaluate teacher teacher-train teacher-eval \
+.PHONY: help setup test test-all lint format labels leak bench-visibility inspect train evaluate teacher teacher-train teacher-eval \
 	teacher-cache synth bench bench-labels bench-teacher clean
 
 help: ## Show this help
@@ -99,7 +99,7 @@ teacher: setup ## synth -> label store -> teacher training (short; TEACHER_TRAIN
 	$(MAKE) --no-print-directory teacher-cache ARGS=
 
 # The teacher benchmark: BENCH_STEPS optimiser steps on the small synthetic world with CenterPoint's one-cycle
-# schedule (a step count lets the schedule finish; 1400 steps of batch 4 is ~50 min on 2 CPU cores), BENCH_TIME
+# schedule (a step count lets the schedule finish; 1400 steps of batch 4 took 57 min on 2 CPU cores, results/bench_tig_cpu.md), BENCH_TIME
 # as a hard wall-time guard, validation loss every 5 epochs; then the devkit evaluation.
 BENCH_STEPS ?= 1400
 BENCH_TIME  ?= 00:01:00:00
@@ -107,7 +107,7 @@ ifndef BENCH_RUN
 BENCH_RUN := outputs/bench/teacher-small-$(shell date +%Y%m%d-%H%M%S)
 endif
 
-bench-teacher: setup ## Benchmark the teacher: BENCH_STEPS (1400, ~50 min CPU, 1 h guard) on the small world, then NDS/mAP
+bench-teacher: setup ## Benchmark the teacher: BENCH_STEPS (1400, ~57 min CPU, 1 h guard) on the small world, then NDS/mAP
 	$(PY) -m trainer.train experiment=$(TEACHER_EXPERIMENT) dataset.generate.preset=small trainer.max_steps=$(BENCH_STEPS) \
 	  trainer.max_time=$(BENCH_TIME) trainer.max_epochs=10000 trainer.check_val_every_n_epoch=5 logger=many_loggers \
 	  hydra.run.dir=$(BENCH_RUN) $(ARGS)
@@ -115,6 +115,12 @@ bench-teacher: setup ## Benchmark the teacher: BENCH_STEPS (1400, ~50 min CPU, 1
 
 synth: setup ## Synthetic nuScenes-format world (ARGS="preset=tiny|small|medium seed=0 out=... workers=2")
 	$(PY) -m pipelines.synth $(ARGS)
+
+leak: setup ## Leak, own class and coverage of an oracle label store (ARGS="data/labels/oracle.zarr [--per-keyframe]")
+	$(PY) scripts/label_leak.py $(ARGS)
+
+bench-visibility: setup ## The label stage's visibility tests compared on oracle features: leak, coverage, cost (ARGS="--scenes 3")
+	$(PY) scripts/bench_visibility.py $(ARGS)
 
 bench: setup ## Benchmark the label stage on the small synthetic world (ARGS="--preset tiny --json bench.json")
 	$(PY) scripts/bench_labels.py $(ARGS)

@@ -13,8 +13,9 @@ Which evaluation: the one the dataset adapter declares (``DriveDataset.evaluatio
   (:mod:`trainer.eval.nusc_detection`) and, with ``tracking=true`` (the default), its ``TrackingEval`` of the
   tracks of ``tracker=kalman|greedy|bank`` (``conf/tracker``) beside the oracle-id ceiling
   (:mod:`trainer.eval.nusc_tracking`);
-- ``"av2"`` (Argoverse 2): av2's own detection evaluation (:mod:`trainer.eval.av2_detection`; ``roi``, ``n_jobs``);
-  tracking is not scored on AV2 (a message says so).
+- ``"av2"`` (Argoverse 2): av2's own detection evaluation (:mod:`trainer.eval.av2_detection`; ``roi``, ``n_jobs``)
+  and its tracking evaluation of the same tracker's tracks, beside their oracle-id ceiling
+  (:mod:`trainer.eval.av2_tracking`).
 
 The data module and the model are rebuilt from the checkpoint's stored config alone
 (:func:`trainer.lit_base.load_checkpoint`; a checkpoint whose weights do not fit its config is refused, naming the
