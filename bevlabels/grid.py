@@ -165,6 +165,11 @@ class GridSpec:
         return np.stack([gx, gy], -1)
 
 
+def as_grid(grid: GridSpec | Any) -> GridSpec:
+    """A :class:`GridSpec` from itself or a mapping (a Hydra ``grid`` node, a store's ``grid`` attrs)."""
+    return grid if isinstance(grid, GridSpec) else GridSpec.from_dict(grid)
+
+
 def resample_bev(
     bev: torch.Tensor,
     src: GridSpec,

@@ -63,7 +63,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from bevlabels.datasets.base import Frame
 from bevlabels.geometry import BOX_DIM, VX, VY, YAW, H, L, W, X, Y, Z
-from bevlabels.grid import GridSpec
+from bevlabels.grid import GridSpec, as_grid
 
 log = logging.getLogger(__name__)
 
@@ -107,11 +107,6 @@ def split_names(dataset_cfg: Mapping) -> tuple[str, str]:
 
 # ---------------------------------------------------------------------------------------------
 # GT boxes
-
-
-def as_grid(grid: GridSpec | Mapping) -> GridSpec:
-    """A :class:`GridSpec` from itself or a ``grid`` config mapping."""
-    return grid if isinstance(grid, GridSpec) else GridSpec.from_dict(grid)
 
 
 def gt_for_frame(

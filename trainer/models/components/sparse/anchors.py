@@ -30,8 +30,7 @@ import numpy as np
 import torch
 
 from bevlabels import geometry as G
-from bevlabels.grid import GridSpec
-from trainer.models.components.lift_splat import as_grid
+from bevlabels.grid import GridSpec, as_grid
 
 X, Y, Z, LOG_L, LOG_W, LOG_H, SIN, COS, VX, VY, VZ = range(11)
 ANCHOR_DIM = 11
