@@ -29,7 +29,7 @@ from torch import nn
 
 from trainer.models.components.lift_splat import DepthBins
 from trainer.models.components.precision import at_least_float32, autocast_off
-from trainer.models.components.sparse.anchors import ANCHOR_DIM, COS, SIN, X, Y, Z, boxes_to_anchors
+from trainer.models.components.sparse.anchors import ANCHOR_DIM, CNS, COS, SIN, YNS, X, Y, Z, boxes_to_anchors
 from trainer.models.components.sparse.matching import (
     DEFAULT_MATCH_BOX_WEIGHTS,
     assignments_to,
@@ -226,9 +226,6 @@ def camera_bev_losses(
 #
 # Shape letters: B batch, Q queries, K classes, M GT boxes of one sample, P matched pairs, D denoising
 # queries (all groups), L decoder layers.
-
-#: quality columns: centerness, yawness (Sparse4Dv3's CNS, YNS)
-CNS, YNS = 0, 1
 
 #: Sparse4Dv3's L1 weights (0.25 x reg_weights [2, 2, 2, 1, ...]) in the anchor layout; VZ has no GT.
 DEFAULT_BOX_WEIGHTS = (0.5, 0.5, 0.5, 0.25, 0.25, 0.25, 0.25, 0.25, 0.25, 0.25, 0.0)

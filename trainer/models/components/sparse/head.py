@@ -46,6 +46,7 @@ from torch import nn
 from trainer.models.components.center_head import circle_nms
 from trainer.models.components.sparse.anchors import (
     ANCHOR_DIM,
+    CNS,
     COS,
     LOG_H,
     LOG_L,
@@ -64,9 +65,6 @@ from trainer.models.components.sparse.anchors import (
 # The refine layer adds residuals to contiguous column blocks: position+size, yaw, velocity.
 assert (X, Y, Z, LOG_L, LOG_W, LOG_H, SIN, COS, VX, VY, VZ) == tuple(range(ANCHOR_DIM))
 _POS_SIZE, _YAW, _VEL = slice(X, LOG_H + 1), slice(SIN, COS + 1), slice(VX, VZ + 1)
-
-#: quality columns: centerness, yawness
-CNS, YNS = 0, 1
 
 #: op name (and alias) -> canonical op
 OPS = {
@@ -314,7 +312,7 @@ class RefineLayer(nn.Module):
     ``VX, VY, VZ``, so ``v = v_anchor + displacement / dt`` with ``dt`` seconds per sample (None:
     ``default_dt``, 0.5 s for nuScenes keyframes). The classifier reads the instance feature alone (as
     Sparse4D), its bias set for a prior probability of 0.01; quality (``with_quality``: centerness,
-    yawness logits, columns :data:`CNS`, :data:`YNS`) reads ``f + anchor_embed``.
+    yawness logits, columns :data:`~trainer.models.components.sparse.anchors.CNS`, ``YNS``) reads ``f + anchor_embed``.
     """
 
     def __init__(
