@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from bevlabels.conf import CONF_DIR
 from bevlabels.synthetic.rig import CAMERA_NAMES, LidarSpec
 
-CONF_PRESET_DIR = Path(__file__).resolve().parents[2] / "conf" / "preset"
+CONF_PRESET_DIR = CONF_DIR / "preset"
 
 #: nuScenes versions the generator can write, with the devkit splits that hold their scene names.
 VERSION_SPLITS = {"v1.0-mini": ("mini_train", "mini_val"), "v1.0-trainval": ("train", "val")}

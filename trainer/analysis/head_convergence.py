@@ -25,6 +25,7 @@ import time
 
 import torch
 
+from bevlabels.conf import load_grid
 from bevlabels.grid import GridSpec
 from trainer.models.components.sparse.aggregation import BEVDeformableAggregation
 from trainer.models.components.sparse.anchors import X, Y
@@ -81,7 +82,7 @@ def main(argv=None) -> None:
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     g = torch.Generator().manual_seed(a.seed)
-    grid = GridSpec.from_yaml("default")
+    grid = load_grid("default")
     C, L = a.channels, a.layers
     head = SparseHead(
         a.anchors,

@@ -61,6 +61,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from bevlabels.conf import plain
 from bevlabels.datasets.base import Frame
 from bevlabels.geometry import BOX_DIM, VX, VY, YAW, H, L, W, X, Y, Z
 from bevlabels.grid import GridSpec, as_grid
@@ -321,8 +322,8 @@ class FrameDataModule(pl.LightningDataModule):
         store_stages: Sequence[str] = (),
     ):
         super().__init__()
-        self.dataset_cfg = _plain(dataset)
-        self.grid = as_grid(_plain(grid))
+        self.dataset_cfg = plain(dataset)
+        self.grid = as_grid(plain(grid))
         self.class_names = tuple(str(c) for c in class_names)
         self.batch_size = int(batch_size)
         self.num_workers_setting = check_num_workers(num_workers)
@@ -509,14 +510,3 @@ def resolve_pin_memory(setting: bool | str, device_type: str = "cpu") -> bool:
     """Pin the loaders' batches: a bool as given; ``"auto"``: when they go to a CUDA device."""
     setting = check_pin_memory(setting)
     return device_type == "cuda" if setting == "auto" else bool(setting)
-
-
-def _plain(cfg: Any) -> Any:
-    """A plain resolved container from an OmegaConf node (or the value itself)."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-    except ImportError:  # pragma: no cover
-        return cfg
-    if isinstance(cfg, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(cfg, resolve=True)
-    return dict(cfg) if isinstance(cfg, Mapping) else cfg
