@@ -63,6 +63,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from bevlabels.conf import plain
 from bevlabels.datasets.base import Frame
+from bevlabels.datasets.nuscenes import VERSION_SPLITS
 from bevlabels.geometry import BOX_DIM, VX, VY, YAW, H, L, W, X, Y, Z
 from bevlabels.grid import GridSpec, as_grid
 
@@ -72,13 +73,6 @@ log = logging.getLogger(__name__)
 LIST_KEYS = ("sample_token", "scene", "gt_boxes", "gt_labels")
 #: keys :func:`collate` concatenates along rows with a leading batch-index column (point clouds)
 CAT_KEYS = ("points",)
-
-#: devkit ``(train, val)`` split names per nuScenes-format version
-VERSION_SPLITS = {
-    "v1.0-mini": ("mini_train", "mini_val"),
-    "v1.0-trainval": ("train", "val"),
-    "v1.0-test": ("test", "test"),
-}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -298,7 +292,8 @@ class FrameDataModule(pl.LightningDataModule):
         pin_memory: page-locked batches for fast host-to-GPU copies: a bool, or ``"auto"``: on when the
             batches go to a CUDA device (:func:`resolve_pin_memory`). Every loader with workers keeps them
             between epochs (``persistent_workers``).
-        train_split, val_split: split names; ``None`` picks them from the version (:data:`VERSION_SPLITS`).
+        train_split, val_split: split names; ``None`` picks them from the version
+            (:data:`bevlabels.datasets.nuscenes.VERSION_SPLITS`).
         limit_scenes: use only the first n scenes of each split (quick runs).
         min_lidar_points: GT boxes with fewer LiDAR points are dropped (:func:`gt_for_frame`).
         label_store: path of the zarr label store the samples read, or ``None``.
