@@ -29,7 +29,6 @@ from trainer.lit_base import DetectionModule
 from trainer.metrics_depth import DepthMetrics, pixel_pairs
 from trainer.metrics_distill import DistillFit
 from trainer.models.bevdepth import BEVDepth
-from trainer.models.components.center_head import NUSCENES_CLASSES
 from trainer.models.components.tig import TiGLoss
 
 log = logging.getLogger(__name__)
@@ -58,7 +57,8 @@ class BEVDepthModule(DetectionModule):
         detector: BEVDepth,
         optimizer,
         scheduler=None,
-        class_names: Sequence[str] = NUSCENES_CLASSES,
+        *,
+        class_names: Sequence[str],
         scheduler_interval: str = "step",
         loss: Mapping[str, float] | None = None,
         tig: Mapping[str, Any] | None = None,
@@ -77,7 +77,9 @@ class BEVDepthModule(DetectionModule):
             # A projection no loss reaches is an unused parameter, which DDP refuses: a weight of 0 removes it.
             log.info("model.loss.distill_weight=0: the distillation projection is not built")
             detector.distill, detector.distill_channels = None, None
-        super().__init__(optimizer, scheduler, class_names, scheduler_interval, detector=detector)
+        super().__init__(
+            optimizer, scheduler, class_names=class_names, scheduler_interval=scheduler_interval, detector=detector
+        )
         self.loss_weights = weights
         tig = dict(tig or {})
         if "num_keypoints" in tig:

@@ -11,13 +11,13 @@ import pytest
 import torch
 
 from bevlabels import geometry as g
+from bevlabels.datasets.nuscenes import NUSCENES_CLASSES
 from bevlabels.grid import GridSpec
 from trainer.models.centerpoint import CenterPoint
 from trainer.models.components.bev_backbone import BEVBackbone
 from trainer.models.components.center_head import (
     CENTERPOINT_TASKS,
     HEATMAP_PRIOR_BIAS,
-    NUSCENES_CLASSES,
     CenterHead,
     circle_nms,
     draw_gaussians,

@@ -167,6 +167,7 @@ def test_one_cycle_gets_total_steps_from_the_trainer():
     m = Tiny(
         optimizer=partial(torch.optim.AdamW, lr=1e-3),
         scheduler=partial(torch.optim.lr_scheduler.OneCycleLR, max_lr=1e-3),
+        class_names=("car",),
     )
     m._trainer = type("T", (), {"estimated_stepping_batches": 40})()  # what Lightning provides in fit
     conf = m.configure_optimizers()

@@ -38,7 +38,6 @@ import torch
 from torch import nn
 
 from trainer.models.components.camera_bev import CameraBEV, img_from_ego_of
-from trainer.models.components.center_head import NUSCENES_CLASSES
 from trainer.models.components.lift_splat import DepthBins
 from trainer.models.components.sparse.head import DEFAULT_DT, SparseHead, class_nms
 from trainer.models.components.sparse.head import decode as decode_layer
@@ -57,7 +56,8 @@ class DualViewDistill(nn.Module):
         head: the sparse head (``embed_dims`` = ``camera_bev.bev_encoder.out_channels`` =
             ``camera_bev.neck.out_channels`` where its aggregations read them).
         distill_channels: C of the store's ``dino/feat``; adds the 1x1 distillation projection of ``bev``.
-        class_names: the label space of the head's classifier (``head.num_classes`` of them).
+        class_names: the label space of the head's classifier (``head.num_classes`` of them; no default: it is
+            the dataset's, which a nuScenes default would only match by chance).
         topk: detections kept per sample by :meth:`decode` (Sparse4Dv3: 300).
         nms_radius: per class name, the radius in metres of a circle NMS within each class after the top-K
             (:func:`~trainer.models.components.sparse.head.class_nms`; CenterPoint's radii are
@@ -74,7 +74,8 @@ class DualViewDistill(nn.Module):
         camera_bev: CameraBEV,
         head: SparseHead,
         distill_channels: int | None = None,
-        class_names: Sequence[str] = NUSCENES_CLASSES,
+        *,
+        class_names: Sequence[str],
         topk: int = 300,
         bank: InstanceBank | None = None,
         proposals: DenseProposals | None = None,
