@@ -33,7 +33,8 @@ from trainer.models.components.tig import TiGLoss
 
 log = logging.getLogger(__name__)
 
-#: BEVDepth's depth_loss_factor; DualViewDistill's best distillation weight is 7.0 (off by default)
+#: the loss weights of a config without ``model.loss``: those of conf/model/bevdepth.yaml and dualviewdistill.yaml
+#: (BEVDepth's depth_loss_factor; the distillation off; DualViewDistill's best weight is 7.0), a test keeps them equal
 DEFAULT_LOSS = {"depth_weight": 3.0, "distill_weight": 0.0}
 
 

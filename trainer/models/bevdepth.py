@@ -114,13 +114,15 @@ class BEVDepth(nn.Module):
         depth_map: torch.Tensor | None = None,
         dino_feat: torch.Tensor | None = None,
         dino_count: torch.Tensor | None = None,
-        depth_weight: float = 3.0,
-        distill_weight: float = 7.0,
+        *,
+        depth_weight: float,
+        distill_weight: float,
     ) -> dict[str, torch.Tensor]:
         """Losses of :meth:`forward`'s outputs: ``loss`` (the weighted total) and its parts.
 
         ``loss = det + depth_weight * depth + distill_weight * distill`` (BEVDepth's depth factor 3.0,
-        DualViewDistill's best distillation weight 7.0); a zero weight skips its term.
+        DualViewDistill's best distillation weight 7.0); a zero weight skips its term. The weights are the
+        config's ``model.loss`` (no default here: the config is their one source).
 
         ``det`` (the CenterHead's total, its parts prefixed ``det.``), ``depth`` (unweighted; skipped
         without ``depth_map (B, N, h, w)``), ``distill`` (unweighted; only with a projection and
@@ -131,7 +133,14 @@ class BEVDepth(nn.Module):
         out = {f"det.{k}": v for k, v in det.items() if k != "loss"}
         out["det"] = det["loss"]
         parts, aux = camera_bev_losses(
-            outputs, self.bins, self.distill, depth_map, dino_feat, dino_count, depth_weight, distill_weight
+            outputs,
+            self.bins,
+            self.distill,
+            depth_map,
+            dino_feat,
+            dino_count,
+            depth_weight=depth_weight,
+            distill_weight=distill_weight,
         )
         out.update(parts)
         out["loss"] = det["loss"] + aux

@@ -259,8 +259,9 @@ class DualViewDistill(nn.Module):
         depth_map: torch.Tensor | None = None,
         dino_feat: torch.Tensor | None = None,
         dino_count: torch.Tensor | None = None,
-        depth_weight: float = 3.0,
-        distill_weight: float = 7.0,
+        *,
+        depth_weight: float,
+        distill_weight: float,
     ) -> dict[str, torch.Tensor]:
         """``loss = det + depth_weight * depth + distill_weight * distill`` and its parts (a zero weight skips a term).
 
@@ -275,7 +276,14 @@ class DualViewDistill(nn.Module):
         out = {f"det.{k}": v for k, v in det.items() if k != "loss"}
         out["det"] = det["loss"]
         parts, aux = camera_bev_losses(
-            outputs, self.bins, self.distill, depth_map, dino_feat, dino_count, depth_weight, distill_weight
+            outputs,
+            self.bins,
+            self.distill,
+            depth_map,
+            dino_feat,
+            dino_count,
+            depth_weight=depth_weight,
+            distill_weight=distill_weight,
         )
         out.update(parts)
         total = det["loss"] + aux

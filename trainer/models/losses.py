@@ -160,10 +160,14 @@ def camera_bev_losses(
     depth_map: torch.Tensor | None = None,
     dino_feat: torch.Tensor | None = None,
     dino_count: torch.Tensor | None = None,
-    depth_weight: float = 3.0,
-    distill_weight: float = 7.0,
+    *,
+    depth_weight: float,
+    distill_weight: float,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor | float]:
     """The camera BEV network's own losses, shared by every camera detector: ``(parts, weighted sum)``.
+
+    The weights have no default here: their one source is the config (``model.loss``), which the
+    LightningModule passes on.
 
     ``parts``: ``depth`` (:func:`depth_loss` of ``outputs["depth_logits"]``, unweighted; only with
     ``depth_map (B, N, h, w)`` and ``depth_weight > 0``) and ``distill`` (:func:`distill_cell_loss` of
