@@ -19,12 +19,12 @@ from trainer.models.components.center_head import (
     CENTERPOINT_TASKS,
     HEATMAP_PRIOR_BIAS,
     CenterHead,
-    circle_nms,
     draw_gaussians,
     gaussian_focal_loss,
     gaussian_radius,
     masked_l1,
 )
+from trainer.models.components.nms import circle_nms
 from trainer.models.components.pillar_encoder import PillarEncoder, scatter_to_bev
 from trainer.models.components.voxelize import PillarVoxelizer
 

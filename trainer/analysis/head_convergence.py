@@ -29,7 +29,8 @@ from bevlabels.conf import load_grid
 from bevlabels.grid import GridSpec
 from trainer.models.components.sparse.aggregation import BEVDeformableAggregation
 from trainer.models.components.sparse.anchors import X, Y
-from trainer.models.components.sparse.head import SparseHead, default_operation_order
+from trainer.models.components.sparse.decoder import default_operation_order
+from trainer.models.components.sparse.head import SparseHead
 from trainer.models.losses import sparse_detection_loss
 
 CAR = (4.5, 2.0, 1.6)

@@ -39,9 +39,11 @@ from torch import nn
 
 from trainer.models.components.camera_bev import CameraBEV, img_from_ego_of
 from trainer.models.components.lift_splat import DepthBins
-from trainer.models.components.sparse.head import DEFAULT_DT, SparseHead, class_nms
-from trainer.models.components.sparse.head import decode as decode_layer
+from trainer.models.components.nms import class_nms
+from trainer.models.components.sparse.decoding import decode as decode_layer
+from trainer.models.components.sparse.head import SparseHead
 from trainer.models.components.sparse.instance_bank import InstanceBank
+from trainer.models.components.sparse.layers import DEFAULT_DT
 from trainer.models.components.sparse.proposals import DenseProposals
 from trainer.models.losses import camera_bev_losses, sparse_detection_loss
 
@@ -60,7 +62,7 @@ class DualViewDistill(nn.Module):
             the dataset's, which a nuScenes default would only match by chance).
         topk: detections kept per sample by :meth:`decode` (Sparse4Dv3: 300).
         nms_radius: per class name, the radius in metres of a circle NMS within each class after the top-K
-            (:func:`~trainer.models.components.sparse.head.class_nms`; CenterPoint's radii are
+            (:func:`~trainer.models.components.nms.class_nms`; CenterPoint's radii are
             ``dataset.nms_radius``). Not in Sparse4D; None (default) decodes as Sparse4Dv3, top-K only.
             :meth:`set_nms` changes it on a built model (``python -m trainer.evaluate ... nms=circle``).
         bank: the temporal instance bank (None: single-frame).
