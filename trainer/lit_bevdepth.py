@@ -28,7 +28,7 @@ from trainer.data.common import augment_boxes
 from trainer.lit_base import DetectionModule
 from trainer.metrics_depth import DepthMetrics, pixel_pairs
 from trainer.metrics_distill import DistillFit
-from trainer.models.bevdepth import BEVDepth
+from trainer.models.camera_detector import CameraDetector
 from trainer.models.components.tig import TiGLoss
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,9 @@ class BEVDepthModule(DetectionModule):
     """BEVDepth trained with Lightning (optimizer/scheduler partials as :class:`~trainer.lit_base.DetectionModule`).
 
     Args:
-        detector: the BEVDepth model; its head's ``class_names`` must equal ``class_names``.
+        detector: the BEVDepth model (a :class:`~trainer.models.camera_detector.CameraDetector`: what this module
+            reads of it is defined there; DualViewDistillModule passes a DualViewDistill); its head's
+            ``class_names`` must equal ``class_names``.
         loss: ``depth_weight`` (BEVDepth: 3.0) and ``distill_weight`` (DualViewDistill: 7.0; 0 turns
             the distillation off and removes the detector's projection, so no parameter goes unused).
             A positive ``distill_weight`` needs ``detector.distill_channels``.
@@ -55,7 +57,7 @@ class BEVDepthModule(DetectionModule):
 
     def __init__(
         self,
-        detector: BEVDepth,
+        detector: CameraDetector,
         optimizer,
         scheduler=None,
         *,

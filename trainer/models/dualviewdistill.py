@@ -35,20 +35,19 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from torch import nn
 
+from trainer.models.camera_detector import CameraDetector
 from trainer.models.components.camera_bev import CameraBEV, img_from_ego_of
-from trainer.models.components.lift_splat import DepthBins
 from trainer.models.components.nms import class_nms
 from trainer.models.components.sparse.decoding import decode as decode_layer
 from trainer.models.components.sparse.head import SparseHead
 from trainer.models.components.sparse.instance_bank import InstanceBank
 from trainer.models.components.sparse.layers import DEFAULT_DT
 from trainer.models.components.sparse.proposals import DenseProposals
-from trainer.models.losses import camera_bev_losses, sparse_detection_loss
+from trainer.models.losses import sparse_detection_loss
 
 
-class DualViewDistill(nn.Module):
+class DualViewDistill(CameraDetector):
     """Camera sparse detector: ``forward(images, K, ego_from_cam, ...) -> CameraBEV's outputs + the head's``.
 
     Args:
@@ -149,8 +148,7 @@ class DualViewDistill(nn.Module):
         self.proposals = proposals
         self.bank = bank
         self.camera_bev, self.head, self.topk = camera_bev, head, int(topk)
-        self.distill_channels = int(distill_channels) if distill_channels else None
-        self.distill = nn.Conv2d(camera_bev.out_channels, self.distill_channels, 1) if self.distill_channels else None
+        self._init_distill(distill_channels)
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -166,18 +164,6 @@ class DualViewDistill(nn.Module):
         if lacking:
             raise ValueError(f"DualViewDistill: nms_radius has no radius for {lacking} (it has {sorted(nms_radius)})")
         self.nms_radius = torch.tensor([float(nms_radius[c]) for c in self._class_names])
-
-    @property
-    def grid(self):
-        return self.camera_bev.grid
-
-    @property
-    def bins(self) -> DepthBins:
-        return self.camera_bev.bins
-
-    @property
-    def downsample(self) -> int:
-        return self.camera_bev.downsample
 
     def forward(
         self,
@@ -247,12 +233,6 @@ class DualViewDistill(nn.Module):
                 out["track_ids"] = ids
         return out
 
-    def distill_map(self, bev: torch.Tensor) -> torch.Tensor:
-        """The distillation projection of a BEV map ``(B, C, H, W)`` to ``(B, C_dino, H, W)`` (for inspection)."""
-        if self.distill is None:
-            raise ValueError("this DualViewDistill has no distillation projection (model.detector.distill_channels)")
-        return self.distill(bev)
-
     def loss(
         self,
         outputs: dict[str, Any],
@@ -277,15 +257,8 @@ class DualViewDistill(nn.Module):
         det = sparse_detection_loss(outputs["layers"], gt_boxes, gt_labels, dn=outputs.get("dn"))
         out = {f"det.{k}": v for k, v in det.items() if k != "loss"}
         out["det"] = det["loss"]
-        parts, aux = camera_bev_losses(
-            outputs,
-            self.bins,
-            self.distill,
-            depth_map,
-            dino_feat,
-            dino_count,
-            depth_weight=depth_weight,
-            distill_weight=distill_weight,
+        parts, aux = self.camera_losses(
+            outputs, depth_map, dino_feat, dino_count, depth_weight=depth_weight, distill_weight=distill_weight
         )
         out.update(parts)
         total = det["loss"] + aux
@@ -312,7 +285,3 @@ class DualViewDistill(nn.Module):
             for b, (o, d) in enumerate(zip(out, dets)):
                 o["track_ids"] = outputs["track_ids"][b, d["query_index"]]
         return out
-
-    def expected_depth(self, depth_logits: torch.Tensor) -> torch.Tensor:
-        """Expected depth ``(B, N, h, w)`` in metres of ``(B, N, D, h, w)`` logits (:meth:`CameraBEV.expected_depth`)."""
-        return self.camera_bev.expected_depth(depth_logits)
