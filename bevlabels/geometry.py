@@ -73,6 +73,11 @@ def _eye(n: int, like: Array) -> Array:
     return np.eye(n, dtype=like.dtype if np.issubdtype(like.dtype, np.floating) else np.float64)
 
 
+def to_numpy(a: Array) -> np.ndarray:
+    """A numpy array of a tensor (detached, on the host) or of anything ``np.asarray`` takes."""
+    return a.detach().cpu().numpy() if _is_torch(a) else np.asarray(a)
+
+
 def _asfloat(a: Array) -> Array:
     """Pass tensors/float arrays through; convert lists and integer arrays to float64 numpy."""
     if _is_torch(a):

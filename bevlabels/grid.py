@@ -1,4 +1,4 @@
-"""The BEV grid: one object that owns the metric <-> cell mapping, read from ``conf/grid/*.yaml``.
+"""The BEV grid: one object that owns the metric <-> cell mapping, built from a ``grid`` config.
 
 Axis convention (written down because every BEV codebase picks its own):
 a BEV array has shape ``(..., H, W)`` with ``H = ny`` rows along the ego **y** axis and ``W = nx``
@@ -7,7 +7,8 @@ columns along the ego **x** axis. Cell ``(iy, ix)`` covers
 most negative y (the ego's right), column 0 the most negative x (behind the ego). So
 ``bev[iy, ix]``; plotting with ``imshow(origin="lower")`` puts +x to the right and +y up.
 
-The numbers live only in ``conf/grid/*.yaml``; nothing in the library hard-codes a grid.
+The numbers live only in ``conf/grid/*.yaml``; nothing in the library hard-codes a grid, nor reads that folder:
+its callers give a mapping or a YAML path (:func:`bevlabels.conf.load_grid` finds a grid of ``conf/grid/`` by name).
 """
 
 from __future__ import annotations
@@ -19,8 +20,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-CONF_GRID_DIR = Path(__file__).resolve().parent.parent / "conf" / "grid"
 
 
 @dataclass(frozen=True)
@@ -65,16 +64,16 @@ class GridSpec:
         return cls(**kwargs, name=str(cfg.get("name", "custom")))
 
     @classmethod
-    def from_yaml(cls, name_or_path: str | Path) -> GridSpec:
-        """From ``conf/grid/<name>.yaml`` or an explicit YAML path."""
+    def from_yaml(cls, path: str | Path) -> GridSpec:
+        """From a grid YAML file (its ``name`` defaults to the file's stem); a grid of ``conf/grid/`` by name:
+        :func:`bevlabels.conf.load_grid`."""
         import yaml
 
-        path = Path(name_or_path)
-        if not path.suffix:
-            path = CONF_GRID_DIR / f"{name_or_path}.yaml"
+        path = Path(path)
         if not path.is_file():
-            known = sorted(p.stem for p in CONF_GRID_DIR.glob("*.yaml"))
-            raise FileNotFoundError(f"grid config {path} not found; known grids: {known}")
+            raise FileNotFoundError(
+                f"grid config {path} not found (a grid of conf/grid/ by name: bevlabels.conf.load_grid)"
+            )
         with open(path) as f:
             cfg = yaml.safe_load(f)
         cfg.setdefault("name", path.stem)
@@ -163,6 +162,11 @@ class GridSpec:
         ys = self.ybound[0] + (np.arange(self.ny) + 0.5) * self.ybound[2]
         gx, gy = np.meshgrid(xs, ys)  # (H, W) each, rows along y
         return np.stack([gx, gy], -1)
+
+
+def as_grid(grid: GridSpec | Any) -> GridSpec:
+    """A :class:`GridSpec` from itself or a mapping (a Hydra ``grid`` node, a store's ``grid`` attrs)."""
+    return grid if isinstance(grid, GridSpec) else GridSpec.from_dict(grid)
 
 
 def resample_bev(

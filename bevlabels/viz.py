@@ -59,7 +59,8 @@ def draw_boxes_bev(ax, boxes: np.ndarray, color="w", labels=None, lw=1.0) -> Non
             ax.text(b[0], b[1], labels[i], color=color, fontsize=5, ha="center", va="center")
 
 
-def _plt():
+def pyplot():
+    """``matplotlib.pyplot``, on the Agg backend outside an interactive IPython session (files, not windows)."""
     import matplotlib
 
     if matplotlib.get_backend().lower() not in ("agg",) and "inline" not in matplotlib.get_backend().lower():
@@ -73,6 +74,10 @@ def _plt():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+#: the old private name: trainer/tracking/render.py still imports it (that package is outside this change)
+_plt = pyplot
 
 
 def label_sheet(
@@ -89,7 +94,7 @@ def label_sheet(
     ``points (P, >=2)`` are the accumulated cloud in the keyframe's ego frame (optional),
     coloured by ``point_is_dynamic (P,)``; ``boxes (M, >=7)`` are drawn on every panel.
     """
-    plt = _plt()
+    plt = pyplot()
     n = 3 if points is not None else 2
     fig, axes = plt.subplots(1, n, figsize=(5.2 * n, 5.4), constrained_layout=True)
     ext = extent(grid)
@@ -239,7 +244,7 @@ def draw_lidar_px_on_images(
     ncols = max(len(r) for r in layout)
     depth, cam = px["depth"], px["cam"]
     vmax = float(max_depth) if max_depth else (float(np.percentile(depth, 98)) if len(depth) else 1.0)
-    plt = _plt()
+    plt = pyplot()
     H, W = images.shape[1:3]
     fig, axes = plt.subplots(
         len(layout),
@@ -348,7 +353,7 @@ def similarity_figure(
     The query cell is marked on both; ``boxes (M, >=7)`` are drawn when given. Empty cells are grey.
     ``center``: see :func:`feature_similarity`.
     """
-    plt = _plt()
+    plt = pyplot()
     sim = feature_similarity(feat, count, cell, center=center)
     ext = extent(grid)
     q = grid.cell_to_metric(np.array([cell[1] + 0.5, cell[0] + 0.5]))
@@ -417,7 +422,7 @@ def bev_rgb_figure(panels: list[tuple[str, np.ndarray]], grid: GridSpec, boxes=N
     """One BEV panel per ``(label, rgb (H, W, 3))`` with GT ``boxes (M, >=7)`` drawn; ``legend``: ``{name: colour}``."""
     from matplotlib.patches import Patch
 
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 6.6), constrained_layout=True, squeeze=False)
     ext = extent(grid)
     for ax, (label, rgb) in zip(axes[0], panels):

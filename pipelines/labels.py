@@ -28,12 +28,12 @@ from pathlib import Path
 
 import numpy as np
 
+from bevlabels.conf import plain
 from pipelines.scenes import (
     SceneResult,
     Timer,
     cluster_kind,
     get_dataset,
-    plain,
     run_stage,
     scene_task,
     stage_main,

@@ -38,13 +38,6 @@ def get_dataset(adapter_cfg: dict):
     return build_adapter(adapter_cfg)
 
 
-def plain(cfg) -> dict:
-    """A resolved plain-dict copy of an OmegaConf config (a dict is returned as is)."""
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(cfg, resolve=True) if not isinstance(cfg, dict) else cfg
-
-
 @dataclass
 class SceneResult:
     """What one scene's task reports: keyframe counts, its error if any, seconds per part, peak RSS."""
@@ -454,15 +447,14 @@ def stage_main(config_name: str, run: Callable[[Any], dict]) -> None:
     """The Hydra entry point of a stage (``conf/<config_name>.yaml``); exits 1 when a scene failed."""
     import os
     import sys
-    from pathlib import Path
 
     import hydra
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-    @hydra.main(
-        config_path=str(Path(__file__).resolve().parent.parent / "conf"), config_name=config_name, version_base="1.3"
-    )
+    from bevlabels.conf import CONF_DIR
+
+    @hydra.main(config_path=str(CONF_DIR), config_name=config_name, version_base="1.3")
     def _main(cfg) -> None:
         if run(cfg)["failures"]:
             sys.exit(1)

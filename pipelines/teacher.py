@@ -35,11 +35,11 @@ from typing import Any
 
 import numpy as np
 
+from bevlabels.conf import plain
 from pipelines.scenes import (
     SceneResult,
     Timer,
     get_dataset,
-    plain,
     run_stage,
     scene_task,
     stage_main,
@@ -49,7 +49,6 @@ from pipelines.scenes import (
 
 log = logging.getLogger("bevlabels.teacher")
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 
@@ -63,14 +62,14 @@ class GridMismatchError(ValueError):
 
 def grid_label(grid) -> str:
     """``near (x [-32.0, 32.0], y [-32.0, 32.0], 1.0 m cells, 64x64)``: the conf/grid name whose geometry matches, and the numbers."""
-    from bevlabels.grid import GridSpec
+    from bevlabels.conf import grid_names, load_grid
 
     name = grid.name if grid.name not in ("custom", "") else None
     if name is None:
-        for path in sorted((CONF_DIR / "grid").glob("*.yaml")):
+        for known in grid_names():
             try:
-                if GridSpec.from_yaml(path).same_geometry(grid):
-                    name = path.stem
+                if load_grid(known).same_geometry(grid):
+                    name = known
                     break
             except (ValueError, KeyError):  # a malformed grid file names nothing here
                 continue

@@ -38,8 +38,6 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-
 #: the stage's timers, in pipeline order, with the names this report prints
 PARTS = {
     "read": "dataset/sweep read",
@@ -86,7 +84,8 @@ def compose(args: argparse.Namespace):
     """The label stage's config (``conf/labels.yaml``) with the benchmark's overrides, resolved."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
-    from omegaconf import OmegaConf
+
+    from bevlabels.conf import CONF_DIR, plain
 
     data = os.environ.get("BEVLABELS_DATA", "data")
     out = args.out or Path(data) / "bench" / f"labels-{args.preset}.zarr"
@@ -103,9 +102,9 @@ def compose(args: argparse.Namespace):
     ]
     if args.image_height:
         overrides.append(f"features.image_height={args.image_height}")
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = hydra_compose(config_name="labels", overrides=overrides + list(args.overrides))
-    return OmegaConf.to_container(cfg, resolve=True)
+    return plain(cfg)
 
 
 def ensure_world(ds_cfg: dict, workers: int) -> float:

@@ -31,8 +31,6 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-
 #: the variants measured by default: name -> VisibilityConfig fields over the config's ``visibility``
 VARIANTS = {
     "zbuffer4": {"method": "zbuffer", "zbuffer_px": 4, "box_occluders": False},  # schema 1's test
@@ -89,7 +87,8 @@ def variants_of(args) -> dict[str, dict]:
 def compose(args) -> dict:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
-    from omegaconf import OmegaConf
+
+    from bevlabels.conf import CONF_DIR, plain
 
     overrides = [
         "dataset=synthetic",
@@ -97,8 +96,8 @@ def compose(args) -> dict:
         f"dataset.generate.seed={args.seed}",
         "features=synthetic_oracle",
     ]
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return OmegaConf.to_container(hydra_compose(config_name="labels", overrides=overrides), resolve=True)
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return plain(hydra_compose(config_name="labels", overrides=overrides))
 
 
 def run(args) -> dict:

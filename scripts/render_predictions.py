@@ -70,9 +70,9 @@ def draw_boxes_image(ax, boxes: np.ndarray, cam_from_ego, K, color, alphas=None)
 
 def prediction_figure(sample: dict, det: dict, heatmap: np.ndarray, grid, camera_names, score: float, title: str):
     """The figure of one keyframe (see the module docstring); ``sample`` is the un-batched camera sample."""
-    from bevlabels.viz import _plt, draw_boxes_bev, extent
+    from bevlabels.viz import draw_boxes_bev, extent, pyplot
 
-    plt = _plt()
+    plt = pyplot()
     fig = plt.figure(figsize=(18, 6.5))
     gs = fig.add_gridspec(2, 5, width_ratios=[2.2, 0.05, 1.6, 1.6, 1.6])
     ax = fig.add_subplot(gs[:, 0])

@@ -67,7 +67,7 @@ from typing import Any
 
 import numpy as np
 
-from bevlabels.geometry import YAW, H, L, W, X, Y, Z
+from bevlabels.geometry import YAW, H, L, W, X, Y, Z, to_numpy
 
 log = logging.getLogger("bevlabels.evaluate")
 
@@ -165,7 +165,9 @@ def make_detections(predictions: Iterable[Mapping[str, Any]], class_names: Seque
     import pandas as pd
 
     parts = [
-        sweep_detections(str(p["sample_token"]), _np(p["boxes"]), _np(p["scores"]), _np(p["labels"]), class_names)
+        sweep_detections(
+            str(p["sample_token"]), to_numpy(p["boxes"]), to_numpy(p["scores"]), to_numpy(p["labels"]), class_names
+        )
         for p in predictions
     ]
     if not parts:
@@ -387,7 +389,3 @@ def format_av2_table(summary: Mapping[str, Any]) -> str:
         values = "".join(f"{row[m]:7.3f}" for m in ("AP", "ATE", "ASE", "AOE", "CDS"))
         lines.append(f"{cat:<33}{values}{row['num_gt']:7d}{row['num_dt']:7d}")
     return "\n".join(lines)
-
-
-def _np(x) -> np.ndarray:
-    return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)

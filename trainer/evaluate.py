@@ -46,10 +46,8 @@ from typing import Any
 
 import torch
 
+from bevlabels.conf import CONF_DIR
 from trainer.lit_base import LoadedCheckpoint, load_checkpoint
-
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-
 
 #: the evaluations :func:`evaluate` runs, by the adapter's ``DriveDataset.evaluation``
 EVALUATIONS = ("nuscenes", "av2")

@@ -38,8 +38,6 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from trainer.models.components.center_head import NUSCENES_CLASSES
-
 log = logging.getLogger(__name__)
 
 #: where ``trainer.train`` puts the resolved config in a checkpoint
@@ -56,7 +54,8 @@ class DetectionModule(pl.LightningModule):
     Args:
         optimizer: ``partial`` of a torch optimizer, called with the parameters.
         scheduler: ``partial`` of a LR scheduler called with the optimizer, or ``None``.
-        class_names: the label space of ``gt_labels`` and of decoded ``labels``.
+        class_names: the label space of ``gt_labels`` and of decoded ``labels`` (the config's ``class_names``;
+            no default: a detector's label space is its dataset's, never assumed).
         scheduler_interval: ``"step"`` or ``"epoch"``: when the scheduler steps.
         detector: the model, kept as ``self.detector``; its ``class_names`` (the head's label space)
             must equal ``class_names``, checked here once for every detector.
@@ -70,7 +69,8 @@ class DetectionModule(pl.LightningModule):
         self,
         optimizer: Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer],
         scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
-        class_names: Sequence[str] = NUSCENES_CLASSES,
+        *,
+        class_names: Sequence[str],
         scheduler_interval: str = "step",
         detector: torch.nn.Module | None = None,
     ):

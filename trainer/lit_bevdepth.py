@@ -28,13 +28,13 @@ from trainer.data.common import augment_boxes
 from trainer.lit_base import DetectionModule
 from trainer.metrics_depth import DepthMetrics, pixel_pairs
 from trainer.metrics_distill import DistillFit
-from trainer.models.bevdepth import BEVDepth
-from trainer.models.components.center_head import NUSCENES_CLASSES
+from trainer.models.camera_detector import CameraDetector
 from trainer.models.components.tig import TiGLoss
 
 log = logging.getLogger(__name__)
 
-#: BEVDepth's depth_loss_factor; DualViewDistill's best distillation weight is 7.0 (off by default)
+#: the loss weights of a config without ``model.loss``: those of conf/model/bevdepth.yaml and dualviewdistill.yaml
+#: (BEVDepth's depth_loss_factor; the distillation off; DualViewDistill's best weight is 7.0), a test keeps them equal
 DEFAULT_LOSS = {"depth_weight": 3.0, "distill_weight": 0.0}
 
 
@@ -42,7 +42,9 @@ class BEVDepthModule(DetectionModule):
     """BEVDepth trained with Lightning (optimizer/scheduler partials as :class:`~trainer.lit_base.DetectionModule`).
 
     Args:
-        detector: the BEVDepth model; its head's ``class_names`` must equal ``class_names``.
+        detector: the BEVDepth model (a :class:`~trainer.models.camera_detector.CameraDetector`: what this module
+            reads of it is defined there; DualViewDistillModule passes a DualViewDistill); its head's
+            ``class_names`` must equal ``class_names``.
         loss: ``depth_weight`` (BEVDepth: 3.0) and ``distill_weight`` (DualViewDistill: 7.0; 0 turns
             the distillation off and removes the detector's projection, so no parameter goes unused).
             A positive ``distill_weight`` needs ``detector.distill_channels``.
@@ -55,10 +57,11 @@ class BEVDepthModule(DetectionModule):
 
     def __init__(
         self,
-        detector: BEVDepth,
+        detector: CameraDetector,
         optimizer,
         scheduler=None,
-        class_names: Sequence[str] = NUSCENES_CLASSES,
+        *,
+        class_names: Sequence[str],
         scheduler_interval: str = "step",
         loss: Mapping[str, float] | None = None,
         tig: Mapping[str, Any] | None = None,
@@ -77,7 +80,9 @@ class BEVDepthModule(DetectionModule):
             # A projection no loss reaches is an unused parameter, which DDP refuses: a weight of 0 removes it.
             log.info("model.loss.distill_weight=0: the distillation projection is not built")
             detector.distill, detector.distill_channels = None, None
-        super().__init__(optimizer, scheduler, class_names, scheduler_interval, detector=detector)
+        super().__init__(
+            optimizer, scheduler, class_names=class_names, scheduler_interval=scheduler_interval, detector=detector
+        )
         self.loss_weights = weights
         tig = dict(tig or {})
         if "num_keypoints" in tig:

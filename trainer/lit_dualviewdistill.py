@@ -24,7 +24,6 @@ from typing import Any
 import torch
 
 from trainer.lit_bevdepth import BEVDepthModule
-from trainer.models.components.center_head import NUSCENES_CLASSES
 from trainer.models.components.sparse.anchors import anchors_for_dataset
 from trainer.models.dualviewdistill import DualViewDistill
 
@@ -47,7 +46,8 @@ class DualViewDistillModule(BEVDepthModule):
         detector: DualViewDistill,
         optimizer,
         scheduler=None,
-        class_names: Sequence[str] = NUSCENES_CLASSES,
+        *,
+        class_names: Sequence[str],
         scheduler_interval: str = "step",
         loss: Mapping[str, float] | None = None,
         tig: Mapping[str, Any] | None = None,
@@ -55,7 +55,15 @@ class DualViewDistillModule(BEVDepthModule):
         anchors_cache: str | None = None,
         init_anchors: bool = True,
     ):
-        super().__init__(detector, optimizer, scheduler, class_names, scheduler_interval, loss, tig)
+        super().__init__(
+            detector,
+            optimizer,
+            scheduler,
+            class_names=class_names,
+            scheduler_interval=scheduler_interval,
+            loss=loss,
+            tig=tig,
+        )
         self.anchors_seed, self.anchors_cache, self.init_anchors = int(anchors_seed), anchors_cache, bool(init_anchors)
 
     def setup(self, stage: str) -> None:

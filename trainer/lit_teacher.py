@@ -16,7 +16,6 @@ import torch
 from bevlabels.grid import GridSpec
 from trainer.lit_base import DetectionModule
 from trainer.models.centerpoint import CenterPoint
-from trainer.models.components.center_head import NUSCENES_CLASSES
 
 
 class TeacherModule(DetectionModule):
@@ -33,10 +32,13 @@ class TeacherModule(DetectionModule):
         detector: CenterPoint,
         optimizer,
         scheduler=None,
-        class_names: Sequence[str] = NUSCENES_CLASSES,
+        *,
+        class_names: Sequence[str],
         scheduler_interval: str = "step",
     ):
-        super().__init__(optimizer, scheduler, class_names, scheduler_interval, detector=detector)
+        super().__init__(
+            optimizer, scheduler, class_names=class_names, scheduler_interval=scheduler_interval, detector=detector
+        )
 
     @property
     def out_grid(self) -> GridSpec:

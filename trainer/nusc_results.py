@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from bevlabels.geometry import VX, VY, YAW, H, L, W, X, Y, Z, rot_z, rotmat_to_quat, transform_points
+from bevlabels.geometry import VX, VY, YAW, H, L, W, X, Y, Z, rot_z, rotmat_to_quat, to_numpy, transform_points
 
 #: class -> attribute for a slow object (speed <= :data:`MOVING_SPEED`), as mmdetection3d's ``DefaultAttribute``
 DEFAULT_ATTRIBUTE = {
@@ -153,12 +153,12 @@ def make_results(
             raise KeyError(f"a prediction for sample {tok}, which is not in the evaluated split")
         results[tok] = sample_results(
             tok,
-            _np(p["boxes"]),
-            _np(p["scores"]),
-            _np(p["labels"]),
+            to_numpy(p["boxes"]),
+            to_numpy(p["scores"]),
+            to_numpy(p["labels"]),
             poses[tok],
             class_names,
-            track_ids=_np(p["track_ids"]) if with_track_ids and "track_ids" in p else None,
+            track_ids=to_numpy(p["track_ids"]) if with_track_ids and "track_ids" in p else None,
         )
     return {"meta": result_meta(use_camera, use_lidar), "results": results}
 
@@ -181,7 +181,3 @@ def write_results(path: str | Path, results: Mapping[str, Any]) -> Path:
     with open(path, "w") as f:
         json.dump(results, f, allow_nan=False)
     return path
-
-
-def _np(x) -> np.ndarray:
-    return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)

@@ -43,13 +43,12 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
+from bevlabels.conf import CONF_DIR, plain
 from trainer.callbacks import PreciseBN
 from trainer.device import describe_run
 from trainer.lit_base import CONFIG_KEY, DetectionModule, init_from_checkpoint
 
 log = logging.getLogger("bevlabels.train")
-
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
 class ConfigInCheckpoint(pl.Callback):
@@ -65,10 +64,8 @@ class ConfigInCheckpoint(pl.Callback):
 
 
 def resolved(cfg) -> dict:
-    """The config as a plain dict, every interpolation resolved (what checkpoints store)."""
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    """The config as a plain dict, every interpolation resolved and none missing (what checkpoints store)."""
+    return plain(cfg, throw_on_missing=True)
 
 
 def instantiate_group(group) -> list:

@@ -92,7 +92,8 @@ def read_rows(done: zarr.Array, rows, where: str = "done") -> np.ndarray:
     return np.asarray(done.get_coordinate_selection(idx), dtype=bool)
 
 
-def _examples(tokens: Iterable[str]) -> str:
+def format_examples(tokens: Iterable[str]) -> str:
+    """The first few of ``tokens``, comma-separated, and how many there are in all when more: for error messages."""
     tokens = list(tokens)
     more = f", ... ({len(tokens)} in all)" if len(tokens) > _SHOW else ""
     return ", ".join(map(str, tokens[:_SHOW])) + more
@@ -367,7 +368,7 @@ class LabelStoreReader:
                     f"{self.num_keyframes} keyframes",
                     f"{len(tokens)} keyframes",
                     f"{self.path} lacks {len(missing)} of the {len(tokens)} keyframes the config asks for "
-                    f"({_examples(missing)}): it was made from another dataset or version; remake it",
+                    f"({format_examples(missing)}): it was made from another dataset or version; remake it",
                 )
             idx = np.array([index[t] for t in tokens], dtype=np.int64)
         if require_done:
@@ -378,7 +379,7 @@ class LabelStoreReader:
                 reasons = "; ".join(f"{sc}: {fails[sc]}" for sc in scenes if sc in fails)
                 raise StoreIncompleteError(
                     f"{self.path}: {not_done.size} of the {idx.size} keyframes asked for are not written by "
-                    f"the {stage} stage ({_examples(self.sample_tokens[not_done])}; scenes {_examples(scenes)})."
+                    f"the {stage} stage ({format_examples(self.sample_tokens[not_done])}; scenes {format_examples(scenes)})."
                     + (f" Recorded failures: {reasons}." if reasons else "")
                     + f" Rerun pipelines.{stage} to finish them, or leave those keyframes out",
                     not_done,

@@ -73,7 +73,7 @@ from bevlabels.cache._store import (
     sweep_tmp,
 )
 from bevlabels.cache.lock import LOCK_NAME, StoreLock
-from bevlabels.cache.reader import LabelStoreReader, _examples, check_template, read_rows, template_state
+from bevlabels.cache.reader import LabelStoreReader, check_template, format_examples, read_rows, template_state
 from bevlabels.cache.schema import (
     FLOAT32_EXACT_INT,
     LABELS,
@@ -348,12 +348,12 @@ class LabelStoreWriter(LabelStoreReader):
             raise ValueError(f"sample_tokens has {len(tokens)} entries but scenes has {len(scene_names)}")
         if len(set(tokens)) != len(tokens):
             values, counts = np.unique(tokens, return_counts=True)
-            raise ValueError(f"sample_tokens has duplicates: {_examples(values[counts > 1])}")
+            raise ValueError(f"sample_tokens has duplicates: {format_examples(values[counts > 1])}")
         runs = [s for i, s in enumerate(scene_names) if i == 0 or s != scene_names[i - 1]]
         if len(runs) != len(set(runs)):
             split = sorted({s for s in runs if runs.count(s) > 1})
             raise ValueError(
-                f"keyframes must be in scene order (each scene contiguous); split scenes: {_examples(split)}"
+                f"keyframes must be in scene order (each scene contiguous); split scenes: {format_examples(split)}"
             )
         return tokens, scene_names
 
@@ -411,9 +411,9 @@ class LabelStoreWriter(LabelStoreReader):
             extra = [t for t in stored_tokens if t not in set(tokens)]
             missing = [t for t in tokens if t not in set(stored_tokens)]
             if extra:
-                what = f"the store has {len(extra)} keyframes the dataset does not ({_examples(extra)})"
+                what = f"the store has {len(extra)} keyframes the dataset does not ({format_examples(extra)})"
             elif missing:
-                what = f"the dataset has {len(missing)} keyframes the store does not ({_examples(missing)})"
+                what = f"the dataset has {len(missing)} keyframes the store does not ({format_examples(missing)})"
             else:
                 i = next(i for i, (a, b) in enumerate(zip(stored_tokens, tokens)) if a != b)
                 what = f"same keyframes in another order (index {i}: store {stored_tokens[i]}, dataset {tokens[i]})"
@@ -486,7 +486,7 @@ class LabelStoreWriter(LabelStoreReader):
         known = set(self.scenes.tolist())
         unknown = [s for s in failures if s not in known]
         if unknown:
-            raise ValueError(f"failures name scenes the store does not have: {_examples(unknown)}")
+            raise ValueError(f"failures name scenes the store does not have: {format_examples(unknown)}")
         for scene, reason in failures.items():
             log.warning("%s: %s stage: scene %s failed: %s", self.path, stage, scene, reason)
         done = self.done_mask(stage)

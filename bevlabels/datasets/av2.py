@@ -259,19 +259,9 @@ class AV2Dataset(DriveDataset):
 
         ``intensity`` is AV2's 0..255 value, ``ring`` its ``laser_number`` (0..63).
         """
-        import pyarrow as pa
         from av2.utils.io import read_feather
 
-        path = Path(sweep.path)
-        if not path.is_file():
-            raise DatasetError(f"AV2 LiDAR sweep not found: {path}")
-        try:
-            df = read_feather(path)
-        except (OSError, ValueError, pa.ArrowException) as e:
-            raise DatasetError(f"cannot read AV2 LiDAR sweep {path}: {type(e).__name__}: {e}") from e
-        missing = [c for c in _POINT_COLUMNS if c not in df.columns]
-        if missing:
-            raise DatasetError(f"AV2 LiDAR sweep {path} lacks columns {missing} (has {list(df.columns)})")
+        df = _read_table(read_feather, Path(sweep.path), _POINT_COLUMNS, what="LiDAR sweep", absent="LiDAR sweep")
         points = np.empty((len(df), POINT_DIM), dtype=np.float32)  # (N, 5)
         for j, c in enumerate(_POINT_COLUMNS):
             points[:, j] = df[c].to_numpy()
@@ -566,17 +556,21 @@ class AV2Dataset(DriveDataset):
         )
 
 
-def _read_table(read_feather, path: Path, columns: Sequence[str]):
-    """A feather table as a DataFrame, with :class:`DatasetError` naming the file when it is unusable."""
+def _read_table(read_feather, path: Path, columns: Sequence[str], what: str = "table", absent: str = "file"):
+    """A feather table as a DataFrame, with :class:`DatasetError` naming the file when it is unusable.
+
+    ``what`` names the file in the errors (``cannot read AV2 <what> <path>``, ``AV2 <what> <path> lacks columns``),
+    ``absent`` in the one for a missing file (``AV2 <absent> not found: <path>``).
+    """
     import pyarrow as pa
 
     if not path.is_file():
-        raise DatasetError(f"AV2 file not found: {path}")
+        raise DatasetError(f"AV2 {absent} not found: {path}")
     try:
         df = read_feather(path)
     except (OSError, ValueError, pa.ArrowException) as e:
-        raise DatasetError(f"cannot read AV2 table {path}: {type(e).__name__}: {e}") from e
+        raise DatasetError(f"cannot read AV2 {what} {path}: {type(e).__name__}: {e}") from e
     missing = [c for c in columns if c not in df.columns]
     if missing:
-        raise DatasetError(f"AV2 table {path} lacks columns {missing} (has {list(df.columns)})")
+        raise DatasetError(f"AV2 {what} {path} lacks columns {missing} (has {list(df.columns)})")
     return df

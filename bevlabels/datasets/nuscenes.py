@@ -146,6 +146,13 @@ NUSCENES_CLASSES = (
     "barrier",
 )
 
+#: the devkit's ``(train, val)`` split names (``nuscenes.utils.splits``) of each nuScenes version
+VERSION_SPLITS = {
+    "v1.0-mini": ("mini_train", "mini_val"),
+    "v1.0-trainval": ("train", "val"),
+    "v1.0-test": ("test", "test"),
+}
+
 
 class NuScenesDataset(DriveDataset):
     """nuScenes (any version: mini, trainval, test, or a dataset written in its format).

@@ -2,7 +2,7 @@
 
 :func:`generate_av2` renders the same procedural scenes as :func:`~bevlabels.synthetic.generate.generate`
 (:func:`~bevlabels.synthetic.world.build_world`, :class:`~bevlabels.synthetic.render.Renderer`; the
-per-scene :class:`_AV2Log` is the nuScenes writer's ``_Scene`` with a 10 Hz clock) and writes each
+per-scene :class:`_AV2Log` is the nuScenes writer's ``SceneWriter`` with a 10 Hz clock) and writes each
 scene as one AV2 log. Same config and seed, same bytes; scenes are rendered by ``map_fn`` (in
 parallel if it is), into a staging folder moved into place once complete.
 
@@ -66,16 +66,16 @@ from bevlabels.synthetic.config import SynthConfig
 from bevlabels.synthetic.generate import (
     GENERATOR,
     META_FILE,
-    _camera_rays,
-    _lidar_points_in,
-    _Scene,
+    SceneWriter,
+    camera_rays,
     check_output_dir,
     install,
+    lidar_points_in,
     read_meta,
     scene_number,
     staging_dir,
 )
-from bevlabels.synthetic.render import _near_box_boundary
+from bevlabels.synthetic.render import near_box_boundary
 from bevlabels.synthetic.world import build_world
 
 FORMAT = "av2"
@@ -146,7 +146,7 @@ class LogResult:
     annotations: int
 
 
-class _AV2Log(_Scene):
+class _AV2Log(SceneWriter):
     """Renders and writes one scene as an AV2 log: the nuScenes writer's scene on a 10 Hz clock.
 
     Every sweep is a keyframe (``S = 1``, ``key_dt = 0.1 s``); sweeps are kept in the ego frame
@@ -177,7 +177,7 @@ class _AV2Log(_Scene):
         out = np.concatenate([xyz.astype(np.float32), pts[:, 3:]], 1)
         boxes = self.world.boxes(t, np.nonzero(self.annotated[j])[0])
         if len(boxes) and len(out):  # what float16 moved onto a box boundary goes, as the renderer's own
-            drop = _near_box_boundary(
+            drop = near_box_boundary(
                 transform_points(self.world.global_from_ego(t), out[:, :3].astype(np.float64)), boxes
             )
             out = out[~drop]
@@ -188,7 +188,7 @@ class _AV2Log(_Scene):
         for k in range(self.cfg.keyframes):
             t = self.key_time(k)
             self.boxes_k[k] = self.world.boxes(t, np.nonzero(self.annotated[k])[0])
-            self.npts_k[k] = _lidar_points_in(self.boxes_k[k], self.key_sweeps[k], self.world.global_from_ego(t))
+            self.npts_k[k] = lidar_points_in(self.boxes_k[k], self.key_sweeps[k], self.world.global_from_ego(t))
 
     # -- everything ------------------------------------------------------------------------------------
     def run(self) -> LogResult:
@@ -215,7 +215,7 @@ class _AV2Log(_Scene):
                 t = self.key_time(k) + CAMERA_OFFSET_NS[cam] * 1e-9
                 pose_ts[ts_cam] = t
                 g_from_cam = w.global_from_ego(t) @ AV2_RIG[cam].ego_from_sensor
-                rgb, _, _ = self.renderer.camera(g_from_cam, _camera_rays(K, width, height), width, height, t)
+                rgb, _, _ = self.renderer.camera(g_from_cam, camera_rays(K, width, height), width, height, t)
                 self.write_jpeg(f"{self.rel}/sensors/cameras/{cam}/{ts_cam}.jpg", rgb)
 
         # ego poses: every sensor timestamp (av2 looks them up exactly), in time order

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from bevlabels.conf import CONF_DIR
+from bevlabels.datasets.nuscenes import VERSION_SPLITS
 from bevlabels.synthetic.rig import CAMERA_NAMES, LidarSpec
 
-CONF_PRESET_DIR = Path(__file__).resolve().parents[2] / "conf" / "preset"
+CONF_PRESET_DIR = CONF_DIR / "preset"
 
-#: nuScenes versions the generator can write, with the devkit splits that hold their scene names.
-VERSION_SPLITS = {"v1.0-mini": ("mini_train", "mini_val"), "v1.0-trainval": ("train", "val")}
+#: nuScenes versions the generator can write; their scene names come from the devkit splits of
+#: :data:`bevlabels.datasets.nuscenes.VERSION_SPLITS`
+VERSIONS = ("v1.0-mini", "v1.0-trainval")
 
 
 class SynthConfigError(ValueError):
@@ -61,7 +63,7 @@ class SynthConfig:
             if not ok:
                 raise SynthConfigError(f"synthetic world: {what}")
 
-        need(self.version in VERSION_SPLITS, f"version={self.version!r}: must be one of {sorted(VERSION_SPLITS)}")
+        need(self.version in VERSIONS, f"version={self.version!r}: must be one of {sorted(VERSIONS)}")
         for f in ("train_scenes", "val_scenes", "keyframes", "sweeps_per_keyframe", "image_width", "image_height",
                   "jpeg_quality", "seed"):  # fmt: skip
             v = getattr(self, f)

@@ -74,7 +74,7 @@ def scene_number(name: str) -> int:
     return int(name.split("-")[1])
 
 
-def _lidar_points_in(boxes: np.ndarray, points_lidar: np.ndarray, global_from_lidar: np.ndarray) -> np.ndarray:
+def lidar_points_in(boxes: np.ndarray, points_lidar: np.ndarray, global_from_lidar: np.ndarray) -> np.ndarray:
     """``(M,)`` how many sweep points ``(N, >=3)`` (LiDAR frame) lie in each global box ``(M, 9)``.
 
     ``geometry.points_in_boxes`` per box, on the points a k-d tree finds near it.
@@ -92,7 +92,7 @@ def _lidar_points_in(boxes: np.ndarray, points_lidar: np.ndarray, global_from_li
     return counts
 
 
-class _Scene:
+class SceneWriter:
     """Renders and writes one scene; see :func:`generate_scene`."""
 
     def __init__(self, cfg: SynthConfig, name: str, split: str, out: Path):
@@ -172,7 +172,7 @@ class _Scene:
             t = self.key_time(k)
             idx = np.nonzero(self.annotated[k])[0]
             self.boxes_k[k] = self.world.boxes(t, idx)
-            self.npts_k[k] = _lidar_points_in(self.boxes_k[k], self.key_sweeps[k], self.global_from_lidar(t))
+            self.npts_k[k] = lidar_points_in(self.boxes_k[k], self.key_sweeps[k], self.global_from_lidar(t))
 
     def coverage(self) -> dict[str, int]:
         """Per class: annotations with points within the devkit's evaluation range (1 m margin)."""
@@ -318,7 +318,7 @@ class _Scene:
                 t = self.key_time(k) + c.offset_us * 1e-6
                 K = camera_intrinsics(ch, cfg.image_width, cfg.image_height)
                 g_from_cam = w.global_from_ego(t) @ c.ego_from_sensor
-                dirs = _camera_rays(K, cfg.image_width, cfg.image_height)
+                dirs = camera_rays(K, cfg.image_width, cfg.image_height)
                 rgb, obj, _, kind = self.renderer.camera(g_from_cam, dirs, cfg.image_width, cfg.image_height, t,
                                                          with_kind=True)  # fmt: skip
                 rel = f"samples/{ch}/{self.logfile}__{ch}__{self.us(t)}.jpg"
@@ -393,7 +393,7 @@ def read_oracle(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
 _RAYS: dict = {}
 
 
-def _camera_rays(K: np.ndarray, width: int, height: int) -> np.ndarray:
+def camera_rays(K: np.ndarray, width: int, height: int) -> np.ndarray:
     """Unit rays ``(H*W, 3)`` in the camera frame through every pixel centre (row-major), cached."""
     key = (K.tobytes(), width, height)
     if key not in _RAYS:
@@ -408,7 +408,7 @@ def _camera_rays(K: np.ndarray, width: int, height: int) -> np.ndarray:
 
 def generate_scene(cfg: SynthConfig, name: str, split: str, out: str | Path) -> SceneResult:
     """Render one scene into ``out`` (its sensor files) and return its table rows: a pure function of its inputs."""
-    return _Scene(cfg, name, split, Path(out)).run()
+    return SceneWriter(cfg, name, split, Path(out)).run()
 
 
 def check_output_dir(out: str | Path, overwrite: bool, own_paths: tuple[str, ...] = OWN_PATHS) -> Path:

@@ -213,7 +213,7 @@ class Renderer:
         obj = hits.obj[keep]
         boxes = boxes[np.hypot(boxes[:, 0] - o[0], boxes[:, 1] - o[1]) < max_range + 15.0]  # those the sweep reaches
         if len(boxes):
-            drop = _near_box_boundary(transform_points(global_from_lidar, out[:, :3].astype(np.float64)), boxes)
+            drop = near_box_boundary(transform_points(global_from_lidar, out[:, :3].astype(np.float64)), boxes)
             out, obj = out[~drop], obj[~drop]
         return out, obj
 
@@ -230,7 +230,7 @@ class Renderer:
         return (*out, hits.kind.reshape(height, width)) if with_kind else out
 
 
-def _near_box_boundary(points: np.ndarray, boxes: np.ndarray, eps: float = BOX_EPS) -> np.ndarray:
+def near_box_boundary(points: np.ndarray, boxes: np.ndarray, eps: float = BOX_EPS) -> np.ndarray:
     """``(N,)`` True where a point ``(N, 3)`` is within ``eps`` of the surface of a box ``(M, >=7)``.
 
     That is inside the box grown by ``eps`` but not inside the box shrunk by ``eps``. Candidate

@@ -38,7 +38,7 @@ def log_frames(av2_sensor_log: Path):
     return _frames(av2_sensor_log.parent)
 
 
-def _gt_predictions(frames, move=lambda boxes, frame: boxes):
+def gt_predictions(frames, move=lambda boxes, frame: boxes):
     """Each keyframe's GT boxes that av2 evaluates (a benchmark class, a LiDAR point) as predictions, score 1."""
     preds = []
     for f in frames:
@@ -58,7 +58,7 @@ def _gt_predictions(frames, move=lambda boxes, frame: boxes):
 @pytest.fixture(scope="module")
 def gt_summary(log_frames):
     ds, frames = log_frames
-    return run_av2_eval(ds, "val", frames, _gt_predictions(frames), AV2_CLASSES, n_jobs=N_JOBS)
+    return run_av2_eval(ds, "val", frames, gt_predictions(frames), AV2_CLASSES, n_jobs=N_JOBS)
 
 
 def test_gt_through_our_conversion_scores_perfectly(gt_summary, log_frames, av2_sensor_log):
@@ -86,7 +86,7 @@ def test_gt_through_our_conversion_scores_perfectly(gt_summary, log_frames, av2_
     assert summary["config"]["categories"] == 26
     assert summary["AP"] == pytest.approx(len(present) / 26, abs=2e-3)
     # the detections were written in the ego frame: the adapter's boxes, as they are (scores tie: order kept)
-    boxes = np.concatenate([p["boxes"] for p in _gt_predictions(frames)])
+    boxes = np.concatenate([p["boxes"] for p in gt_predictions(frames)])
     np.testing.assert_array_equal(detections[["tx_m", "ty_m", "tz_m"]].to_numpy(), boxes[:, :3])
 
 
@@ -102,12 +102,12 @@ def test_moved_or_turned_boxes_score_lower(log_frames, gt_summary):
         boxes[:, YAW] += np.pi
         return boxes
 
-    shifted, _ = run_av2_eval(ds, "val", frames, _gt_predictions(frames, shift), AV2_CLASSES, n_jobs=N_JOBS)
+    shifted, _ = run_av2_eval(ds, "val", frames, gt_predictions(frames, shift), AV2_CLASSES, n_jobs=N_JOBS)
     m = shifted["mean_over_gt_categories"]
     assert m["AP"] <= 0.55 and 1.3 < m["ATE"] < 1.6, m
     assert all(shifted["per_category"][c]["AP"] <= 0.5 + 1e-6 for c in perfect["gt_categories"])
 
-    flipped, _ = run_av2_eval(ds, "val", frames, _gt_predictions(frames, flip), AV2_CLASSES, n_jobs=N_JOBS)
+    flipped, _ = run_av2_eval(ds, "val", frames, gt_predictions(frames, flip), AV2_CLASSES, n_jobs=N_JOBS)
     m = flipped["mean_over_gt_categories"]
     assert m["AP"] >= 0.99 and m["AOE"] == pytest.approx(np.pi, abs=1e-2), m  # AP is centre-based
     assert m["CDS"] == pytest.approx(2 / 3, abs=1e-2)  # (1 + 1 + 0) / 3: the orientation measure is 0
@@ -120,7 +120,7 @@ def test_predictions_in_the_city_frame_collapse(log_frames):
     def to_city(boxes, frame):
         return transform_boxes(frame.global_from_ego, boxes)
 
-    summary, detections = run_av2_eval(ds, "val", frames, _gt_predictions(frames, to_city), AV2_CLASSES, n_jobs=N_JOBS)
+    summary, detections = run_av2_eval(ds, "val", frames, gt_predictions(frames, to_city), AV2_CLASSES, n_jobs=N_JOBS)
     assert len(detections) > 100
     assert summary["mean_over_gt_categories"]["AP"] == 0.0 and summary["num_dt"] == 0
 
@@ -128,9 +128,9 @@ def test_predictions_in_the_city_frame_collapse(log_frames):
 def test_a_log_with_a_keyframe_missing_is_refused(log_frames):
     ds, frames = log_frames
     with pytest.raises(ValueError, match=r"miss 1 of the 2 keyframes of scene 7fab2350"):
-        run_av2_eval(ds, "val", frames[:1], _gt_predictions(frames[:1]), AV2_CLASSES, n_jobs=N_JOBS)
+        run_av2_eval(ds, "val", frames[:1], gt_predictions(frames[:1]), AV2_CLASSES, n_jobs=N_JOBS)
     with pytest.raises(KeyError, match="not among the evaluated keyframes"):
-        run_av2_eval(ds, "val", frames[:1], _gt_predictions(frames), AV2_CLASSES, n_jobs=N_JOBS)
+        run_av2_eval(ds, "val", frames[:1], gt_predictions(frames), AV2_CLASSES, n_jobs=N_JOBS)
 
 
 def test_without_a_map_the_roi_filter_is_off(av2_sensor_log, tmp_path, gt_summary):
@@ -142,8 +142,8 @@ def test_without_a_map_the_roi_filter_is_off(av2_sensor_log, tmp_path, gt_summar
             (log_dir / child.name).symlink_to(child)
     ds, frames = _frames(tmp_path / "val")
     with pytest.raises(FileNotFoundError, match="needs each log's map"):
-        run_av2_eval(ds, "val", frames, _gt_predictions(frames), AV2_CLASSES, roi=True, n_jobs=N_JOBS)
-    summary, _ = run_av2_eval(ds, "val", frames, _gt_predictions(frames), AV2_CLASSES, n_jobs=N_JOBS)
+        run_av2_eval(ds, "val", frames, gt_predictions(frames), AV2_CLASSES, roi=True, n_jobs=N_JOBS)
+    summary, _ = run_av2_eval(ds, "val", frames, gt_predictions(frames), AV2_CLASSES, n_jobs=N_JOBS)
     assert summary["roi"]["on"] is False and "no usable map" in summary["roi"]["reason"]
     assert summary["config"]["eval_only_roi_instances"] is False
     assert summary["mean_over_gt_categories"]["AP"] >= 0.99
@@ -181,7 +181,7 @@ def test_evaluate_on_av2_writes_and_prints_its_scores(monkeypatch, tmp_path, log
     loaded = LoadedCheckpoint(tmp_path / "last.ckpt", {"data": {}}, Model(), "", 3, 42)
     monkeypatch.setattr(ev, "load_checkpoint", lambda ckpt: loaded)
     monkeypatch.setattr(trainer.eval.predict, "build_datamodule", lambda config, **kw: DataModule())
-    monkeypatch.setattr(av2_detection, "predict", lambda model, dm, split, *a, **kw: _gt_predictions(frames))
+    monkeypatch.setattr(av2_detection, "predict", lambda model, dm, split, *a, **kw: gt_predictions(frames))
     out = ev.evaluate("last.ckpt", split="val", n_jobs=N_JOBS)
     printed = capsys.readouterr().out
 
@@ -197,6 +197,6 @@ def test_evaluate_on_av2_writes_and_prints_its_scores(monkeypatch, tmp_path, log
     import pandas as pd
 
     written = pd.read_feather(out_dir / "detections_av2.feather")
-    assert len(written) == sum(len(p["boxes"]) for p in _gt_predictions(frames))
+    assert len(written) == sum(len(p["boxes"]) for p in gt_predictions(frames))
     for line in ("evaluated: 2 of 2 keyframes, 1 of 1 scenes", "mAOE", "REGULAR_VEHICLE", "av2.evaluation.tracking"):
         assert line in printed, printed

@@ -29,7 +29,7 @@ from bevlabels.synthetic.av2_generate import (
     track_uuid,
 )
 from bevlabels.synthetic.av2_rig import AV2_RIG, CAMERA_OFFSET_NS, ring_camera
-from bevlabels.synthetic.generate import OutputDirError, _camera_rays, staging_dir
+from bevlabels.synthetic.generate import OutputDirError, camera_rays, staging_dir
 
 pytest.importorskip("av2")
 pytest.importorskip("open3d")
@@ -255,7 +255,7 @@ def test_images_and_the_portrait_front_camera_projection(ds, av2_tiny, worlds):
         for cam in (f.cameras[0], f.cameras[3]):  # ring_front_center (portrait), ring_side_left
             cam_ns = _ns(cam.token)
             t_cam = (cam_ns - rec["t0_ns"]) * 1e-9
-            rgb, obj, _ = renderer.camera(cam.global_from_ego @ cam.ego_from_cam, _camera_rays(cam.K, cam.width, cam.height),
+            rgb, obj, _ = renderer.camera(cam.global_from_ego @ cam.ego_from_cam, camera_rays(cam.K, cam.width, cam.height),
                                           cam.width, cam.height, t_cam)  # fmt: skip
             with Image.open(cam.image_path) as im:
                 stored = np.asarray(im.convert("RGB")).astype(np.int16)
@@ -267,7 +267,7 @@ def test_images_and_the_portrait_front_camera_projection(ds, av2_tiny, worlds):
             assert cam.height > cam.width
             # the camera's own time and pose matter: rendered at the sweep's (10 ms earlier), the image differs more
             t_lidar = (lidar_ns - rec["t0_ns"]) * 1e-9
-            early, _, _ = renderer.camera(f.lidar.global_from_ego @ cam.ego_from_cam, _camera_rays(cam.K, cam.width, cam.height),
+            early, _, _ = renderer.camera(f.lidar.global_from_ego @ cam.ego_from_cam, camera_rays(cam.K, cam.width, cam.height),
                                           cam.width, cam.height, t_lidar)  # fmt: skip
             assert np.abs(stored - early).mean() > err + 0.5
             # static objects: their box at the LiDAR time is where they are at the camera time

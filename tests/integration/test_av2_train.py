@@ -62,7 +62,7 @@ def test_fast_dev_run_of_the_lidar_teacher_on_the_av2_world(compose_train, av2_t
 
 def test_av2_scores_the_worlds_own_gt_perfectly_and_moved_boxes_lower(av2_tiny):
     """av2's evaluation of the AV2-format world's GT (val log), written as predictions through our conversion."""
-    from test_av2_eval import _gt_predictions  # tests/integration/test_av2_eval.py
+    from test_av2_eval import gt_predictions  # tests/integration/test_av2_eval.py
 
     from bevlabels.datasets.av2 import AV2_CLASSES, AV2Dataset
     from bevlabels.geometry import X
@@ -70,7 +70,7 @@ def test_av2_scores_the_worlds_own_gt_perfectly_and_moved_boxes_lower(av2_tiny):
 
     ds = AV2Dataset(av2_tiny, split="val")
     frames = [f for s in ds.scenes("val") for f in ds.keyframes(s)]
-    summary, _ = run_av2_eval(ds, "val", frames, _gt_predictions(frames), AV2_CLASSES, n_jobs=1)
+    summary, _ = run_av2_eval(ds, "val", frames, gt_predictions(frames), AV2_CLASSES, n_jobs=1)
     assert summary["roi"]["on"] is False  # the synthetic logs have no map/
     present = summary["gt_categories"]
     assert len(present) >= 5 and summary["num_gt"] > 50, (present, summary["num_gt"])
@@ -82,7 +82,7 @@ def test_av2_scores_the_worlds_own_gt_perfectly_and_moved_boxes_lower(av2_tiny):
         boxes[:, X] += 1.5
         return boxes
 
-    moved, _ = run_av2_eval(ds, "val", frames, _gt_predictions(frames, shift), AV2_CLASSES, n_jobs=1)
+    moved, _ = run_av2_eval(ds, "val", frames, gt_predictions(frames, shift), AV2_CLASSES, n_jobs=1)
     assert moved["mean_over_gt_categories"]["AP"] <= 0.55, moved["mean_over_gt_categories"]
     assert summary["mean_over_gt_categories"]["CDS"] - moved["mean_over_gt_categories"]["CDS"] > 0.3
 

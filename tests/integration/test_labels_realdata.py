@@ -135,11 +135,10 @@ def test_foreground_pixels_keep_their_gt_box_after_filtering_and_augmentation(de
     >= 5 LiDAR points, grid) and a BEV rotation + flip: that box, projected, contains the pixel."""
     import torch
 
-    from bevlabels.datasets.nuscenes import NuScenesDataset
+    from bevlabels.datasets.nuscenes import NUSCENES_CLASSES, NuScenesDataset
     from bevlabels.grid import GridSpec
     from trainer.data.camera import CameraDataset
     from trainer.data.common import augment_boxes
-    from trainer.models.components.center_head import NUSCENES_CLASSES
 
     ds = NuScenesDataset(nuscenes_demo, version="v1.0-mini")
     frames = [f for s in ds.scenes() for f in ds.keyframes(s)]

@@ -295,8 +295,8 @@ def test_a_failing_scene_is_recorded_and_the_others_complete(synth_tiny, tmp_pat
 
 
 def _prepared(compose_labels, overrides: list[str]):
+    from bevlabels.conf import plain
     from pipelines.labels import prepare
-    from pipelines.scenes import plain
 
     return prepare(plain(compose_labels(overrides)))
 

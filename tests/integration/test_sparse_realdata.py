@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from bevlabels.grid import GridSpec
+from bevlabels.conf import load_grid
 from trainer.models.components.sparse.aggregation import bev_sample_coords, bilinear_sample, project_to_cameras
 from trainer.models.components.sparse.anchors import boxes_to_anchors
 from trainer.models.components.sparse.keypoints import KeypointGenerator
@@ -94,7 +94,7 @@ def test_centre_keypoint_projects_inside_the_devkit_box_in_a_camera_that_sees_it
 
 @pytest.mark.parametrize("grid_name", ["default", "near"])
 def test_bev_keypoint_lands_in_the_gridspec_cell_of_the_box_centre(frame, centre_keypoints, grid_name):
-    grid = GridSpec.from_yaml(grid_name)
+    grid = load_grid(grid_name)
     _, kp = centre_keypoints  # (1, M, 1, 3)
     centres = kp[0, :, 0]  # (M, 3)
     ix, iy, inside = grid.cell_index(centres)

@@ -224,7 +224,7 @@ def test_projected_boxes_enclose_each_objects_pixels(nusc, synth_tiny):
     from PIL import Image
 
     from bevlabels.geometry import box_corners, invert_transform, project_points, transform_from_pose
-    from bevlabels.synthetic.generate import _camera_rays
+    from bevlabels.synthetic.generate import camera_rays
     from bevlabels.synthetic.render import Renderer
 
     checked = 0
@@ -249,7 +249,7 @@ def test_projected_boxes_enclose_each_objects_pixels(nusc, synth_tiny):
                 np.testing.assert_allclose(K, camera_intrinsics(ch, w, h))
                 g_from_cam = transform_from_pose(pose["translation"], pose["rotation"]) @ transform_from_pose(
                     cs["translation"], cs["rotation"])  # fmt: skip
-                rgb, obj, _ = renderer.camera(g_from_cam, _camera_rays(K, w, h), w, h, (sd["timestamp"] - t0) * 1e-6)
+                rgb, obj, _ = renderer.camera(g_from_cam, camera_rays(K, w, h), w, h, (sd["timestamp"] - t0) * 1e-6)
                 stored = np.asarray(Image.open(synth_tiny / sd["filename"]), dtype=np.float32)
                 assert np.abs(stored - rgb).mean() < 4.0  # the JPEG is this render
                 dt = (sd["timestamp"] - s["timestamp"]) * 1e-6

@@ -93,8 +93,8 @@ def test_teacher_model_takes_the_grid_from_conf_grid(compose_train, synth_tiny, 
 
 
 def test_lidar_samples_multi_sweep_in_key_ego_frame(synth_tiny):
+    from bevlabels.conf import load_grid
     from bevlabels.datasets.nuscenes import NuScenesDataset
-    from bevlabels.grid import GridSpec
     from trainer.data.lidar import LidarKeyframes, load_sweeps
 
     ds = NuScenesDataset(synth_tiny, version="v1.0-mini")
@@ -111,7 +111,7 @@ def test_lidar_samples_multi_sweep_in_key_ego_frame(synth_tiny):
         "version": "v1.0-mini",
     }
     aug = {"rot_range": [0.5, 0.5], "scale_range": [1.0, 1.0], "flip_x_prob": 0.0, "flip_y_prob": 0.0}
-    grid = GridSpec.from_yaml("near")
+    grid = load_grid("near")
     plain = LidarKeyframes([frame], adapter, grid, ds.classes, n_sweeps=1)[0]
     turned = LidarKeyframes([frame], adapter, grid, ds.classes, n_sweeps=1, augment=aug, train=True)[0]
     assert plain["gt_boxes"].shape[1] == 9 and len(plain["gt_labels"]) == len(plain["gt_boxes"]) > 0
@@ -286,8 +286,8 @@ def test_a_checkpoint_that_does_not_fit_its_config_is_refused(trained, tmp_path)
 def make_store(root: Path, out: Path, grid: str, keep=None) -> Path:
     """A label-stage template (no labels written) over the dataset's keyframes, as the teacher stage needs."""
     from bevlabels.cache import LabelStoreWriter
+    from bevlabels.conf import load_grid
     from bevlabels.datasets.nuscenes import NuScenesDataset
-    from bevlabels.grid import GridSpec
 
     ds = NuScenesDataset(root, version="v1.0-mini")
     frames = [f for s in ds.scenes() for f in ds.keyframes(s)]
@@ -297,7 +297,7 @@ def make_store(root: Path, out: Path, grid: str, keep=None) -> Path:
         out,
         sample_tokens=[f.token for f in frames],
         scenes=[f.scene for f in frames],
-        grid=GridSpec.from_yaml(grid),
+        grid=load_grid(grid),
         dataset={"name": "synthetic", "version": "v1.0-mini", "root": str(root)},
         feature_model={"name": "none", "weights": "random-init"},
         channels=1,

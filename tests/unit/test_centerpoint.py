@@ -11,20 +11,20 @@ import pytest
 import torch
 
 from bevlabels import geometry as g
+from bevlabels.datasets.nuscenes import NUSCENES_CLASSES
 from bevlabels.grid import GridSpec
 from trainer.models.centerpoint import CenterPoint
 from trainer.models.components.bev_backbone import BEVBackbone
 from trainer.models.components.center_head import (
     CENTERPOINT_TASKS,
     HEATMAP_PRIOR_BIAS,
-    NUSCENES_CLASSES,
     CenterHead,
-    circle_nms,
     draw_gaussians,
     gaussian_focal_loss,
     gaussian_radius,
     masked_l1,
 )
+from trainer.models.components.nms import circle_nms
 from trainer.models.components.pillar_encoder import PillarEncoder, scatter_to_bev
 from trainer.models.components.voxelize import PillarVoxelizer
 

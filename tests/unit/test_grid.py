@@ -1,4 +1,4 @@
-"""The BEV grid: metric <-> cell mapping, its axis convention, and its single source in conf/grid."""
+"""The BEV grid: metric <-> cell mapping, its axis convention, and its single source in conf/grid (bevlabels.conf)."""
 
 from __future__ import annotations
 
@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from bevlabels.grid import CONF_GRID_DIR, GridSpec
+from bevlabels.conf import grid_names, load_grid
+from bevlabels.grid import GridSpec
 
 
 def test_default_grid_from_conf():
-    grid = GridSpec.from_yaml("default")
+    grid = load_grid("default")
     assert grid.name == "default"
     assert grid.shape == (128, 128)  # 102.4 m / 0.8 m
     assert grid.cell_size == (0.8, 0.8)
@@ -18,10 +19,10 @@ def test_default_grid_from_conf():
 
 
 def test_every_conf_grid_loads():
-    names = sorted(p.stem for p in CONF_GRID_DIR.glob("*.yaml"))
+    names = grid_names()
     assert "default" in names
     for name in names:
-        grid = GridSpec.from_yaml(name)
+        grid = load_grid(name)
         assert grid.nx > 0 and grid.ny > 0
 
 
@@ -41,7 +42,7 @@ def test_axis_convention_rows_are_y_columns_are_x():
 
 
 def test_metric_cell_roundtrip_numpy_and_torch():
-    grid = GridSpec.from_yaml("default")
+    grid = load_grid("default")
     xy = np.random.default_rng(0).uniform(-51, 51, size=(100, 2))
     np.testing.assert_allclose(grid.cell_to_metric(grid.metric_to_cell(xy)), xy, atol=1e-9)
     xy_t = torch.as_tensor(xy)
@@ -63,11 +64,14 @@ def test_bad_grids_are_refused_with_the_field_named():
     with pytest.raises(KeyError, match="ybound"):
         GridSpec.from_dict({"xbound": [-1, 1, 0.5]})
     with pytest.raises(FileNotFoundError, match="known grids"):
-        GridSpec.from_yaml("no_such_grid")
+        load_grid("no_such_grid")
+    # the library does not read conf/: a bare name is bevlabels.conf's to resolve
+    with pytest.raises(FileNotFoundError, match="bevlabels.conf.load_grid"):
+        GridSpec.from_yaml("default")
 
 
 def test_same_geometry_ignores_name():
-    a = GridSpec.from_yaml("default")
+    a = load_grid("default")
     b = GridSpec(a.xbound, a.ybound, a.zbound, name="other")
     assert a.same_geometry(b) and a != b
-    assert not a.same_geometry(GridSpec.from_yaml("near"))
+    assert not a.same_geometry(load_grid("near"))

@@ -9,7 +9,7 @@ import torch
 
 from trainer.data.common import bev_aug_matrix
 from trainer.models.components.sparse.anchors import COS, SIN, X, anchors_to_boxes, boxes_to_anchors
-from trainer.models.components.sparse.head import CarriedInstances, SparseDecoder
+from trainer.models.components.sparse.decoder import CarriedInstances, SparseDecoder
 from trainer.models.components.sparse.instance_bank import InstanceBank, project_anchors
 
 

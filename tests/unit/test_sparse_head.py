@@ -9,22 +9,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from bevlabels import geometry as G
+from trainer.models.components.nms import class_nms
 from trainer.models.components.sparse.anchors import VX, VY, VZ, X, Y, anchors_to_boxes, boxes_to_anchors
-from trainer.models.components.sparse.head import (
+from trainer.models.components.sparse.decoder import CarriedInstances, SparseDecoder, default_operation_order
+from trainer.models.components.sparse.decoding import decode
+from trainer.models.components.sparse.denoising import denoising_attn_mask, make_denoising_queries
+from trainer.models.components.sparse.head import SparseHead, default_anchors
+from trainer.models.components.sparse.layers import (
     CLS_PRIOR_BIAS,
     FFN,
     AnchorEncoder,
-    CarriedInstances,
     DecoupledSelfAttention,
     RefineLayer,
-    SparseDecoder,
-    SparseHead,
-    class_nms,
-    decode,
-    default_anchors,
-    default_operation_order,
-    denoising_attn_mask,
-    make_denoising_queries,
 )
 from trainer.models.losses import sparse_detection_loss
 

@@ -12,7 +12,8 @@ import torch
 from bevlabels.grid import GridSpec
 from trainer.models.components.center_head import CenterHead
 from trainer.models.components.sparse.anchors import ANCHOR_DIM, COS, LOG_H, LOG_L, LOG_W, SIN, VX, VY, VZ, X, Y, Z
-from trainer.models.components.sparse.head import SparseHead, default_operation_order
+from trainer.models.components.sparse.decoder import default_operation_order
+from trainer.models.components.sparse.head import SparseHead
 from trainer.models.components.sparse.proposals import DenseProposals
 
 GRID = GridSpec(xbound=(-8.0, 8.0, 1.0), ybound=(-6.0, 6.0, 1.0), zbound=(-5.0, 3.0, 8.0), name="test")  # 12 x 16

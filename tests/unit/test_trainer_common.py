@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from bevlabels import geometry as g
+from bevlabels.conf import load_grid
 from bevlabels.grid import GridSpec
 from trainer.data.common import augment_boxes, augment_points, bev_aug_matrix, collate
 from trainer.nusc_results import boxes_to_global, default_attribute, make_results
@@ -131,7 +132,7 @@ def test_resample_bev_reads_metric_positions_and_zeros_outside():
     torch.testing.assert_close(out[0, 1][inner], 3 * centres[..., 1][inner] + 1)
     assert (out[0, :, :, 0] == 0).all() and (out[0, :, :, -1] == 0).all()  # x = +-5 m: beyond src's 4 m
     torch.testing.assert_close(resample_bev(bev, src, src), bev)  # same grid: the identity
-    assert grid_label(GridSpec.from_yaml("near")).startswith("near (x [-32, 32]")
+    assert grid_label(load_grid("near")).startswith("near (x [-32, 32]")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -166,6 +167,7 @@ def test_one_cycle_gets_total_steps_from_the_trainer():
     m = Tiny(
         optimizer=partial(torch.optim.AdamW, lr=1e-3),
         scheduler=partial(torch.optim.lr_scheduler.OneCycleLR, max_lr=1e-3),
+        class_names=("car",),
     )
     m._trainer = type("T", (), {"estimated_stepping_batches": 40})()  # what Lightning provides in fit
     conf = m.configure_optimizers()

@@ -25,10 +25,12 @@ import time
 
 import torch
 
+from bevlabels.conf import load_grid
 from bevlabels.grid import GridSpec
 from trainer.models.components.sparse.aggregation import BEVDeformableAggregation
 from trainer.models.components.sparse.anchors import X, Y
-from trainer.models.components.sparse.head import SparseHead, default_operation_order
+from trainer.models.components.sparse.decoder import default_operation_order
+from trainer.models.components.sparse.head import SparseHead
 from trainer.models.losses import sparse_detection_loss
 
 CAR = (4.5, 2.0, 1.6)
@@ -81,7 +83,7 @@ def main(argv=None) -> None:
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     g = torch.Generator().manual_seed(a.seed)
-    grid = GridSpec.from_yaml("default")
+    grid = load_grid("default")
     C, L = a.channels, a.layers
     head = SparseHead(
         a.anchors,

@@ -30,21 +30,20 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[2]
-
 
 def build(experiment: str, full: bool, extra: list[str] | tuple[str, ...] = ()):
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
     import trainer  # noqa: F401  (registers the ${len:} resolver the configs use)
+    from bevlabels.conf import CONF_DIR
     from trainer.bench.cpu import CPU_DEPTH, cpu_model
 
     overrides = [f"experiment={experiment}", "run_dir=/tmp/bench_step"]
     if not full:
         overrides += cpu_model(experiment) + CPU_DEPTH["default"]
     overrides += list(extra)  # last: they win
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides)
     module = instantiate(cfg.model)
     hw = tuple(int(v) for v in cfg.data.image_aug.final_hw)

@@ -73,6 +73,7 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Sampler
 
+from bevlabels.conf import plain
 from bevlabels.datasets.base import DatasetError, Frame
 from bevlabels.geometry import image_aug_matrix
 from bevlabels.grid import GridSpec, resample_bev
@@ -580,8 +581,8 @@ class CameraDataModule(FrameDataModule):
     ):
         stages = ("labels", "teacher") if load_teacher else ("labels",)
         super().__init__(dataset, grid, class_names, label_store=label_store, store_stages=stages, **kwargs)
-        self.image_aug = _plain_dict(image_aug)
-        self.bev_aug = _plain_dict(bev_aug) if bev_aug else None
+        self.image_aug = plain(image_aug)
+        self.bev_aug = plain(bev_aug) if bev_aug else None
         self.depth_stride = int(depth_stride)
         fH, fW = (int(v) for v in self.image_aug["final_hw"])
         if fH % self.depth_stride or fW % self.depth_stride:
@@ -690,17 +691,6 @@ class CameraDataModule(FrameDataModule):
     def predict_dataloader(self, split: str = "val") -> DataLoader:
         """Keyframes of ``split`` without augmentation: in order, or as scene streams (``sequential_scenes``)."""
         return self._stream_loader(split, False) if self.sequential_scenes else super().predict_dataloader(split)
-
-
-def _plain_dict(cfg: Any) -> dict:
-    try:
-        from omegaconf import DictConfig, OmegaConf
-
-        if isinstance(cfg, DictConfig):
-            return OmegaConf.to_container(cfg, resolve=True)
-    except ImportError:  # pragma: no cover
-        pass
-    return dict(cfg)
 
 
 __all__ = [

@@ -61,9 +61,11 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from bevlabels.conf import plain
 from bevlabels.datasets.base import Frame
+from bevlabels.datasets.nuscenes import VERSION_SPLITS
 from bevlabels.geometry import BOX_DIM, VX, VY, YAW, H, L, W, X, Y, Z
-from bevlabels.grid import GridSpec
+from bevlabels.grid import GridSpec, as_grid
 
 log = logging.getLogger(__name__)
 
@@ -71,13 +73,6 @@ log = logging.getLogger(__name__)
 LIST_KEYS = ("sample_token", "scene", "gt_boxes", "gt_labels")
 #: keys :func:`collate` concatenates along rows with a leading batch-index column (point clouds)
 CAT_KEYS = ("points",)
-
-#: devkit ``(train, val)`` split names per nuScenes-format version
-VERSION_SPLITS = {
-    "v1.0-mini": ("mini_train", "mini_val"),
-    "v1.0-trainval": ("train", "val"),
-    "v1.0-test": ("test", "test"),
-}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -107,11 +102,6 @@ def split_names(dataset_cfg: Mapping) -> tuple[str, str]:
 
 # ---------------------------------------------------------------------------------------------
 # GT boxes
-
-
-def as_grid(grid: GridSpec | Mapping) -> GridSpec:
-    """A :class:`GridSpec` from itself or a ``grid`` config mapping."""
-    return grid if isinstance(grid, GridSpec) else GridSpec.from_dict(grid)
 
 
 def gt_for_frame(
@@ -302,7 +292,8 @@ class FrameDataModule(pl.LightningDataModule):
         pin_memory: page-locked batches for fast host-to-GPU copies: a bool, or ``"auto"``: on when the
             batches go to a CUDA device (:func:`resolve_pin_memory`). Every loader with workers keeps them
             between epochs (``persistent_workers``).
-        train_split, val_split: split names; ``None`` picks them from the version (:data:`VERSION_SPLITS`).
+        train_split, val_split: split names; ``None`` picks them from the version
+            (:data:`bevlabels.datasets.nuscenes.VERSION_SPLITS`).
         limit_scenes: use only the first n scenes of each split (quick runs).
         min_lidar_points: GT boxes with fewer LiDAR points are dropped (:func:`gt_for_frame`).
         label_store: path of the zarr label store the samples read, or ``None``.
@@ -326,8 +317,8 @@ class FrameDataModule(pl.LightningDataModule):
         store_stages: Sequence[str] = (),
     ):
         super().__init__()
-        self.dataset_cfg = _plain(dataset)
-        self.grid = as_grid(_plain(grid))
+        self.dataset_cfg = plain(dataset)
+        self.grid = as_grid(plain(grid))
         self.class_names = tuple(str(c) for c in class_names)
         self.batch_size = int(batch_size)
         self.num_workers_setting = check_num_workers(num_workers)
@@ -514,14 +505,3 @@ def resolve_pin_memory(setting: bool | str, device_type: str = "cpu") -> bool:
     """Pin the loaders' batches: a bool as given; ``"auto"``: when they go to a CUDA device."""
     setting = check_pin_memory(setting)
     return device_type == "cuda" if setting == "auto" else bool(setting)
-
-
-def _plain(cfg: Any) -> Any:
-    """A plain resolved container from an OmegaConf node (or the value itself)."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-    except ImportError:  # pragma: no cover
-        return cfg
-    if isinstance(cfg, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(cfg, resolve=True)
-    return dict(cfg) if isinstance(cfg, Mapping) else cfg

@@ -163,6 +163,6 @@ class LidarDataModule(FrameDataModule):
 def _plain_or_none(cfg):
     if not cfg:
         return None
-    from trainer.data.common import _plain
+    from bevlabels.conf import plain
 
-    return _plain(cfg)
+    return plain(cfg)

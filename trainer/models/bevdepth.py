@@ -32,15 +32,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torch import nn
 
+from trainer.models.camera_detector import CameraDetector
 from trainer.models.components.camera_bev import CameraBEV
 from trainer.models.components.center_head import CenterHead
-from trainer.models.components.lift_splat import DepthBins
-from trainer.models.losses import camera_bev_losses
 
 
-class BEVDepth(nn.Module):
+class BEVDepth(CameraDetector):
     """Camera BEV detector: ``forward(images, K, ego_from_cam) -> {"bev", "preds", "depth_logits", "img_feats"}``.
 
     Args:
@@ -50,7 +48,7 @@ class BEVDepth(nn.Module):
         distill_channels: C of the store's ``dino/feat``; adds the 1x1 distillation projection
             (``None``: no projection, no distillation loss).
 
-    Attributes:
+    Attributes (:class:`~trainer.models.camera_detector.CameraDetector`'s):
         grid: the BEV grid of ``bev`` and of the head's maps (lift-splat's).
         bins: the depth bins; downsample: the stride of the lifted level.
     """
@@ -68,8 +66,7 @@ class BEVDepth(nn.Module):
                 f"{camera_bev.out_channels}"
             )
         self.camera_bev, self.head = camera_bev, head
-        self.distill_channels = int(distill_channels) if distill_channels else None
-        self.distill = nn.Conv2d(camera_bev.out_channels, self.distill_channels, 1) if self.distill_channels else None
+        self._init_distill(distill_channels)
         if camera_bev.channels_last:  # the head's convolutions read the channels-last BEV map
             self.head.to(memory_format=torch.channels_last)
 
@@ -77,18 +74,6 @@ class BEVDepth(nn.Module):
     def class_names(self) -> tuple[str, ...]:
         """The label space of the head's outputs."""
         return tuple(self.head.class_names)
-
-    @property
-    def grid(self):
-        return self.camera_bev.grid
-
-    @property
-    def bins(self) -> DepthBins:
-        return self.camera_bev.bins
-
-    @property
-    def downsample(self) -> int:
-        return self.camera_bev.downsample
 
     def forward(self, images: torch.Tensor, K: torch.Tensor, ego_from_cam: torch.Tensor) -> dict[str, Any]:
         """:meth:`CameraBEV.forward`'s ``bev``, ``depth_logits``, ``img_feats``, and the CenterHead's ``preds``.
@@ -100,12 +85,6 @@ class BEVDepth(nn.Module):
         out["preds"] = self.head(out["bev"])
         return out
 
-    def distill_map(self, bev: torch.Tensor) -> torch.Tensor:
-        """The distillation projection of a BEV map ``(B, C, H, W)`` to ``(B, C_dino, H, W)`` (for inspection)."""
-        if self.distill is None:
-            raise ValueError("this BEVDepth has no distillation projection (model.detector.distill_channels is null)")
-        return self.distill(bev)
-
     def loss(
         self,
         outputs: dict[str, Any],
@@ -114,13 +93,15 @@ class BEVDepth(nn.Module):
         depth_map: torch.Tensor | None = None,
         dino_feat: torch.Tensor | None = None,
         dino_count: torch.Tensor | None = None,
-        depth_weight: float = 3.0,
-        distill_weight: float = 7.0,
+        *,
+        depth_weight: float,
+        distill_weight: float,
     ) -> dict[str, torch.Tensor]:
         """Losses of :meth:`forward`'s outputs: ``loss`` (the weighted total) and its parts.
 
         ``loss = det + depth_weight * depth + distill_weight * distill`` (BEVDepth's depth factor 3.0,
-        DualViewDistill's best distillation weight 7.0); a zero weight skips its term.
+        DualViewDistill's best distillation weight 7.0); a zero weight skips its term. The weights are the
+        config's ``model.loss`` (no default here: the config is their one source).
 
         ``det`` (the CenterHead's total, its parts prefixed ``det.``), ``depth`` (unweighted; skipped
         without ``depth_map (B, N, h, w)``), ``distill`` (unweighted; only with a projection and
@@ -130,8 +111,8 @@ class BEVDepth(nn.Module):
         det = self.head.loss(outputs["preds"], self.head.targets(gt_boxes, gt_labels, self.grid))
         out = {f"det.{k}": v for k, v in det.items() if k != "loss"}
         out["det"] = det["loss"]
-        parts, aux = camera_bev_losses(
-            outputs, self.bins, self.distill, depth_map, dino_feat, dino_count, depth_weight, distill_weight
+        parts, aux = self.camera_losses(
+            outputs, depth_map, dino_feat, dino_count, depth_weight=depth_weight, distill_weight=distill_weight
         )
         out.update(parts)
         out["loss"] = det["loss"] + aux
@@ -140,7 +121,3 @@ class BEVDepth(nn.Module):
     def decode(self, outputs: dict[str, Any]) -> list[dict[str, torch.Tensor]]:
         """Per sample ``{"boxes": (M, 9), "scores": (M,), "labels": (M,)}`` in the frame of the batch's BEV map."""
         return self.head.decode(outputs["preds"], self.grid)
-
-    def expected_depth(self, depth_logits: torch.Tensor) -> torch.Tensor:
-        """Expected depth ``(B, N, h, w)`` in metres of ``(B, N, D, h, w)`` logits (:meth:`CameraBEV.expected_depth`)."""
-        return self.camera_bev.expected_depth(depth_logits)

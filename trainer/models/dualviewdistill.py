@@ -35,19 +35,19 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from torch import nn
 
+from trainer.models.camera_detector import CameraDetector
 from trainer.models.components.camera_bev import CameraBEV, img_from_ego_of
-from trainer.models.components.center_head import NUSCENES_CLASSES
-from trainer.models.components.lift_splat import DepthBins
-from trainer.models.components.sparse.head import DEFAULT_DT, SparseHead, class_nms
-from trainer.models.components.sparse.head import decode as decode_layer
+from trainer.models.components.nms import class_nms
+from trainer.models.components.sparse.decoding import decode as decode_layer
+from trainer.models.components.sparse.head import SparseHead
 from trainer.models.components.sparse.instance_bank import InstanceBank
+from trainer.models.components.sparse.layers import DEFAULT_DT
 from trainer.models.components.sparse.proposals import DenseProposals
-from trainer.models.losses import camera_bev_losses, sparse_detection_loss
+from trainer.models.losses import sparse_detection_loss
 
 
-class DualViewDistill(nn.Module):
+class DualViewDistill(CameraDetector):
     """Camera sparse detector: ``forward(images, K, ego_from_cam, ...) -> CameraBEV's outputs + the head's``.
 
     Args:
@@ -57,10 +57,11 @@ class DualViewDistill(nn.Module):
         head: the sparse head (``embed_dims`` = ``camera_bev.bev_encoder.out_channels`` =
             ``camera_bev.neck.out_channels`` where its aggregations read them).
         distill_channels: C of the store's ``dino/feat``; adds the 1x1 distillation projection of ``bev``.
-        class_names: the label space of the head's classifier (``head.num_classes`` of them).
+        class_names: the label space of the head's classifier (``head.num_classes`` of them; no default: it is
+            the dataset's, which a nuScenes default would only match by chance).
         topk: detections kept per sample by :meth:`decode` (Sparse4Dv3: 300).
         nms_radius: per class name, the radius in metres of a circle NMS within each class after the top-K
-            (:func:`~trainer.models.components.sparse.head.class_nms`; CenterPoint's radii are
+            (:func:`~trainer.models.components.nms.class_nms`; CenterPoint's radii are
             ``dataset.nms_radius``). Not in Sparse4D; None (default) decodes as Sparse4Dv3, top-K only.
             :meth:`set_nms` changes it on a built model (``python -m trainer.evaluate ... nms=circle``).
         bank: the temporal instance bank (None: single-frame).
@@ -74,7 +75,8 @@ class DualViewDistill(nn.Module):
         camera_bev: CameraBEV,
         head: SparseHead,
         distill_channels: int | None = None,
-        class_names: Sequence[str] = NUSCENES_CLASSES,
+        *,
+        class_names: Sequence[str],
         topk: int = 300,
         bank: InstanceBank | None = None,
         proposals: DenseProposals | None = None,
@@ -146,8 +148,7 @@ class DualViewDistill(nn.Module):
         self.proposals = proposals
         self.bank = bank
         self.camera_bev, self.head, self.topk = camera_bev, head, int(topk)
-        self.distill_channels = int(distill_channels) if distill_channels else None
-        self.distill = nn.Conv2d(camera_bev.out_channels, self.distill_channels, 1) if self.distill_channels else None
+        self._init_distill(distill_channels)
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -163,18 +164,6 @@ class DualViewDistill(nn.Module):
         if lacking:
             raise ValueError(f"DualViewDistill: nms_radius has no radius for {lacking} (it has {sorted(nms_radius)})")
         self.nms_radius = torch.tensor([float(nms_radius[c]) for c in self._class_names])
-
-    @property
-    def grid(self):
-        return self.camera_bev.grid
-
-    @property
-    def bins(self) -> DepthBins:
-        return self.camera_bev.bins
-
-    @property
-    def downsample(self) -> int:
-        return self.camera_bev.downsample
 
     def forward(
         self,
@@ -244,12 +233,6 @@ class DualViewDistill(nn.Module):
                 out["track_ids"] = ids
         return out
 
-    def distill_map(self, bev: torch.Tensor) -> torch.Tensor:
-        """The distillation projection of a BEV map ``(B, C, H, W)`` to ``(B, C_dino, H, W)`` (for inspection)."""
-        if self.distill is None:
-            raise ValueError("this DualViewDistill has no distillation projection (model.detector.distill_channels)")
-        return self.distill(bev)
-
     def loss(
         self,
         outputs: dict[str, Any],
@@ -258,8 +241,9 @@ class DualViewDistill(nn.Module):
         depth_map: torch.Tensor | None = None,
         dino_feat: torch.Tensor | None = None,
         dino_count: torch.Tensor | None = None,
-        depth_weight: float = 3.0,
-        distill_weight: float = 7.0,
+        *,
+        depth_weight: float,
+        distill_weight: float,
     ) -> dict[str, torch.Tensor]:
         """``loss = det + depth_weight * depth + distill_weight * distill`` and its parts (a zero weight skips a term).
 
@@ -273,8 +257,8 @@ class DualViewDistill(nn.Module):
         det = sparse_detection_loss(outputs["layers"], gt_boxes, gt_labels, dn=outputs.get("dn"))
         out = {f"det.{k}": v for k, v in det.items() if k != "loss"}
         out["det"] = det["loss"]
-        parts, aux = camera_bev_losses(
-            outputs, self.bins, self.distill, depth_map, dino_feat, dino_count, depth_weight, distill_weight
+        parts, aux = self.camera_losses(
+            outputs, depth_map, dino_feat, dino_count, depth_weight=depth_weight, distill_weight=distill_weight
         )
         out.update(parts)
         total = det["loss"] + aux
@@ -301,7 +285,3 @@ class DualViewDistill(nn.Module):
             for b, (o, d) in enumerate(zip(out, dets)):
                 o["track_ids"] = outputs["track_ids"][b, d["query_index"]]
         return out
-
-    def expected_depth(self, depth_logits: torch.Tensor) -> torch.Tensor:
-        """Expected depth ``(B, N, h, w)`` in metres of ``(B, N, D, h, w)`` logits (:meth:`CameraBEV.expected_depth`)."""
-        return self.camera_bev.expected_depth(depth_logits)

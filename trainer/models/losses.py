@@ -29,7 +29,7 @@ from torch import nn
 
 from trainer.models.components.lift_splat import DepthBins
 from trainer.models.components.precision import at_least_float32, autocast_off
-from trainer.models.components.sparse.anchors import ANCHOR_DIM, COS, SIN, X, Y, Z, boxes_to_anchors
+from trainer.models.components.sparse.anchors import ANCHOR_DIM, CNS, COS, SIN, YNS, X, Y, Z, boxes_to_anchors
 from trainer.models.components.sparse.matching import (
     DEFAULT_MATCH_BOX_WEIGHTS,
     assignments_to,
@@ -160,10 +160,14 @@ def camera_bev_losses(
     depth_map: torch.Tensor | None = None,
     dino_feat: torch.Tensor | None = None,
     dino_count: torch.Tensor | None = None,
-    depth_weight: float = 3.0,
-    distill_weight: float = 7.0,
+    *,
+    depth_weight: float,
+    distill_weight: float,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor | float]:
     """The camera BEV network's own losses, shared by every camera detector: ``(parts, weighted sum)``.
+
+    The weights have no default here: their one source is the config (``model.loss``), which the
+    LightningModule passes on.
 
     ``parts``: ``depth`` (:func:`depth_loss` of ``outputs["depth_logits"]``, unweighted; only with
     ``depth_map (B, N, h, w)`` and ``depth_weight > 0``) and ``distill`` (:func:`distill_cell_loss` of
@@ -226,9 +230,6 @@ def camera_bev_losses(
 #
 # Shape letters: B batch, Q queries, K classes, M GT boxes of one sample, P matched pairs, D denoising
 # queries (all groups), L decoder layers.
-
-#: quality columns: centerness, yawness (Sparse4Dv3's CNS, YNS)
-CNS, YNS = 0, 1
 
 #: Sparse4Dv3's L1 weights (0.25 x reg_weights [2, 2, 2, 1, ...]) in the anchor layout; VZ has no GT.
 DEFAULT_BOX_WEIGHTS = (0.5, 0.5, 0.5, 0.25, 0.25, 0.25, 0.25, 0.25, 0.25, 0.25, 0.0)

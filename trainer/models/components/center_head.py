@@ -55,6 +55,7 @@ from torch import nn
 from bevlabels.datasets.nuscenes import NUSCENES_CLASSES
 from bevlabels.geometry import BOX_DIM, VX, VY, YAW, H, L, W, X, Y, Z
 from bevlabels.grid import GridSpec
+from trainer.models.components.nms import circle_nms
 from trainer.models.components.precision import at_least_float32
 from trainer.models.losses import gaussian_focal_loss, masked_l1
 
@@ -172,41 +173,6 @@ def gather_at(maps: torch.Tensor, ind: torch.Tensor) -> torch.Tensor:
     assert ind.shape[0] == B, f"ind {tuple(ind.shape)} must be (B={B}, K)"
     flat = maps.flatten(2)  # (B, C, H*W)
     return flat.gather(2, ind[:, None].expand(-1, C, -1)).transpose(1, 2)  # (B, K, C)
-
-
-# ---------------------------------------------------------------------------------------------
-# NMS
-
-
-def circle_nms(
-    xy: torch.Tensor, scores: torch.Tensor, radius: torch.Tensor | float, max_keep: int | None = None
-) -> torch.Tensor:
-    """Indices of the detections kept by greedy circle NMS, highest score first.
-
-    A kept detection suppresses every lower-scoring one whose centre lies within its own
-    ``radius`` (metres; a float or per detection ``(n,)``). ``xy (n, 2)``, ``scores (n,)``.
-    Vectorised: the greedy result is the unique fixed point of "keep j unless a kept
-    higher-scoring i suppresses it", reached by iterating that rule on the whole suppression
-    matrix (it fixes at least one more rank per pass, usually all in a few).
-    """
-    assert xy.ndim == 2 and xy.shape[1] == 2 and scores.shape == (len(xy),), (
-        f"xy must be (n, 2) and scores (n,); got {tuple(xy.shape)}, {tuple(scores.shape)}"
-    )
-    order = torch.argsort(scores, descending=True, stable=True)
-    if len(order) == 0:
-        return order
-    r = torch.as_tensor(radius, dtype=xy.dtype, device=xy.device).expand(len(xy))[order]
-    c = xy[order]
-    d2 = ((c[:, None] - c[None]) ** 2).sum(-1)  # (n, n)
-    suppresses = torch.triu(d2 <= r[:, None] ** 2, diagonal=1)  # [i, j]: i outranks j and covers it
-    keep = torch.ones(len(c), dtype=torch.bool, device=xy.device)
-    for _ in range(len(c)):
-        new = ~(suppresses & keep[:, None]).any(0)
-        if torch.equal(new, keep):
-            break
-        keep = new
-    kept = order[keep]
-    return kept if max_keep is None else kept[:max_keep]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -40,12 +40,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from bevlabels.grid import GridSpec
-
-
-def as_grid(grid: GridSpec | Mapping) -> GridSpec:
-    """A :class:`GridSpec` from itself or a mapping (a Hydra ``grid`` node)."""
-    return grid if isinstance(grid, GridSpec) else GridSpec.from_dict(grid)
+from bevlabels.grid import GridSpec, as_grid
 
 
 class DepthBins:

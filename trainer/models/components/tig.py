@@ -45,9 +45,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from bevlabels.grid import GridSpec
+from bevlabels.grid import GridSpec, as_grid
 from trainer.models.components.camera_bev import img_from_ego_of
-from trainer.models.components.lift_splat import DepthBins, as_grid
+from trainer.models.components.lift_splat import DepthBins
 from trainer.models.components.sparse.aggregation import bev_sample_coords, bilinear_sample
 from trainer.models.losses import inner_depth_loss, inter_channel_loss, inter_keypoint_loss
 

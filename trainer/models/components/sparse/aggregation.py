@@ -58,8 +58,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bevlabels.grid import GridSpec
-from trainer.models.components.lift_splat import as_grid
+from bevlabels.grid import GridSpec, as_grid
 from trainer.models.components.sparse.anchors import ANCHOR_DIM
 from trainer.models.components.sparse.keypoints import DEFAULT_FIX_SCALE, KeypointGenerator
 

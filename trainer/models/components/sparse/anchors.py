@@ -30,12 +30,13 @@ import numpy as np
 import torch
 
 from bevlabels import geometry as G
-from bevlabels.grid import GridSpec
-from trainer.models.components.lift_splat import as_grid
+from bevlabels.grid import GridSpec, as_grid
 
 X, Y, Z, LOG_L, LOG_W, LOG_H, SIN, COS, VX, VY, VZ = range(11)
 ANCHOR_DIM = 11
 ANCHOR_COLUMNS = ("x", "y", "z", "log_l", "log_w", "log_h", "sin", "cos", "vx", "vy", "vz")
+#: the columns of a query's quality ``(..., 2)`` beside its anchor: centerness, yawness logits (Sparse4Dv3's CNS, YNS)
+CNS, YNS = 0, 1
 
 
 def boxes_to_anchors(boxes: torch.Tensor) -> torch.Tensor:

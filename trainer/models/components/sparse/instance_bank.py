@@ -44,7 +44,7 @@ from dataclasses import dataclass
 import torch
 
 from trainer.models.components.sparse.anchors import ANCHOR_DIM, COS, SIN, VX, VY, VZ, X, Y, Z
-from trainer.models.components.sparse.head import CarriedInstances
+from trainer.models.components.sparse.decoder import CarriedInstances
 
 
 def project_anchors(anchor: torch.Tensor, cur_from_prev: torch.Tensor, dt: torch.Tensor | float) -> torch.Tensor:

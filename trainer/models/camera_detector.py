@@ -1,0 +1,98 @@
+"""What every camera detector shares (:class:`CameraDetector`): the camera BEV network, the DINOv2 distillation
+projection, and their losses.
+
+:class:`~trainer.models.bevdepth.BEVDepth` (a CenterHead on the BEV map) and
+:class:`~trainer.models.dualviewdistill.DualViewDistill` (a sparse query head) differ in their heads; both own a
+:class:`~trainer.models.components.camera_bev.CameraBEV` as ``camera_bev`` and an optional 1x1 projection of its
+BEV map to the label store's DINOv2 channels as ``distill``, and add the same depth and distillation losses
+(:func:`~trainer.models.losses.camera_bev_losses`) to their detection loss. What the LightningModule of a camera
+detector (:class:`~trainer.lit_bevdepth.BEVDepthModule`) reads of its detector is defined here: ``grid``,
+``bins``, ``downsample``, ``distill``, ``distill_channels``, :meth:`~CameraDetector.expected_depth`.
+
+Shape letters: B batch, N cameras, D depth bins, C channels, h/w feature-map rows/columns, H/W BEV grid.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from trainer.models.components.camera_bev import CameraBEV
+from trainer.models.components.lift_splat import DepthBins
+from trainer.models.losses import camera_bev_losses
+
+
+class CameraDetector(nn.Module):
+    """Base of the camera detectors: a subclass sets ``self.camera_bev`` and calls :meth:`_init_distill`.
+
+    Attributes:
+        camera_bev: the shared camera BEV network.
+        distill_channels: C of the store's ``dino/feat`` (``None``: no distillation).
+        distill: the 1x1 projection of ``bev`` to ``distill_channels`` (``None`` without one).
+    """
+
+    camera_bev: CameraBEV
+
+    def _init_distill(self, distill_channels: int | None) -> None:
+        """The distillation projection of ``bev`` to ``distill_channels`` (none when ``None`` or 0).
+
+        A subclass calls this where it builds its modules: the projection's place among them fixes the order
+        of the parameters (the optimizer's state) and of their random initialisation.
+        """
+        self.distill_channels = int(distill_channels) if distill_channels else None
+        self.distill = (
+            nn.Conv2d(self.camera_bev.out_channels, self.distill_channels, 1) if self.distill_channels else None
+        )
+
+    @property
+    def grid(self):
+        """The BEV grid of ``bev`` (lift-splat's)."""
+        return self.camera_bev.grid
+
+    @property
+    def bins(self) -> DepthBins:
+        """The depth bins of ``depth_logits``."""
+        return self.camera_bev.bins
+
+    @property
+    def downsample(self) -> int:
+        """The stride of the lifted feature level (of ``depth_logits``)."""
+        return self.camera_bev.downsample
+
+    def distill_map(self, bev: torch.Tensor) -> torch.Tensor:
+        """The distillation projection of a BEV map ``(B, C, H, W)`` to ``(B, C_dino, H, W)`` (for inspection; the
+        loss projects the occupied cells only)."""
+        if self.distill is None:
+            raise ValueError(
+                f"this {type(self).__name__} has no distillation projection (model.detector.distill_channels is null)"
+            )
+        return self.distill(bev)
+
+    def camera_losses(
+        self,
+        outputs: dict[str, Any],
+        depth_map: torch.Tensor | None,
+        dino_feat: torch.Tensor | None,
+        dino_count: torch.Tensor | None,
+        *,
+        depth_weight: float,
+        distill_weight: float,
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor | float]:
+        """The camera BEV network's losses: ``(parts, weighted sum)`` of
+        :func:`~trainer.models.losses.camera_bev_losses` (``depth``, ``distill``; see there)."""
+        return camera_bev_losses(
+            outputs,
+            self.bins,
+            self.distill,
+            depth_map,
+            dino_feat,
+            dino_count,
+            depth_weight=depth_weight,
+            distill_weight=distill_weight,
+        )
+
+    def expected_depth(self, depth_logits: torch.Tensor) -> torch.Tensor:
+        """Expected depth ``(B, N, h, w)`` in metres of ``(B, N, D, h, w)`` logits (:meth:`CameraBEV.expected_depth`)."""
+        return self.camera_bev.expected_depth(depth_logits)
