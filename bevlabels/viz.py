@@ -76,10 +76,6 @@ def pyplot():
     return plt
 
 
-#: the old private name: trainer/tracking/render.py still imports it (that package is outside this change)
-_plt = pyplot
-
-
 def label_sheet(
     feat: np.ndarray,
     count: np.ndarray,

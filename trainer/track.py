@@ -31,9 +31,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from bevlabels.conf import CONF_DIR
+
 log = logging.getLogger("bevlabels.track")
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 #: the keys every detection box of a results file needs
 DETECTION_KEYS = ("translation", "size", "rotation", "detection_name", "detection_score")
 

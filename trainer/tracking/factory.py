@@ -8,9 +8,9 @@ before the tracker sees them (:func:`trainer.tracking.scenes.track_scenes`), whi
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
+from bevlabels.conf import CONF_DIR
 from trainer.tracking.bank import BankTracker
 from trainer.tracking.base import Tracker
 from trainer.tracking.greedy import GreedyTracker
@@ -19,7 +19,7 @@ from trainer.tracking.kalman import kalman_from_config
 #: the trackers, by config name
 TRACKERS = ("kalman", "greedy", "bank")
 #: the config group's folder
-TRACKER_CONF = Path(__file__).resolve().parents[2] / "conf" / "tracker"
+TRACKER_CONF = CONF_DIR / "tracker"
 
 
 def tracker_config(name_or_cfg: str | Mapping[str, Any]) -> dict[str, Any]:
@@ -32,14 +32,9 @@ def tracker_config(name_or_cfg: str | Mapping[str, Any]) -> dict[str, Any]:
 
         with open(TRACKER_CONF / f"{name_or_cfg}.yaml") as f:
             return yaml.safe_load(f)
-    try:
-        from omegaconf import DictConfig, OmegaConf
+    from bevlabels.conf import plain
 
-        if isinstance(name_or_cfg, DictConfig):
-            return OmegaConf.to_container(name_or_cfg, resolve=True)
-    except ImportError:  # pragma: no cover - omegaconf ships with hydra, a dependency
-        pass
-    return dict(name_or_cfg)
+    return plain(name_or_cfg)
 
 
 def build_tracker(name_or_cfg: str | Mapping[str, Any]) -> tuple[Tracker, dict[str, float] | None]:

@@ -30,9 +30,9 @@ def render_scene_tracks(
     default; another dataset's, e.g. av2's categories; ``None``: every box with a ``detection_class``) by
     ``instance_id``.
     """
-    from bevlabels.viz import _plt
+    from bevlabels.viz import pyplot
 
-    plt = _plt()
+    plt = pyplot()
     pred: dict[str, list] = {}
     for f in frames:
         for b in results.get(f.token, []):
