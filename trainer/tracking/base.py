@@ -61,17 +61,7 @@ class Detections:
 
     def take(self, index: Sequence[int] | np.ndarray) -> Detections:
         """The detections at ``index`` (in that order)."""
-        index = np.asarray(index, dtype=np.int64).reshape(-1)
-        return Detections(
-            self.centre[index],
-            self.size[index],
-            self.yaw[index],
-            self.velocity[index],
-            [self.names[i] for i in index],
-            self.scores[index],
-            None if self.model_ids is None else self.model_ids[index],
-            [self.source[i] for i in index] if self.source else [],
-        )
+        return _take(self, index)
 
     @classmethod
     def from_result_boxes(
@@ -116,17 +106,7 @@ class Tracks:
 
     def take(self, index: Sequence[int] | np.ndarray) -> Tracks:
         """The boxes at ``index`` (in that order)."""
-        index = np.asarray(index, dtype=np.int64).reshape(-1)
-        return Tracks(
-            self.centre[index],
-            self.size[index],
-            self.yaw[index],
-            self.velocity[index],
-            [self.names[i] for i in index],
-            self.scores[index],
-            self.ids[index],
-            self.source[index],
-        )
+        return _take(self, index)
 
     @classmethod
     def concat(cls, a: Tracks, b: Tracks) -> Tracks:
@@ -141,16 +121,26 @@ class Tracks:
     def of_detections(cls, dets: Detections, index: np.ndarray, ids: np.ndarray) -> Tracks:
         """The detections at ``index`` themselves, with track ids ``ids``."""
         index = np.asarray(index, dtype=np.int64).reshape(-1)
-        return cls(
-            dets.centre[index],
-            dets.size[index],
-            dets.yaw[index],
-            dets.velocity[index],
-            [dets.names[i] for i in index],
-            dets.scores[index],
-            np.asarray(ids, dtype=np.int64).reshape(-1),
-            index,
-        )
+        d = dets.take(index)
+        return cls(d.centre, d.size, d.yaw, d.velocity, d.names, d.scores, np.asarray(ids, np.int64).reshape(-1), index)
+
+
+def _take(boxes, index):
+    """The rows ``index`` of a :class:`Detections` or :class:`Tracks`: arrays indexed, lists picked, an absent
+    (``None`` or empty) optional field left so."""
+    from dataclasses import fields
+
+    index = np.asarray(index, dtype=np.int64).reshape(-1)
+    values = {}
+    for f in fields(boxes):
+        v = getattr(boxes, f.name)
+        if v is None or (isinstance(v, list) and not v and len(boxes)):
+            values[f.name] = v
+        elif isinstance(v, list):
+            values[f.name] = [v[i] for i in index]
+        else:
+            values[f.name] = v[index]
+    return type(boxes)(**values)
 
 
 class Tracker(Protocol):
