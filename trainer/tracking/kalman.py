@@ -191,9 +191,9 @@ class KalmanTracker:
     default: ClassParams = field(default_factory=ClassParams)
     cost: str = "nll"  # nll | mahalanobis | distance
     gate_chi2: float = CHI2_2DOF_99
-    high_score: float = 0.3
-    low_score: float = 0.1
-    birth_score: float = 0.3
+    high_score: float = 0.15
+    low_score: float = 0.05
+    birth_score: float = 0.15
     min_hits: int = 1
     max_age: int = 2
     output: str = "filtered"  # filtered | detection
