@@ -453,7 +453,9 @@ def generate(cfg: SynthConfig, out: str | Path, overwrite: bool = False,
     jobs = [(cfg, name, split, str(stage)) for name, split in cfg.scene_names()]
     log(f"synthetic world '{cfg.name}' (seed {cfg.seed}): {len(jobs)} scenes x {cfg.keyframes} keyframes -> {out}")
     # a parallel map_fn shows its own progress (pipelines.synth.dask_map); rendering in turn gets a bar here
-    results = list(tqdm((map_fn or map)(_generate_job, jobs), total=len(jobs), unit="scene", disable=map_fn is not None))
+    results = list(
+        tqdm((map_fn or map)(_generate_job, jobs), total=len(jobs), unit="scene", disable=map_fn is not None)
+    )
     all_tables = tables.vocabulary_tables()
     for t in tables.SCENE_TABLES:
         all_tables[t] = [row for r in results for row in r.rows[t]]
