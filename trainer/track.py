@@ -135,7 +135,11 @@ def track(
     adapter = build_adapter(dataset["adapter"])
     kind = getattr(adapter, "evaluation", None)
     if kind != "nuscenes":
-        raise NotImplementedError(f"track: scores nuScenes-format datasets (this adapter declares evaluation={kind!r})")
+        raise ValueError(
+            f"track: dataset {dataset.get('name')!r} declares evaluation={kind!r}; trainer.track reads nuScenes-format "
+            "results files and scores them with TrackingEval. On Argoverse 2, tracks are scored by "
+            "`python -m trainer.evaluate ckpt=... tracker=...` (av2.evaluation.tracking)"
+        )
     frames, evaluated = split_frames(adapter, eval_set, data["results"], partial=partial)
     out_dir = Path(out) if out else Path(detections).resolve().parent / f"tracking-{cfg['name']}"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -155,10 +159,8 @@ def track(
         verbose=verbose,
         ceiling=ceiling,
         pictures=pictures,
+        extra={"detections": str(Path(detections))},
     )
-    summary["detections"] = str(Path(detections))
-    with open(out_dir / "metrics_summary.json", "w") as f:
-        json.dump(summary, f, indent=2, default=str)
     print(
         f"\n{detections}: {len(frames)} keyframes of {eval_set} tracked by {cfg['name']}, {time.perf_counter() - t0:.1f} s\n"
         + format_tracking_table(summary)

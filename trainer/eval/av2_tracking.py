@@ -469,14 +469,12 @@ def track_and_score_av2(
     Returns the summary with ``tracker`` (its name), ``tracker_config`` and, with ``ceiling``, ``oracle_ids``: av2's
     summary of the same detections given their true track ids (:func:`oracle_id_results_av2`), under ``oracle_ids/``.
     """
-    from itertools import groupby
-
     from trainer.nusc_results import write_results
-    from trainer.tracking import build_tracker, render_scene_tracks, track_scenes, tracker_config
+    from trainer.tracking import build_tracker, render_scenes, scenes_of, track_scenes, tracker_config
 
     cfg = tracker_config(tracker)
     trk, input_nms = build_tracker(cfg)
-    scenes = [list(g) for _, g in groupby(frames, key=lambda f: f.scene)]
+    scenes = scenes_of(frames)
     out_dir = Path(out_dir)
     results = track_scenes(scenes, detections, trk, input_nms=input_nms, classes=None, meta=meta)
     write_results(out_dir / "results_av2_tracking.json", results)
@@ -509,15 +507,9 @@ def track_and_score_av2(
         note = f"HOTA {_fmt(summary.get('HOTA'))}, AMOTA {_fmt(summary.get('AMOTA'))} (av2)" + (
             f", oracle-id ceiling AMOTA {_fmt(oracle.get('AMOTA'))}" if oracle else ""
         )
-        for scene in scenes:
-            render_scene_tracks(
-                scene,
-                results["results"],
-                out_dir / "png" / f"{scene[0].scene}.png",
-                tracker=trk.name,
-                note=note,
-                classes=av2_categories(),
-            )
+        render_scenes(
+            scenes, results["results"], out_dir / "png", tracker=trk.name, note=note, classes=av2_categories()
+        )
     return summary
 
 

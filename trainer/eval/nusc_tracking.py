@@ -176,6 +176,7 @@ def track_and_score(
     verbose: bool = False,
     ceiling: bool = True,
     pictures: bool = True,
+    extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Track ``detections`` (``{sample_token: [detection result boxes]}``, global frame) scene by scene with
     ``tracker`` (a name of ``conf/tracker`` or its config) and score them with ``TrackingEval``.
@@ -186,14 +187,12 @@ def track_and_score(
     PNG per scene (``png/<scene>.png``, titled with the tracker, its AMOTA and the ceiling's). Returns the summary
     with ``tracker`` (its name) and ``oracle_ids`` (the ceiling's summary, or ``{}``) added.
     """
-    from itertools import groupby
-
     from trainer.nusc_results import write_results
-    from trainer.tracking import build_tracker, render_scene_tracks, track_scenes, tracker_config
+    from trainer.tracking import build_tracker, render_scenes, scenes_of, track_scenes, tracker_config
 
     cfg = tracker_config(tracker)
     trk, input_nms = build_tracker(cfg)
-    scenes = [list(g) for _, g in groupby(frames, key=lambda f: f.scene)]
+    scenes = scenes_of(frames)
     out_dir = Path(out_dir)
     results = track_scenes(scenes, detections, trk, input_nms=input_nms, meta=meta)
     path = write_results(out_dir / "results_nusc_tracking.json", results)
@@ -202,16 +201,14 @@ def track_and_score(
     summary["tracker_config"] = cfg
     oracle = oracle_ceiling(nusc, detections, meta, eval_set, out_dir / "oracle_ids") if ceiling else {}
     summary["oracle_ids"] = oracle
+    summary.update(extra or {})
     with open(out_dir / "metrics_summary.json", "w") as f:
         json.dump(summary, f, indent=2, default=str)
     if pictures:
         note = f"AMOTA {_fmt3(summary.get('amota'))}" + (
             f", oracle-id ceiling {_fmt3(oracle.get('amota'))}" if oracle else ""
         )
-        for scene in scenes:
-            render_scene_tracks(
-                scene, results["results"], out_dir / "png" / f"{scene[0].scene}.png", tracker=trk.name, note=note
-            )
+        render_scenes(scenes, results["results"], out_dir / "png", tracker=trk.name, note=note)
     return summary
 
 

@@ -10,8 +10,8 @@ from trainer.tracking.base import TRACKING_CLASSES, Detections, Tracker, Tracks,
 from trainer.tracking.factory import TRACKERS, build_tracker, tracker_config
 from trainer.tracking.greedy import MAX_DISTANCE, GreedyTracker
 from trainer.tracking.kalman import ClassParams, ConstantVelocityFilter, KalmanTracker
-from trainer.tracking.render import render_scene_tracks
-from trainer.tracking.scenes import global_detections, track_predictions, track_scenes, tracked_boxes
+from trainer.tracking.render import render_scene_tracks, render_scenes
+from trainer.tracking.scenes import global_detections, scenes_of, track_predictions, track_scenes, tracked_boxes
 
 __all__ = [
     "MAX_DISTANCE",
@@ -30,6 +30,8 @@ __all__ = [
     "global_detections",
     "circle_nms",
     "render_scene_tracks",
+    "render_scenes",
+    "scenes_of",
     "track_predictions",
     "track_scenes",
     "tracked_boxes",

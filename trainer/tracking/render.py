@@ -69,4 +69,21 @@ def render_scene_tracks(
     return path
 
 
-__all__ = ["render_scene_tracks"]
+def render_scenes(
+    scenes: Sequence[Sequence[Any]],
+    results: Mapping[str, list],
+    out_dir: str | Path,
+    tracker: str = "",
+    note: str = "",
+    classes: Sequence[str] | None = TRACKING_CLASSES,
+) -> list[Path]:
+    """:func:`render_scene_tracks` of every scene, as ``<out_dir>/<scene>.png``."""
+    return [
+        render_scene_tracks(
+            scene, results, Path(out_dir) / f"{scene[0].scene}.png", tracker=tracker, note=note, classes=classes
+        )
+        for scene in scenes
+    ]
+
+
+__all__ = ["render_scene_tracks", "render_scenes"]

@@ -25,6 +25,13 @@ from trainer.nusc_results import MAX_BOXES_PER_SAMPLE, result_meta
 from trainer.tracking.base import TRACKING_CLASSES, Detections, Tracker, Tracks, circle_nms
 
 
+def scenes_of(frames: Sequence[Any]) -> list[list[Any]]:
+    """Keyframes (in scene and time order) grouped by their ``scene``."""
+    from itertools import groupby
+
+    return [list(g) for _, g in groupby(frames, key=lambda f: f.scene)]
+
+
 def tracked_boxes(token: str, tracks: Tracks, dets: Detections) -> list[dict[str, Any]]:
     """The tracking result boxes of one sample (best score first, at most the devkit's 500)."""
     out = []
@@ -118,4 +125,4 @@ def track_predictions(
     return track_scenes(scenes, detections, trk, input_nms=input_nms, meta=meta)
 
 
-__all__ = ["global_detections", "track_predictions", "track_scenes", "tracked_boxes"]
+__all__ = ["global_detections", "scenes_of", "track_predictions", "track_scenes", "tracked_boxes"]
