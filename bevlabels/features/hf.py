@@ -79,6 +79,20 @@ def _dinov2(hidden: int, layers: int, heads: int, registers: int | None = None, 
     return cfg
 
 
+def _vit_b16(model_type: str, **kw: Any) -> dict:
+    """ViT-B/16 at 224 px (768 channels, 12 layers of 12 heads, MLP 3072), the shape ViT, CLIP and SigLIP share."""
+    return dict(
+        model_type=model_type,
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        patch_size=16,
+        image_size=224,
+        **kw,
+    )
+
+
 # Architectures that can be built without any file, for the random-init fallback. The values
 # mirror the checkpoints' config.json (the weights are what is missing, not the architecture).
 BUILTIN_CONFIGS: dict[str, dict[str, Any]] = {
@@ -90,34 +104,9 @@ BUILTIN_CONFIGS: dict[str, dict[str, Any]] = {
     "facebook/dinov2-with-registers-base": _dinov2(768, 12, 12, registers=4),
     "facebook/dinov2-with-registers-large": _dinov2(1024, 24, 16, registers=4),
     "facebook/dinov2-with-registers-giant": _dinov2(1536, 40, 24, registers=4, use_swiglu_ffn=True),
-    "google/vit-base-patch16-224": dict(
-        model_type="vit",
-        hidden_size=768,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        intermediate_size=3072,
-        patch_size=16,
-        image_size=224,
-    ),
-    "openai/clip-vit-base-patch16": dict(
-        model_type="clip_vision_model",
-        hidden_size=768,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        intermediate_size=3072,
-        patch_size=16,
-        image_size=224,
-        projection_dim=512,
-    ),
-    "google/siglip-base-patch16-224": dict(
-        model_type="siglip_vision_model",
-        hidden_size=768,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        intermediate_size=3072,
-        patch_size=16,
-        image_size=224,
-    ),
+    "google/vit-base-patch16-224": _vit_b16("vit"),
+    "openai/clip-vit-base-patch16": _vit_b16("clip_vision_model", projection_dim=512),
+    "google/siglip-base-patch16-224": _vit_b16("siglip_vision_model"),
 }
 
 
