@@ -85,38 +85,11 @@ class BEVDepth(CameraDetector):
         out["preds"] = self.head(out["bev"])
         return out
 
-    def loss(
-        self,
-        outputs: dict[str, Any],
-        gt_boxes: Sequence[torch.Tensor],
-        gt_labels: Sequence[torch.Tensor],
-        depth_map: torch.Tensor | None = None,
-        dino_feat: torch.Tensor | None = None,
-        dino_count: torch.Tensor | None = None,
-        *,
-        depth_weight: float,
-        distill_weight: float,
+    def detection_loss(
+        self, outputs: dict[str, Any], gt_boxes: Sequence[torch.Tensor], gt_labels: Sequence[torch.Tensor]
     ) -> dict[str, torch.Tensor]:
-        """Losses of :meth:`forward`'s outputs: ``loss`` (the weighted total) and its parts.
-
-        ``loss = det + depth_weight * depth + distill_weight * distill`` (BEVDepth's depth factor 3.0,
-        DualViewDistill's best distillation weight 7.0); a zero weight skips its term. The weights are the
-        config's ``model.loss`` (no default here: the config is their one source).
-
-        ``det`` (the CenterHead's total, its parts prefixed ``det.``), ``depth`` (unweighted; skipped
-        without ``depth_map (B, N, h, w)``), ``distill`` (unweighted; only with a projection and
-        ``dino_feat (B, C, H, W)``, ``dino_count (B, H, W)``). ``gt_boxes`` are B ``(M_b, 9)`` in
-        the (augmented) ego frame of the batch, ``gt_labels`` B ``(M_b,)``.
-        """
-        det = self.head.loss(outputs["preds"], self.head.targets(gt_boxes, gt_labels, self.grid))
-        out = {f"det.{k}": v for k, v in det.items() if k != "loss"}
-        out["det"] = det["loss"]
-        parts, aux = self.camera_losses(
-            outputs, depth_map, dino_feat, dino_count, depth_weight=depth_weight, distill_weight=distill_weight
-        )
-        out.update(parts)
-        out["loss"] = det["loss"] + aux
-        return out
+        """The CenterHead's loss on targets drawn on :attr:`grid` (:meth:`CameraDetector.loss` adds the rest)."""
+        return self.head.loss(outputs["preds"], self.head.targets(gt_boxes, gt_labels, self.grid))
 
     def decode(self, outputs: dict[str, Any]) -> list[dict[str, torch.Tensor]]:
         """Per sample ``{"boxes": (M, 9), "scores": (M,), "labels": (M,)}`` in the frame of the batch's BEV map."""

@@ -5,15 +5,18 @@ projection, and their losses.
 :class:`~trainer.models.dualviewdistill.DualViewDistill` (a sparse query head) differ in their heads; both own a
 :class:`~trainer.models.components.camera_bev.CameraBEV` as ``camera_bev`` and an optional 1x1 projection of its
 BEV map to the label store's DINOv2 channels as ``distill``, and add the same depth and distillation losses
-(:func:`~trainer.models.losses.camera_bev_losses`) to their detection loss. What the LightningModule of a camera
-detector (:class:`~trainer.lit_bevdepth.BEVDepthModule`) reads of its detector is defined here: ``grid``,
-``bins``, ``downsample``, ``distill``, ``distill_channels``, :meth:`~CameraDetector.expected_depth`.
+(:func:`~trainer.models.losses.camera_bev_losses`) to their detection loss. :meth:`CameraDetector.loss` is that
+sum, once for both; a subclass gives its head's loss (:meth:`~CameraDetector.detection_loss`) and any terms of its
+own (:meth:`~CameraDetector.extra_losses`). What the LightningModule of a camera detector
+(:class:`~trainer.lit_bevdepth.BEVDepthModule`) reads of its detector is defined here: ``grid``, ``bins``,
+``downsample``, ``distill``, ``distill_channels``, :meth:`~CameraDetector.expected_depth`.
 
 Shape letters: B batch, N cameras, D depth bins, C channels, h/w feature-map rows/columns, H/W BEV grid.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -92,6 +95,51 @@ class CameraDetector(nn.Module):
             depth_weight=depth_weight,
             distill_weight=distill_weight,
         )
+
+    def loss(
+        self,
+        outputs: dict[str, Any],
+        gt_boxes: Sequence[torch.Tensor],
+        gt_labels: Sequence[torch.Tensor],
+        depth_map: torch.Tensor | None = None,
+        dino_feat: torch.Tensor | None = None,
+        dino_count: torch.Tensor | None = None,
+        *,
+        depth_weight: float,
+        distill_weight: float,
+    ) -> dict[str, torch.Tensor]:
+        """Losses of ``forward``'s outputs: ``loss`` (the weighted total) and its parts.
+
+        ``loss = det + depth_weight * depth + distill_weight * distill`` (+ the subclass's :meth:`extra_losses`):
+        BEVDepth's depth factor 3.0, DualViewDistill's best distillation weight 7.0; a zero weight skips its term.
+        The weights are the config's ``model.loss`` (no default here: the config is their one source).
+
+        ``det``: :meth:`detection_loss`, the head's total (its parts prefixed ``det.``); ``depth`` (unweighted;
+        skipped without ``depth_map (B, N, h, w)``) and ``distill`` (unweighted; only with a projection and
+        ``dino_feat (B, C, H, W)``, ``dino_count (B, H, W)``): :meth:`camera_losses`. ``gt_boxes`` are B
+        ``(M_b, 9)`` in the batch's (augmented) ego frame, ``gt_labels`` B ``(M_b,)``.
+        """
+        det = self.detection_loss(outputs, gt_boxes, gt_labels)
+        out = {f"det.{k}": v for k, v in det.items() if k != "loss"}
+        out["det"] = det["loss"]
+        parts, aux = self.camera_losses(
+            outputs, depth_map, dino_feat, dino_count, depth_weight=depth_weight, distill_weight=distill_weight
+        )
+        out.update(parts)
+        out["loss"] = self.extra_losses(outputs, gt_boxes, gt_labels, out, det["loss"] + aux)
+        return out
+
+    def detection_loss(
+        self, outputs: dict[str, Any], gt_boxes: Sequence[torch.Tensor], gt_labels: Sequence[torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """The head's detection loss, ``{"loss": total, <part>: ...}``: each subclass its own."""
+        raise NotImplementedError(f"{type(self).__name__} must define detection_loss")
+
+    def extra_losses(
+        self, outputs: dict[str, Any], gt_boxes, gt_labels, out: dict, total: torch.Tensor
+    ) -> torch.Tensor:
+        """``total`` plus a subclass's own weighted terms, their parts written into ``out`` (here: none)."""
+        return total
 
     def expected_depth(self, depth_logits: torch.Tensor) -> torch.Tensor:
         """Expected depth ``(B, N, h, w)`` in metres of ``(B, N, D, h, w)`` logits (:meth:`CameraBEV.expected_depth`)."""

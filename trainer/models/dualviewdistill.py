@@ -233,46 +233,29 @@ class DualViewDistill(CameraDetector):
                 out["track_ids"] = ids
         return out
 
-    def loss(
-        self,
-        outputs: dict[str, Any],
-        gt_boxes: Sequence[torch.Tensor],
-        gt_labels: Sequence[torch.Tensor],
-        depth_map: torch.Tensor | None = None,
-        dino_feat: torch.Tensor | None = None,
-        dino_count: torch.Tensor | None = None,
-        *,
-        depth_weight: float,
-        distill_weight: float,
+    def detection_loss(
+        self, outputs: dict[str, Any], gt_boxes: Sequence[torch.Tensor], gt_labels: Sequence[torch.Tensor]
     ) -> dict[str, torch.Tensor]:
-        """``loss = det + depth_weight * depth + distill_weight * distill`` and its parts (a zero weight skips a term).
+        """:func:`sparse_detection_loss` of every layer and the denoising groups (:meth:`CameraDetector.loss` adds
+        the depth and distillation terms, then :meth:`extra_losses`)."""
+        return sparse_detection_loss(outputs["layers"], gt_boxes, gt_labels, dn=outputs.get("dn"))
 
-        ``det``: :func:`sparse_detection_loss` of every layer and the denoising groups (its parts
-        prefixed ``det.``); ``depth`` (unweighted; only with ``depth_map (B, N, h, w)``); ``distill``
-        (unweighted; only with a projection and ``dino_feat (B, C, H, W)``, ``dino_count (B, H, W)``).
-        ``proposal`` (unweighted, parts ``proposal.hm``, ``proposal.loc``; with dense proposals only): their
-        CenterPoint loss, added with ``proposals.loss_weight``.
-        ``gt_boxes``: B ``(M_b, 9)`` in the batch's (augmented) ego frame, ``gt_labels`` B ``(M_b,)``.
-        """
-        det = sparse_detection_loss(outputs["layers"], gt_boxes, gt_labels, dn=outputs.get("dn"))
-        out = {f"det.{k}": v for k, v in det.items() if k != "loss"}
-        out["det"] = det["loss"]
-        parts, aux = self.camera_losses(
-            outputs, depth_map, dino_feat, dino_count, depth_weight=depth_weight, distill_weight=distill_weight
-        )
-        out.update(parts)
-        total = det["loss"] + aux
+    def extra_losses(
+        self, outputs: dict[str, Any], gt_boxes, gt_labels, out: dict, total: torch.Tensor
+    ) -> torch.Tensor:
+        """``total`` plus ``proposals.loss_weight * proposal``: the dense proposals' CenterPoint loss (unweighted in
+        ``out``, parts ``proposal.hm``, ``proposal.loc``; with dense proposals only), and, PV-only without
+        distillation, a zero term on ``bev``."""
         if self.proposals is not None and "proposal_preds" in outputs:
             dense = self.proposals.loss(outputs["proposal_preds"], gt_boxes, gt_labels, self.grid)
             out["proposal.hm"], out["proposal.loc"] = dense["hm"], dense["loc"]
             out["proposal"] = dense["loss"]
             total = total + self.proposals.loss_weight * dense["loss"]
-        if not self.uses_bev and "distill" not in parts:
+        if not self.uses_bev and "distill" not in out:
             # PV-only without distillation: nothing reads bev; a zero term gives the BEV network a (zero)
             # gradient, so DDP finds no unused parameter.
             total = total + 0.0 * outputs["bev"].float().mean()
-        out["loss"] = total
-        return out
+        return total
 
     @torch.no_grad()
     def decode(self, outputs: dict[str, Any], topk: int | None = None) -> list[dict[str, torch.Tensor]]:
