@@ -49,31 +49,27 @@ No ``map/`` folder is written: av2's ``AV2SensorDataLoader`` reads no map for se
 
 from __future__ import annotations
 
-import json
-import shutil
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from bevlabels.datasets.av2 import AV2_CLASSES, RING_CAMERAS
 from bevlabels.geometry import invert_transform, transform_points, wrap_angle, yaw_to_quat
 from bevlabels.synthetic.av2_rig import AV2_RIG, CAMERA_OFFSET_NS, LIDAR_NAME, LIDARS, ring_camera
 from bevlabels.synthetic.config import SynthConfig
 from bevlabels.synthetic.generate import (
-    GENERATOR,
     META_FILE,
     SceneWriter,
     camera_rays,
-    check_output_dir,
-    install,
+    finish_stage,
     lidar_points_in,
     read_meta,
+    render_jobs,
     scene_number,
-    staging_dir,
+    start_stage,
 )
 from bevlabels.synthetic.render import near_box_boundary
 from bevlabels.synthetic.world import build_world
@@ -287,34 +283,21 @@ def generate_av2(cfg: SynthConfig, out: str | Path, overwrite: bool = False,
     (default: in turn), everything goes to a staging folder first and is moved into ``out`` once
     complete; with ``overwrite`` only :data:`OWN_PATHS_AV2` are replaced. Same config, same bytes.
     """
-    cfg.validate()
-    out = check_output_dir(out, overwrite, OWN_PATHS_AV2)
-    stage = staging_dir(out)
-    if stage.exists():
-        shutil.rmtree(stage)
-    stage.mkdir(parents=True)
-    jobs = [(cfg, name, split, str(stage)) for name, split in cfg.scene_names()]
+    out, stage, jobs = start_stage(cfg, out, overwrite, OWN_PATHS_AV2)
     log(f"synthetic world '{cfg.name}' (seed {cfg.seed}) as AV2: {len(jobs)} logs x {cfg.keyframes} sweeps -> {out}")
-    # a parallel map_fn shows its own progress (pipelines.synth.dask_map); rendering in turn gets a bar here
-    results = list(tqdm((map_fn or map)(_log_job, jobs), total=len(jobs), unit="scene", disable=map_fn is not None))
-    meta = {
-        "generator": GENERATOR,
-        "format": FORMAT,
-        "config": cfg.to_dict(),
-        "scenes": [
-            {
-                "name": r.name,
-                "split": r.split,
-                "log_id": r.log_id,
-                "draw": r.attempt,
-                "t0_ns": r.t0_ns,
-                "annotations_in_range_with_points": r.class_counts,
-            }
-            for r in results
-        ],  # fmt: skip
-    }
-    (stage / META_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
-    install(stage, out, OWN_PATHS_AV2)
+    results = render_jobs(_log_job, jobs, map_fn)
+    scenes = [
+        {
+            "name": r.name,
+            "split": r.split,
+            "log_id": r.log_id,
+            "draw": r.attempt,
+            "t0_ns": r.t0_ns,
+            "annotations_in_range_with_points": r.class_counts,
+        }
+        for r in results
+    ]
+    finish_stage(stage, out, OWN_PATHS_AV2, cfg, scenes, format=FORMAT)
     log(f"wrote {len(results)} logs, {sum(r.sweeps for r in results)} sweeps, "
         f"{sum(r.annotations for r in results)} annotations to {out}")  # fmt: skip
     return out

@@ -432,6 +432,37 @@ def staging_dir(out: Path) -> Path:
     return out.parent / f".{out.name}.partial"
 
 
+def start_stage(
+    cfg: SynthConfig, out: str | Path, overwrite: bool, own_paths: tuple[str, ...] = OWN_PATHS
+) -> tuple[Path, Path, list[tuple]]:
+    """``(out, stage, jobs)`` of a world about to be written: ``cfg`` and ``out`` checked before any work, a fresh
+    staging folder (:func:`staging_dir`; an interrupted run's is replaced) and one rendering job
+    ``(cfg, name, split, stage)`` per scene. Every writer (nuScenes, AV2) starts here."""
+    cfg.validate()
+    out = check_output_dir(out, overwrite, own_paths)
+    stage = staging_dir(out)
+    if stage.exists():
+        shutil.rmtree(stage)
+    stage.mkdir(parents=True)
+    return out, stage, [(cfg, name, split, str(stage)) for name, split in cfg.scene_names()]
+
+
+def render_jobs(job_fn: Callable, jobs: list[tuple], map_fn: Callable[[Callable, Iterable], Iterable] | None) -> list:
+    """``job_fn`` of every job of :func:`start_stage`, through ``map_fn`` (default: in turn, with a progress bar)."""
+    # a parallel map_fn shows its own progress (pipelines.synth.dask_map); rendering in turn gets a bar here
+    return list(tqdm((map_fn or map)(job_fn, jobs), total=len(jobs), unit="scene", disable=map_fn is not None))
+
+
+def finish_stage(
+    stage: Path, out: Path, own_paths: tuple[str, ...], cfg: SynthConfig, scenes: list[dict], **extra
+) -> None:
+    """Write the staged world's :data:`META_FILE` (generator, config, the per-scene records ``scenes`` and
+    ``extra`` keys), then move it into ``out`` (:func:`install`): what every writer does last."""
+    meta = {"generator": GENERATOR, "config": cfg.to_dict(), "scenes": scenes, **extra}
+    (stage / META_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+    install(stage, out, own_paths)
+
+
 def generate(cfg: SynthConfig, out: str | Path, overwrite: bool = False,
              map_fn: Callable[[Callable, Iterable], Iterable] | None = None, log: Callable[[str], None] = print) -> Path:  # fmt: skip
     """Write the synthetic dataset ``cfg`` describes into ``out``; returns ``out``.
@@ -444,32 +475,18 @@ def generate(cfg: SynthConfig, out: str | Path, overwrite: bool = False,
     the next run replaces. With ``overwrite``, only what a previous run wrote (:data:`OWN_PATHS`)
     is removed from ``out``.
     """
-    cfg.validate()
-    out = check_output_dir(out, overwrite)
-    stage = staging_dir(out)
-    if stage.exists():
-        shutil.rmtree(stage)
-    stage.mkdir(parents=True)
-    jobs = [(cfg, name, split, str(stage)) for name, split in cfg.scene_names()]
+    out, stage, jobs = start_stage(cfg, out, overwrite, OWN_PATHS)
     log(f"synthetic world '{cfg.name}' (seed {cfg.seed}): {len(jobs)} scenes x {cfg.keyframes} keyframes -> {out}")
-    # a parallel map_fn shows its own progress (pipelines.synth.dask_map); rendering in turn gets a bar here
-    results = list(
-        tqdm((map_fn or map)(_generate_job, jobs), total=len(jobs), unit="scene", disable=map_fn is not None)
-    )
+    results = render_jobs(_generate_job, jobs, map_fn)
     all_tables = tables.vocabulary_tables()
     for t in tables.SCENE_TABLES:
         all_tables[t] = [row for r in results for row in r.rows[t]]
     tables.write_tables(stage / cfg.version, all_tables)
-    meta = {
-        "generator": GENERATOR,
-        "config": cfg.to_dict(),
-        "scenes": [
-            {"name": r.name, "split": r.split, "draw": r.attempt, "annotations_in_range_with_points": r.class_counts}
-            for r in results
-        ],  # fmt: skip
-    }
-    (stage / META_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
-    install(stage, out, OWN_PATHS)
+    scenes = [
+        {"name": r.name, "split": r.split, "draw": r.attempt, "annotations_in_range_with_points": r.class_counts}
+        for r in results
+    ]
+    finish_stage(stage, out, OWN_PATHS, cfg, scenes)
     log(f"wrote {sum(len(r.rows['sample']) for r in results)} keyframes, "
         f"{sum(len(r.rows['sample_annotation']) for r in results)} annotations to {out / cfg.version}")  # fmt: skip
     return out
