@@ -51,6 +51,8 @@ class BEVDepthModule(DetectionModule):
         tig: TiG-BEV's terms (:class:`~trainer.models.components.tig.TiGLoss`'s arguments but the student's
             channels): ``inner_depth_weight``, ``inter_channel_weight``, ``inter_keypoint_weight`` (0: off),
             ``teacher_channels``, ``reference``, ``num_keypoints``, ``enlarge``. None or all weights 0: off.
+        kwargs: :class:`~trainer.lit_base.DetectionModule`'s keywords (``class_names``, ``scheduler_interval``),
+            passed on: they are declared there once.
     """
 
     use_camera = True
@@ -61,10 +63,9 @@ class BEVDepthModule(DetectionModule):
         optimizer,
         scheduler=None,
         *,
-        class_names: Sequence[str],
-        scheduler_interval: str = "step",
         loss: Mapping[str, float] | None = None,
         tig: Mapping[str, Any] | None = None,
+        **kwargs: Any,
     ):
         weights = dict(DEFAULT_LOSS)
         weights.update({str(k): float(v) for k, v in (loss or {}).items()})
@@ -80,9 +81,7 @@ class BEVDepthModule(DetectionModule):
             # A projection no loss reaches is an unused parameter, which DDP refuses: a weight of 0 removes it.
             log.info("model.loss.distill_weight=0: the distillation projection is not built")
             detector.distill, detector.distill_channels = None, None
-        super().__init__(
-            optimizer, scheduler, class_names=class_names, scheduler_interval=scheduler_interval, detector=detector
-        )
+        super().__init__(optimizer, scheduler, detector=detector, **kwargs)
         self.loss_weights = weights
         tig = dict(tig or {})
         if "num_keypoints" in tig:

@@ -17,7 +17,7 @@ depth metrics as :class:`~trainer.lit_bevdepth.BEVDepthModule`, whose hooks it i
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,8 @@ class DualViewDistillModule(BEVDepthModule):
         anchors_seed: the k-means seed of the initial anchors.
         anchors_cache: folder of the cached anchors (None: the label store's parent folder).
         init_anchors: False keeps the head's given (or default) anchors.
+        kwargs: :class:`~trainer.lit_bevdepth.BEVDepthModule`'s keywords (``class_names``, ``scheduler_interval``,
+            ``loss``, ``tig``), passed on: they are declared there once.
     """
 
     use_camera = True
@@ -47,23 +49,12 @@ class DualViewDistillModule(BEVDepthModule):
         optimizer,
         scheduler=None,
         *,
-        class_names: Sequence[str],
-        scheduler_interval: str = "step",
-        loss: Mapping[str, float] | None = None,
-        tig: Mapping[str, Any] | None = None,
         anchors_seed: int = 0,
         anchors_cache: str | None = None,
         init_anchors: bool = True,
+        **kwargs: Any,
     ):
-        super().__init__(
-            detector,
-            optimizer,
-            scheduler,
-            class_names=class_names,
-            scheduler_interval=scheduler_interval,
-            loss=loss,
-            tig=tig,
-        )
+        super().__init__(detector, optimizer, scheduler, **kwargs)
         self.anchors_seed, self.anchors_cache, self.init_anchors = int(anchors_seed), anchors_cache, bool(init_anchors)
 
     def setup(self, stage: str) -> None:

@@ -8,7 +8,7 @@ model's output grid), and decodes boxes in the keyframe's ego frame. Its neck ma
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -23,22 +23,14 @@ class TeacherModule(DetectionModule):
 
     Args:
         detector: the CenterPoint model; its head's ``class_names`` must equal ``class_names``.
+        kwargs: :class:`~trainer.lit_base.DetectionModule`'s keywords (``class_names``, ``scheduler_interval``),
+            passed on: they are declared there once.
     """
 
     use_lidar = True
 
-    def __init__(
-        self,
-        detector: CenterPoint,
-        optimizer,
-        scheduler=None,
-        *,
-        class_names: Sequence[str],
-        scheduler_interval: str = "step",
-    ):
-        super().__init__(
-            optimizer, scheduler, class_names=class_names, scheduler_interval=scheduler_interval, detector=detector
-        )
+    def __init__(self, detector: CenterPoint, optimizer, scheduler=None, **kwargs: Any):
+        super().__init__(optimizer, scheduler, detector=detector, **kwargs)
 
     @property
     def out_grid(self) -> GridSpec:
