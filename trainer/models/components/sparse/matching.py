@@ -24,6 +24,7 @@ Shape letters: Q queries, K classes, M GT boxes.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -72,22 +73,16 @@ def matching_cost(
 
 
 def hungarian_match(
-    cls_logits: torch.Tensor,
-    anchors: torch.Tensor,
-    gt_boxes: torch.Tensor,
-    gt_labels: torch.Tensor,
-    cls_weight: float = 2.0,
-    box_weights: torch.Tensor | Sequence[float] = DEFAULT_MATCH_BOX_WEIGHTS,
-    alpha: float = 0.25,
-    gamma: float = 2.0,
+    cls_logits: torch.Tensor, anchors: torch.Tensor, gt_boxes: torch.Tensor, gt_labels: torch.Tensor, **cost_args: Any
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Minimum-cost one-to-one assignment (scipy's ``linear_sum_assignment``) of queries to GT boxes.
 
-    ``cls_logits (Q, K)``, ``anchors (Q, 11)``, ``gt_boxes (M, 9)``, ``gt_labels (M,)``. Returns
-    ``(query_idx, gt_idx)``, two int64 ``(min(Q, M),)`` tensors on ``cls_logits``' device, sorted by query;
-    empty when M = 0. Non-finite costs are replaced by 1e8 (as Sparse4D).
+    ``cls_logits (Q, K)``, ``anchors (Q, 11)``, ``gt_boxes (M, 9)``, ``gt_labels (M,)``; ``cost_args``: the
+    keywords of :func:`matching_cost` (``cls_weight``, ``box_weights``, ``alpha``, ``gamma``; their defaults are
+    there). Returns ``(query_idx, gt_idx)``, two int64 ``(min(Q, M),)`` tensors on ``cls_logits``' device, sorted
+    by query; empty when M = 0. Non-finite costs are replaced by 1e8 (as Sparse4D).
     """
-    cost = matching_cost(cls_logits, anchors, gt_boxes, gt_labels, cls_weight, box_weights, alpha, gamma)
+    cost = matching_cost(cls_logits, anchors, gt_boxes, gt_labels, **cost_args)
     return hungarian_match_many([cost])[0]
 
 
