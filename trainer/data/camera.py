@@ -141,22 +141,16 @@ def realise_image_aug(image_wh: tuple[int, int], final_hw: Sequence[int], draw: 
 
 
 def sample_image_aug(
-    image_wh: tuple[int, int],
-    final_hw: Sequence[int],
-    train: bool,
-    resize_range: Sequence[float] = (1.0, 1.0),
-    bottom_crop_range: Sequence[float] = (0.0, 0.0),
-    flip_prob: float = 0.0,
-    rng: random.Random | None = None,
+    image_wh: tuple[int, int], final_hw: Sequence[int], train: bool, **draw_args: Any
 ) -> dict[str, Any]:
     """One image augmentation for an image ``(W, H)``: :func:`draw_image_aug` then :func:`realise_image_aug`.
 
-    In training the fit scale is multiplied by a factor uniform in ``resize_range``, ``b`` is uniform
-    in ``bottom_crop_range`` and the crop's left uniform over the free width; in evaluation the fit
-    scale, the mean ``b`` and a centred crop.
+    ``draw_args``: the keywords of :func:`draw_image_aug` (``resize_range``, ``bottom_crop_range``, ``flip_prob``,
+    ``rng``; their defaults are there). In training the fit scale is multiplied by a factor uniform in
+    ``resize_range``, ``b`` is uniform in ``bottom_crop_range`` and the crop's left uniform over the free width; in
+    evaluation the fit scale, the mean ``b`` and a centred crop.
     """
-    draw = draw_image_aug(train, resize_range, bottom_crop_range, flip_prob, rng)
-    return realise_image_aug(image_wh, final_hw, draw)
+    return realise_image_aug(image_wh, final_hw, draw_image_aug(train, **draw_args))
 
 
 def apply_image_aug(image, aug: Mapping[str, Any], final_hw: Sequence[int]) -> np.ndarray:
