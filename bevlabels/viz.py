@@ -59,6 +59,17 @@ def draw_boxes_bev(ax, boxes: np.ndarray, color="w", labels=None, lw=1.0) -> Non
             ax.text(b[0], b[1], labels[i], color=color, fontsize=5, ha="center", va="center")
 
 
+def frame_bev_panel(ax, ext: list[float], boxes: np.ndarray | None = None, color="w", lw: float = 1.0) -> None:
+    """What every BEV panel gets: GT ``boxes (M, >=7)`` (:func:`draw_boxes_bev`, when given), the view held to the
+    grid's extent ``ext`` (:func:`extent`; boxes beyond the grid must not widen it) and the ego axes' labels."""
+    if boxes is not None:
+        draw_boxes_bev(ax, boxes, color=color, lw=lw)
+    ax.set_xlim(ext[0], ext[1])
+    ax.set_ylim(ext[2], ext[3])
+    ax.set_xlabel("ego x (m, forward)")
+    ax.set_ylabel("ego y (m, left)")
+
+
 def pyplot():
     """``matplotlib.pyplot``, on the Agg backend outside an interactive IPython session (files, not windows)."""
     import matplotlib
@@ -115,12 +126,7 @@ def label_sheet(
         axes[2].set_title(f"accumulated LiDAR ({len(points):,} points)")
         axes[2].legend(loc="upper right", markerscale=40, fontsize=7)
     for ax in axes:
-        if boxes is not None:
-            draw_boxes_bev(ax, boxes, color="cyan", lw=0.7)
-        ax.set_xlim(ext[0], ext[1])  # boxes beyond the grid must not widen the view
-        ax.set_ylim(ext[2], ext[3])
-        ax.set_xlabel("ego x (m, forward)")
-        ax.set_ylabel("ego y (m, left)")
+        frame_bev_panel(ax, ext, boxes, color="cyan", lw=0.7)
     if title:
         suptitle(fig, title)
     return fig
@@ -363,13 +369,8 @@ def similarity_figure(
     kind = "centred cosine" if center else "cosine"
     axes[1].set_title(f"{kind} similarity to cell (iy={cell[0]}, ix={cell[1]}) at ({q[0]:.1f}, {q[1]:.1f}) m")
     for ax in axes:
-        if boxes is not None:
-            draw_boxes_bev(ax, boxes, color="w", lw=0.5)
+        frame_bev_panel(ax, ext, boxes, color="w", lw=0.5)
         ax.plot(q[0], q[1], marker="x", color="red", ms=9, mew=2)
-        ax.set_xlim(ext[0], ext[1])
-        ax.set_ylim(ext[2], ext[3])
-        ax.set_xlabel("ego x (m, forward)")
-        ax.set_ylabel("ego y (m, left)")
     if title:
         suptitle(fig, title)
     return fig
@@ -423,13 +424,8 @@ def bev_rgb_figure(panels: list[tuple[str, np.ndarray]], grid: GridSpec, boxes=N
     ext = extent(grid)
     for ax, (label, rgb) in zip(axes[0], panels):
         ax.imshow(rgb, origin="lower", extent=ext, interpolation="nearest")
-        if boxes is not None:
-            draw_boxes_bev(ax, boxes, color="white", lw=0.6)
-        ax.set_xlim(ext[0], ext[1])
-        ax.set_ylim(ext[2], ext[3])
+        frame_bev_panel(ax, ext, boxes, color="white", lw=0.6)
         ax.set_title(label, fontsize=9)
-        ax.set_xlabel("ego x (m, forward)")
-        ax.set_ylabel("ego y (m, left)")
     if legend:
         handles = [Patch(color=c, label=n) for n, c in legend.items()]
         fig.legend(handles=handles, loc="lower center", ncol=7, fontsize=7, frameon=False, bbox_to_anchor=(0.5, -0.06))
