@@ -426,18 +426,20 @@ def barrier_mesh(L: float, W: float, H: float, rng: np.random.Generator, style: 
             box((-L / 2, -W / 2, 0.0), (L / 2, W / 2, 0.3 * H), concrete, "concrete"),
             box((-0.3 * L, -W / 2, 0.3 * H), (0.3 * L, W / 2, 0.85 * H), concrete, "concrete"),
         ]
-        n = 6
-        for k in range(n):
-            y0 = -W / 2 + k * W / n
-            c = (0.85, 0.1, 0.08) if k % 2 == 0 else (0.95, 0.95, 0.95)
-            parts.append(box((-0.3 * L, y0, 0.85 * H), (0.3 * L, y0 + W / n, H), c, "retro"))
+        parts += _retro_panels(W, 6, 0.3 * L, 0.85 * H, H, ((0.85, 0.1, 0.08), (0.95, 0.95, 0.95)))
         return Mesh.concat(parts)
     # plastic road barrier: alternating red/white panels on two feet
     parts = [box((-L / 2, -W / 2, 0.0), (L / 2, -W / 2 + 0.15, 0.12 * H), DARK, "plastic"),
              box((-L / 2, W / 2 - 0.15, 0.0), (L / 2, W / 2, 0.12 * H), DARK, "plastic")]  # fmt: skip
-    n = 7
+    parts += _retro_panels(W, 7, 0.12 * L, 0.12 * H, H, ((0.9, 0.12, 0.08), (0.96, 0.96, 0.96)))
+    return Mesh.concat(parts)
+
+
+def _retro_panels(W: float, n: int, half_x: float, z0: float, z1: float, colours) -> list[Mesh]:
+    """A barrier's band of ``n`` retro-reflective panels side by side across its width ``W`` (along y), ``2 * half_x``
+    thick, from height ``z0`` to ``z1``, alternating the two ``colours`` (red, white) from the -y end."""
+    panels = []
     for k in range(n):
         y0 = -W / 2 + k * W / n
-        c = (0.9, 0.12, 0.08) if k % 2 == 0 else (0.96, 0.96, 0.96)
-        parts.append(box((-0.12 * L, y0, 0.12 * H), (0.12 * L, y0 + W / n, H), c, "retro"))
-    return Mesh.concat(parts)
+        panels.append(box((-half_x, y0, z0), (half_x, y0 + W / n, z1), colours[k % 2], "retro"))
+    return panels
