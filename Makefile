@@ -157,7 +157,7 @@ bench-train: setup ## bevdepth vs bevdepth_dino on the small world: same seed an
 BENCH_TIG_OUT    ?= outputs/bench_train/tig
 BENCH_TIG_SEEDS  ?= 1 2
 BENCH_TIG_STEPS  ?= 1400
-BENCH_TIG_LEDGER ?= results/bench_tig_cpu.jsonl
+BENCH_TIG_LEDGER ?= results/ledgers/bench_tig_cpu.jsonl
 .PHONY: bench-tig
 bench-tig: setup ## TiG-BEV Table 3 (bevdepth, _tig_depth, _tig_bev, _tig), BENCH_TIG_SEEDS seeds, mean +- spread; resumable
 	$(PY) scripts/bench_train.py --experiments bevdepth bevdepth_tig_depth bevdepth_tig_bev bevdepth_tig \
@@ -172,7 +172,7 @@ BENCH_DVD_OUT    ?= outputs/bench_train/dvd-1500
 BENCH_DVD_EXPERIMENTS ?= dvd dvd_bev dvd_proposals dvd_temporal dvd_pv dvd_dino
 BENCH_DVD_SEEDS  ?= 12345
 BENCH_DVD_STEPS  ?= 1500
-BENCH_DVD_LEDGER ?= results/bench_dvd_cpu.jsonl
+BENCH_DVD_LEDGER ?= results/ledgers/bench_dvd_cpu.jsonl
 .PHONY: bench-dvd
 bench-dvd: setup ## DualViewDistill rows (BENCH_DVD_EXPERIMENTS) x BENCH_DVD_SEEDS at BENCH_DVD_STEPS, one table; resumable
 	$(PY) scripts/bench_train.py --experiments $(BENCH_DVD_EXPERIMENTS) \
@@ -182,7 +182,7 @@ bench-dvd: setup ## DualViewDistill rows (BENCH_DVD_EXPERIMENTS) x BENCH_DVD_SEE
 # An ablation in one command (scripts/ablate.py): the rows of conf/ablation/$(ABLATION).yaml x SEEDS, each trained for
 # STEPS one-cycle steps (CPU model) and evaluated (NDS, mAP, AMOTA, IDS, per-class AP, foreground depth), one table with
 # mean +- spread and verdicts; resumable, across machines too (finished runs' rows go to a committed ledger under
-# results/). ARGS: more options or Hydra overrides.
+# results/ledgers/). ARGS: more options or Hydra overrides.
 ABLATION ?= table7_oracle
 SEEDS    ?= 1 2
 STEPS    ?= 600
@@ -191,7 +191,7 @@ THREADS  ?= 2#    torch threads per run
 .PHONY: ablate
 ablate: setup ## An ablation: ABLATION=table7_oracle|table7_dino|table10_weight|table8_accumulation SEEDS="1 2" STEPS=600
 	$(PY) scripts/ablate.py conf/ablation/$(ABLATION).yaml --seeds $(SEEDS) --steps $(STEPS) --budget 00:01:30:00 \
-	  --jobs $(JOBS) --threads $(THREADS) --ledger results/ablate_$(STEPS)steps.jsonl $(ARGS)
+	  --jobs $(JOBS) --threads $(THREADS) --ledger results/ledgers/ablate_$(STEPS)steps.jsonl $(ARGS)
 
 clean: ## Remove caches and build debris; keeps outputs/ (checkpoints) and .venv (OUTPUTS_TOO=1, VENV_TOO=1 remove them)
 	rm -rf .pytest_cache .ruff_cache build *.egg-info multirun

@@ -1,6 +1,7 @@
 """The label stage: DINOv2 BEV pseudo-labels and projected LiDAR pixels, one dask task per scene, into zarr.
 
     python -m pipelines.labels                                   # the small synthetic world, made if missing
+    python -m pipelines.labels limit_scenes=1                    # its first scene only (only that one rendered)
     python -m pipelines.labels dataset=nuscenes dataset.root=/data/nuscenes out=/data/nusc.zarr
     python -m pipelines.labels cluster.address=tcp://scheduler:8786   # an existing dask cluster
     python -m pipelines.labels --help                            # every option (Hydra)
@@ -330,26 +331,52 @@ def label_scene(job: LabelJob, scene: str, indices: list[int], tokens: list[str]
 # The driver
 
 
-def ensure_dataset(ds_cfg: dict) -> None:
+def ensure_dataset(ds_cfg: dict, scenes: list[str] | None = None, limit_scenes: int | None = None) -> None:
     """Generate the synthetic world a dataset config names (its ``generate`` section) when it is missing,
-    scenes in parallel over ``generate.workers`` dask processes (:func:`bevlabels.synthetic.formats.ensure_world`)."""
+    scenes in parallel over ``generate.workers`` dask processes (:func:`bevlabels.synthetic.formats.ensure_world`).
+
+    ``scenes`` / ``limit_scenes`` (the run's, as :func:`plan` reads them): a run that labels some scenes renders only
+    those (a partial world, which a later run that needs more completes); without them, the whole world. A world
+    in the AV2 format is always rendered whole.
+    """
     from bevlabels.synthetic.formats import ensure_world
     from pipelines.synth import dask_map
 
     workers = int((ds_cfg.get("generate") or {}).get("workers", 2))
-    ensure_world(ds_cfg, map_fn=dask_map(workers) if workers > 1 else None, log=log.warning)
+    ensure_world(
+        ds_cfg,
+        map_fn=dask_map(workers) if workers > 1 else None,
+        log=log.warning,
+        scenes=scenes_to_render(ds_cfg, scenes, limit_scenes),
+    )
 
 
-def plan(ds, split: str | None, scenes: list[str] | None, limit_scenes: int | None):
-    """Store rows in scene order: ``(sample_tokens, scene_names, {scene: (rows, tokens)})``."""
-    names = ds.scenes(split)
+def scenes_to_render(ds_cfg: dict, scenes: list[str] | None, limit_scenes: int | None):
+    """For :func:`~bevlabels.synthetic.formats.ensure_world`: the scenes of a synthetic world a run with these
+    ``scenes`` / ``limit_scenes`` labels, as a function of the world's config (they are known before any scene is
+    rendered: :func:`bevlabels.synthetic.generate.scene_order`); None (the whole world) when the run labels all."""
+    if not scenes and not limit_scenes:
+        return None
+    from bevlabels.synthetic.generate import scene_order
+
+    split = ds_cfg.get("split")
+    return lambda synth_cfg: select_scenes(scene_order(synth_cfg, split), split, scenes, limit_scenes)
+
+
+def select_scenes(names: list[str], split: str | None, scenes: list[str] | None, limit_scenes: int | None) -> list[str]:
+    """The scenes a run labels, of ``names`` (a split's, in order): those in ``scenes`` if given, then the first
+    ``limit_scenes``."""
     if scenes:
         unknown = sorted(set(scenes) - set(names))
         if unknown:
             raise KeyError(f"scenes {unknown} are not in the dataset{f' split {split}' if split else ''}")
         names = [s for s in names if s in set(scenes)]
-    if limit_scenes:
-        names = names[:limit_scenes]
+    return names[:limit_scenes] if limit_scenes else names
+
+
+def plan(ds, split: str | None, scenes: list[str] | None, limit_scenes: int | None):
+    """Store rows in scene order: ``(sample_tokens, scene_names, {scene: (rows, tokens)})``."""
+    names = select_scenes(ds.scenes(split), split, scenes, limit_scenes)
     tokens, scene_of, per_scene = [], [], {}
     for s in names:
         toks = [f.token for f in ds.keyframes(s)]
@@ -374,7 +401,7 @@ def prepare(cfg: dict):
     check_geometry_device(str(cfg.get("geometry_device", "auto")))  # before any work, naming the key
     resolve_keyframe_batch(cfg.get("keyframe_batch", "auto"), "cpu")
     ds_cfg = cfg["dataset"]
-    ensure_dataset(ds_cfg)
+    ensure_dataset(ds_cfg, cfg.get("scenes"), cfg.get("limit_scenes"))  # only the scenes it labels
     ds = get_dataset(ds_cfg["adapter"])
     grid = GridSpec.from_dict(cfg["grid"])
     tokens, scene_of, per_scene = plan(ds, ds_cfg.get("split"), cfg.get("scenes"), cfg.get("limit_scenes"))

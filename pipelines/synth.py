@@ -10,7 +10,8 @@ The presets are ``conf/preset/*.yaml``; any of their fields can be overridden
 rendered in parallel by dask worker processes when ``workers > 1``; each scene is a pure function
 of the config, so the bytes do not depend on it. Bad input (an unknown format, preset or
 parameter, an impossible value, a non-empty ``out`` without ``overwrite=true``) stops with a
-message before anything is rendered.
+message before anything is rendered. An ``out`` that holds part of the same world (what
+``python -m pipelines.labels limit_scenes=n`` renders) is completed: only its missing scenes are rendered.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def run_synth(cfg: DictConfig) -> None:
             raise SynthConfigError(f"workers={workers!r}: must be an integer >= 1")
         if not isinstance(cfg.overwrite, bool):
             raise SynthConfigError(f"overwrite={cfg.overwrite!r}: must be true or false")
-        check_output_dir(cfg.out, cfg.overwrite, own_paths)
+        check_output_dir(cfg.out, cfg.overwrite, own_paths, config if w.missing else None)  # a partial world: completed
     except (SynthConfigError, OutputDirError) as e:
         raise SystemExit(f"pipelines.synth: {e}") from None
     start = time.perf_counter()

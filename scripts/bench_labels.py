@@ -107,13 +107,20 @@ def compose(args: argparse.Namespace):
     return plain(cfg)
 
 
-def ensure_world(ds_cfg: dict, workers: int) -> float:
-    """Seconds spent generating the synthetic world at ``dataset.root`` (0 when it exists), scenes in parallel."""
+def ensure_world(cfg: dict, workers: int) -> float:
+    """Seconds spent generating the synthetic world at ``dataset.root`` (0 when it exists), scenes in parallel:
+    only the scenes the run labels (``--limit-scenes``), as the label stage itself would."""
     from bevlabels.synthetic.formats import ensure_world as ensure
+    from pipelines.labels import scenes_to_render
     from pipelines.synth import dask_map
 
+    ds_cfg = cfg["dataset"]
     t0 = time.perf_counter()
-    generated = ensure(ds_cfg, map_fn=dask_map(workers) if workers > 1 else None)
+    generated = ensure(
+        ds_cfg,
+        map_fn=dask_map(workers) if workers > 1 else None,
+        scenes=scenes_to_render(ds_cfg, cfg.get("scenes"), cfg.get("limit_scenes")),
+    )
     return time.perf_counter() - t0 if generated else 0.0
 
 
@@ -256,7 +263,7 @@ def main(argv: list[str]) -> dict:
 
     cfg = compose(args)
     env = environment()
-    generate_s = ensure_world(cfg["dataset"], args.n_workers)  # now, so that the stage's timings exclude it
+    generate_s = ensure_world(cfg, args.n_workers)  # now, so that the stage's timings exclude it
     summary = run(cfg)
 
     from bevlabels.cache import LabelStoreReader

@@ -31,7 +31,7 @@ first experiment's by more than both spreads. A run whose evaluation is already 
 is reused, not retrained, so a benchmark longer than one sitting is resumed by rerunning the same
 command (an unfinished run is started again from scratch: its wall time must be its own).
 
-A ledger for benchmarks longer than one machine's life. ``--ledger results/<name>.jsonl`` keeps each finished
+A ledger for benchmarks longer than one machine's life. ``--ledger results/ledgers/<name>.jsonl`` keeps each finished
 run's row in a JSON-lines file meant to be committed: a run whose key (experiment, seed, steps, lr, batch
 size, model and the Hydra overrides, data paths left out) is in the ledger is not retrained, and each run
 that finishes is appended at once, with the date, the commit and the CPU. So a sweep spread over sessions on

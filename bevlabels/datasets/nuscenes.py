@@ -154,6 +154,20 @@ VERSION_SPLITS = {
 }
 
 
+def in_split(names: list[str], split: str | None) -> list[str]:
+    """``names`` (in their order) that belong to the devkit split ``split`` (all of them for None); an unknown
+    split is a ValueError naming the known ones."""
+    if split is None:
+        return list(names)
+    from nuscenes.utils.splits import create_splits_scenes
+
+    splits = create_splits_scenes()
+    if split not in splits:
+        raise ValueError(f"unknown nuScenes split {split!r}; the devkit knows {sorted(splits)}")
+    wanted = set(splits[split])
+    return [n for n in names if n in wanted]
+
+
 class NuScenesDataset(DriveDataset):
     """nuScenes (any version: mini, trainval, test, or a dataset written in its format).
 
@@ -203,16 +217,7 @@ class NuScenesDataset(DriveDataset):
     # -- scenes -----------------------------------------------------------------------------------
     def scenes(self, split: str | None = None) -> list[str]:
         """Scene names in table order, optionally only those of a devkit split (``train``, ``mini_val``)."""
-        names = [s["name"] for s in self.nusc.scene]
-        if split is None:
-            return names
-        from nuscenes.utils.splits import create_splits_scenes
-
-        splits = create_splits_scenes()
-        if split not in splits:
-            raise ValueError(f"unknown nuScenes split {split!r}; the devkit knows {sorted(splits)}")
-        wanted = set(splits[split])
-        return [n for n in names if n in wanted]
+        return in_split([s["name"] for s in self.nusc.scene], split)
 
     def _scene(self, scene: str) -> dict:
         try:

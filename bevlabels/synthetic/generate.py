@@ -4,6 +4,13 @@
 (``map_fn`` lets a caller run :func:`generate_scene` in parallel, e.g. with dask; the bytes do not
 depend on it), then writes the 13 tables to ``<out>/<version>/`` and ``<out>/synth.json``.
 
+Part of a world. ``generate(..., scenes=[...])`` renders only those scenes: a *partial* world, an ordinary
+nuScenes dataset of fewer scenes whose ``synth.json`` lists the scenes it holds beside the config that has
+more (:func:`is_partial`). It is never taken for the whole world (:func:`has_world`): a later ``generate``
+of the same config renders only the scenes it lacks (:func:`missing_scenes`) and writes the tables of all,
+byte for byte those of a world generated at once. This is how ``python -m pipelines.labels limit_scenes=n``
+renders only the scenes it labels.
+
 Layout on disk (nuScenes'):
 ``samples/LIDAR_TOP/*.pcd.bin`` keyframe sweeps, ``sweeps/LIDAR_TOP/*.pcd.bin`` the sweeps between
 them (non-key ``sample_data`` chained by prev/next, tied to the next keyframe's sample),
@@ -24,6 +31,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -32,9 +40,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from bevlabels.datasets.nuscenes import in_split
 from bevlabels.geometry import VX, VY, points_in_boxes, transform_points, yaw_to_quat
 from bevlabels.synthetic import catalog, tables
-from bevlabels.synthetic.config import SynthConfig
+from bevlabels.synthetic.config import SynthConfig, SynthConfigError
 from bevlabels.synthetic.render import Renderer, visible_fractions
 from bevlabels.synthetic.rig import LIDAR_NAME, RIG, camera_intrinsics
 from bevlabels.synthetic.world import CROSS_SIDEWALK, KEY_DT, SIDEWALK_OUTER, build_world
@@ -49,6 +58,9 @@ OWN_PATHS = ("samples", "sweeps", "maps", "v1.0-mini", "v1.0-trainval", META_FIL
 #: the oracle label maps (``oracle/<CAM>/<image stem>.png``, see :func:`oracle_path`): a pixel's semantic class
 #: (these, then the ten object classes) and instance; the devkit never reads the folder
 ORACLE_DIR = "oracle"
+#: the folders of the scenes' sensor files (each file named after its scene's log, a map after its token): what a
+#: partial world extended by more scenes keeps (:func:`generate`)
+SCENE_DIRS = ("samples", "sweeps", "maps", ORACLE_DIR)
 ORACLE_STUFF = ("sky", "ground", "scenery")
 ORACLE_CLASSES = ORACLE_STUFF + catalog.CLASSES
 #: label = class * ORACLE_INSTANCE_BASE + (agent index + 1), 0 in the low part for no instance (16-bit PNG)
@@ -411,17 +423,23 @@ def generate_scene(cfg: SynthConfig, name: str, split: str, out: str | Path) -> 
     return SceneWriter(cfg, name, split, Path(out)).run()
 
 
-def check_output_dir(out: str | Path, overwrite: bool, own_paths: tuple[str, ...] = OWN_PATHS) -> Path:
+def check_output_dir(
+    out: str | Path, overwrite: bool, own_paths: tuple[str, ...] = OWN_PATHS, cfg: SynthConfig | None = None
+) -> Path:
     """``out`` as a Path, after refusing a non-empty folder unless ``overwrite`` (a file is always refused).
 
-    ``own_paths``: what the writer replaces with ``overwrite`` (named in the message).
+    ``own_paths``: what the writer replaces with ``overwrite`` (named in the message). ``cfg``: a partial world of
+    this config in ``out`` is not refused (:func:`generate` extends it).
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise OutputDirError(f"output path {out} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
+        if cfg is not None and partial_world(out, cfg) is not None:
+            return out
+        part = " (it holds part of a synthetic world of another config)" if is_partial(out) else ""
         raise OutputDirError(
-            f"output folder {out} is not empty; pass overwrite=true to replace the synthetic dataset in it "
+            f"output folder {out} is not empty{part}; pass overwrite=true to replace the synthetic dataset in it "
             f"(only {', '.join(own_paths)} are removed)"
         )
     return out
@@ -464,32 +482,151 @@ def finish_stage(
 
 
 def generate(cfg: SynthConfig, out: str | Path, overwrite: bool = False,
-             map_fn: Callable[[Callable, Iterable], Iterable] | None = None, log: Callable[[str], None] = print) -> Path:  # fmt: skip
+             map_fn: Callable[[Callable, Iterable], Iterable] | None = None, log: Callable[[str], None] = print,
+             scenes: Iterable[str] | None = None) -> Path:  # fmt: skip
     """Write the synthetic dataset ``cfg`` describes into ``out``; returns ``out``.
 
     ``map_fn(f, items)`` applies ``f`` to every ``(cfg, name, split, out)`` tuple (default: in
     turn); pass a parallel map to render scenes concurrently. Same config, same bytes.
 
+    ``scenes``: render only these of ``cfg``'s scenes (names; default all), which leaves a partial world (module
+    docstring). A partial world of ``cfg`` already in ``out`` is extended, not refused: its scenes are kept (their
+    files linked, their table rows read back), only the asked-for scenes it lacks are rendered, and the tables of
+    all are written anew in scene order. So ``scenes=None`` on a partial world completes it.
+
     Everything is written to :func:`staging_dir` first and moved into ``out`` only once complete,
-    so ``out`` never holds a partial dataset; an interrupted run leaves the staging folder, which
+    so ``out`` never holds a half-written dataset; an interrupted run leaves the staging folder, which
     the next run replaces. With ``overwrite``, only what a previous run wrote (:data:`OWN_PATHS`)
-    is removed from ``out``.
+    is removed from ``out``, and none of it is kept.
     """
-    out, stage, jobs = start_stage(cfg, out, overwrite, OWN_PATHS)
-    log(f"synthetic world '{cfg.name}' (seed {cfg.seed}): {len(jobs)} scenes x {cfg.keyframes} keyframes -> {out}")
+    cfg.validate()
+    order = scene_order(cfg)
+    want = set(order if scenes is None else scenes)
+    if want - set(order):
+        raise SynthConfigError(f"scenes {sorted(want - set(order))} are not in the synthetic world '{cfg.name}' "
+                               f"(its scenes: {order})")  # fmt: skip
+    out = check_output_dir(out, overwrite, cfg=cfg)
+    have = {} if overwrite else (partial_world(out, cfg) or {})
+    render = [(name, split) for name, split in cfg.scene_names() if name in want and name not in have]
+    if have and not render:
+        log(f"synthetic world '{cfg.name}' in {out} already holds the scenes asked for; nothing to render")
+        return out
+    stage = staging_dir(out)
+    if stage.exists():
+        shutil.rmtree(stage)
+    stage.mkdir(parents=True)
+    kept = {}
+    if have:  # a partial world grows: its scenes' files (hard links) and table rows come along
+        for d in SCENE_DIRS:
+            if (out / d).is_dir():
+                link_tree(out / d, stage / d)
+        kept = scene_rows(out / cfg.version)
+    jobs = [(cfg, name, split, str(stage)) for name, split in render]
+    names = [n for n in order if n in have or n in want]
+    part = f" of its {len(order)} ({len(have)} there already)" if len(names) < len(order) or have else ""
+    log(f"synthetic world '{cfg.name}' (seed {cfg.seed}): {len(jobs)} scenes{part} x {cfg.keyframes} keyframes "
+        f"-> {out}")  # fmt: skip
     results = render_jobs(_generate_job, jobs, map_fn)
+    new = {r.name: r for r in results}
     all_tables = tables.vocabulary_tables()
     for t in tables.SCENE_TABLES:
-        all_tables[t] = [row for r in results for row in r.rows[t]]
+        all_tables[t] = [row for n in names for row in (new[n].rows[t] if n in new else kept[n][t])]
     tables.write_tables(stage / cfg.version, all_tables)
-    scenes = [
-        {"name": r.name, "split": r.split, "draw": r.attempt, "annotations_in_range_with_points": r.class_counts}
-        for r in results
-    ]
-    finish_stage(stage, out, OWN_PATHS, cfg, scenes)
+    finish_stage(stage, out, OWN_PATHS, cfg, [scene_record(new[n]) if n in new else have[n] for n in names])
     log(f"wrote {sum(len(r.rows['sample']) for r in results)} keyframes, "
         f"{sum(len(r.rows['sample_annotation']) for r in results)} annotations to {out / cfg.version}")  # fmt: skip
+    if len(names) < len(order):
+        log(f"{out} holds {len(names)} of the world's {len(order)} scenes (a partial world); a run that needs the "
+            f"others renders them")  # fmt: skip
     return out
+
+
+def scene_record(r: SceneResult) -> dict:
+    """A scene's entry in ``synth.json``."""
+    return {"name": r.name, "split": r.split, "draw": r.attempt, "annotations_in_range_with_points": r.class_counts}
+
+
+def scene_order(cfg: SynthConfig, split: str | None = None) -> list[str]:
+    """``cfg``'s scene names in the order the nuScenes adapter lists a world of them (table order), only those of
+    the devkit ``split`` when given: what "the first n scenes" counts, known before any scene is rendered."""
+    return in_split([name for name, _ in cfg.scene_names()], split)
+
+
+def is_partial(out: str | Path) -> bool:
+    """Whether ``out`` holds a partial synthetic world: its ``synth.json`` lists fewer scenes than its config has.
+
+    A ``synth.json`` this code cannot read (a world of an older generator, a config with other fields) is not
+    partial: such a world was only ever written whole.
+    """
+    meta = read_meta(out)
+    if meta is None or meta.get("format", "nuscenes") != "nuscenes":
+        return False
+    try:
+        names = set(scene_order(SynthConfig.from_dict(meta["config"])))
+        return {s["name"] for s in meta["scenes"]} < names
+    except (SynthConfigError, KeyError, TypeError, ValueError):
+        return False
+
+
+def partial_world(out: str | Path, cfg: SynthConfig) -> dict[str, dict] | None:
+    """The ``synth.json`` entries, by scene name, of a partial world of ``cfg`` in ``out``; None where ``out`` holds
+    none (no world, a whole one, or part of another config's)."""
+    if not is_partial(out):
+        return None
+    meta = read_meta(out)
+    if meta["config"] != json.loads(json.dumps(cfg.to_dict())) or not (Path(out) / cfg.version).is_dir():
+        return None
+    return {s["name"]: s for s in meta["scenes"]}
+
+
+def missing_scenes(out: str | Path, cfg: SynthConfig, scenes: Iterable[str] | None = None) -> list[str]:
+    """The scenes of ``scenes`` (default: all of ``cfg``'s), in scene order, that the world in ``out`` lacks: every
+    one where no world is there, none where a whole one is (:func:`has_world`, whatever its config, as before)."""
+    want = set(scene_order(cfg) if scenes is None else scenes)
+    if has_world(out, {"version": cfg.version}):
+        return []
+    have = set(partial_world(out, cfg) or ())
+    return [n for n in scene_order(cfg) if n in want and n not in have]
+
+
+def scene_rows(table_dir: Path) -> dict[str, dict[str, list[dict]]]:
+    """The rows of a written world's per-scene tables (``tables.SCENE_TABLES``) by scene name, each scene's in their
+    written order: what a partial world extended by more scenes keeps of the scenes it has."""
+    t = {name: json.loads((table_dir / f"{name}.json").read_text()) for name in tables.SCENE_TABLES}
+    scene_of_log = {r["log_token"]: r["name"] for r in t["scene"]}
+    scene_of_token = {r["token"]: r["name"] for r in t["scene"]}
+    of_sample = {r["token"]: scene_of_token[r["scene_token"]] for r in t["sample"]}
+    of_sample_data = {r["token"]: of_sample[r["sample_token"]] for r in t["sample_data"]}
+    of_calibration = {r["calibrated_sensor_token"]: of_sample[r["sample_token"]] for r in t["sample_data"]}
+    of_annotation = {r["token"]: of_sample[r["sample_token"]] for r in t["sample_annotation"]}
+    owner = {
+        "scene": lambda r: r["name"],
+        "log": lambda r: scene_of_log[r["token"]],
+        "map": lambda r: scene_of_log[r["log_tokens"][0]],
+        "sample": lambda r: of_sample[r["token"]],
+        "sample_data": lambda r: of_sample_data[r["token"]],
+        "ego_pose": lambda r: of_sample_data[r["token"]],  # an ego pose's token is its sample_data's
+        "calibrated_sensor": lambda r: of_calibration[r["token"]],
+        "sample_annotation": lambda r: of_annotation[r["token"]],
+        "instance": lambda r: of_annotation[r["first_annotation_token"]],
+    }
+    rows = {name: {table: [] for table in tables.SCENE_TABLES} for name in scene_of_token.values()}
+    for table in tables.SCENE_TABLES:
+        for r in t[table]:
+            rows[owner[table](r)][table].append(r)
+    return rows
+
+
+def link_tree(src: Path, dst: Path) -> None:
+    """``dst``: a copy of the folder ``src`` whose files are hard links to ``src``'s (copies where links fail)."""
+
+    def link(a: str, b: str) -> None:
+        try:
+            os.link(a, b)
+        except OSError:
+            shutil.copy2(a, b)
+
+    shutil.copytree(src, dst, copy_function=link)
 
 
 def install(stage: Path, out: Path, own_paths: tuple[str, ...]) -> None:
@@ -514,9 +651,10 @@ def _generate_job(job) -> SceneResult:
     return generate_scene(*job)
 
 
-def has_tables(root: str | Path, dataset_cfg) -> bool:
-    """Whether ``root`` holds the nuScenes tables of ``dataset_cfg["version"]`` (a world is there)."""
-    return (Path(root) / str(dataset_cfg["version"])).is_dir()
+def has_world(root: str | Path, dataset_cfg) -> bool:
+    """Whether a whole world is at ``root``: the nuScenes tables of ``dataset_cfg["version"]``, and not a partial
+    synthetic world (:func:`is_partial`: one that holds only some of its config's scenes)."""
+    return (Path(root) / str(dataset_cfg["version"])).is_dir() and not is_partial(root)
 
 
 def read_meta(out: str | Path) -> dict | None:

@@ -1,9 +1,9 @@
-"""The ledger key of a known command line equals the key its finished run was recorded under in ``results/``.
+"""The ledger key of a known command line equals the key its finished run was recorded under in ``results/ledgers/``.
 
-The ``results/*.jsonl`` ledgers hold hour-long CPU runs keyed by :meth:`trainer.bench.ledger.Ledger.key` (experiment,
-seed, steps, lr, batch size, model and the Hydra overrides, the CPU bench model's among them): a key that drifts
-(an override list of :mod:`trainer.bench.cpu` reordered, a field renamed, the script composing its overrides in
-another order) silently turns those runs into runs to retrain. These rows were recorded before the key gained
+The ``results/ledgers/*.jsonl`` ledgers hold hour-long CPU runs keyed by :meth:`trainer.bench.ledger.Ledger.key`
+(experiment, seed, steps, lr, batch size, model and the Hydra overrides, the CPU bench model's among them): a key
+that drifts (an override list of :mod:`trainer.bench.cpu` reordered, a field renamed, the script composing its
+overrides in another order) silently turns those runs into runs to retrain. These rows were recorded before the key gained
 ``labels_schema`` (they trained on schema-1 stores, which a ledger no longer answers for); every other field must
 still be byte-identical, and ``labels_schema`` comes last. Rows recorded since (the `dvd` hour retrained on a schema-2
 store, 2026-12-07) carry it already; the ledger answers with the last row of a key.
@@ -25,16 +25,18 @@ from trainer.bench.ledger import Ledger
 from trainer.bench.runs import add_run_arguments
 
 REPO = Path(__file__).resolve().parents[2]
+LEDGERS = REPO / "results" / "ledgers"
 
-#: README's hour of CPU for ``dvd`` (its ``--out`` and ``--ledger`` aside): line 5 of results/bench_dvd_cpu.jsonl
+#: README's hour of CPU for ``dvd`` (its ``--out`` and ``--ledger`` aside): line 5 of
+#: results/ledgers/bench_dvd_cpu.jsonl
 DVD_HOUR = ["--experiments", "dvd", "--steps", "3000", "--budget", "00:01:00:00", "--seeds", "12345"]
-#: ``make bench-tig`` (Makefile: BENCH_TIG_SEEDS, BENCH_TIG_STEPS): every line of results/bench_tig_cpu.jsonl
+#: ``make bench-tig`` (Makefile: BENCH_TIG_SEEDS, BENCH_TIG_STEPS): every line of results/ledgers/bench_tig_cpu.jsonl
 TIG = ["bevdepth", "bevdepth_tig_depth", "bevdepth_tig_bev", "bevdepth_tig"]
 BENCH_TIG = ["--experiments", *TIG, "--seeds", "1", "2", "--steps", "1400", "--budget", "00:02:00:00"]
 
 
 def _entries(ledger: str) -> list[dict]:
-    return [json.loads(line) for line in (REPO / "results" / ledger).read_text().splitlines() if line.strip()]
+    return [json.loads(line) for line in (LEDGERS / ledger).read_text().splitlines() if line.strip()]
 
 
 def _overrides(name: str, grid: str = "default", preset: str = "small") -> list[str]:

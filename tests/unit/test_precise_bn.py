@@ -3,7 +3,7 @@
 A temporal run streams scenes (each batch slot walks one scene under one held augmentation). Averaging
 BatchNorm statistics over the first batches of that loader saw the same two scenes every time, and the
 stream-trained ``dvd_temporal``'s validation depth loss was twice the single-frame runs'
-(results/bench_dvd_cpu.md).
+(results/bench_dvd_cpu_temporal.md).
 """
 
 from __future__ import annotations

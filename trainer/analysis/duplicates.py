@@ -9,7 +9,7 @@ counts, per keyframe and class, the detections scoring at least ``--score`` whos
 with one-to-one matching is meant to leave one box per object, so this share is the duplicates it has
 not learned to suppress; each duplicate is a false positive to the devkit's AP. This is what motivated
 the optional decode-time NMS of the sparse head (``trainer.evaluate ... nms=circle``;
-``results/bench_dvd_cpu.md``). Printed as a markdown table, one row per folder and score threshold.
+``results/bench_dvd_cpu_hour.md``). Printed as a markdown table, one row per folder and score threshold.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ store, ``seed``, and the budget options shared with ``scripts/bench_train.py``: 
 steps, ``--budget`` wall guard, ``--model cpu`` the CPU-sized model), then ``trainer.evaluate``
 (the devkit's DetectionEval and TrackingEval, the foreground depth metrics). A run whose evaluation
 is complete is never redone, so an interrupted sweep resumes by rerunning the same command. With
-``--ledger results/<ablation>.jsonl`` (``make ablate`` passes one) each finished run's row is also kept in a
+``--ledger results/ledgers/<ablation>.jsonl`` (``make ablate`` passes one) each finished run's row is also kept in a
 committed JSON-lines file and reused from there, so a sweep longer than one machine's life resumes on the next
 (:mod:`trainer.bench.ledger`). A run is known in the ledger by what it is (its overrides, store,
 seed and budget), not by its row's name, so a row that two ablations share (``dvd_oracle`` of Table VII is ``w7`` of

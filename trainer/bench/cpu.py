@@ -7,7 +7,7 @@ one-metre depth bins over the grid's reach (:data:`CPU_DEPTH`), a half-width BEV
 quarter-width CenterHead whose maps are one conv each off the shared conv, a 300-anchor 4-layer sparse head.
 
 These lists are part of every CPU run's ledger key (:meth:`trainer.bench.ledger.Ledger.key`): the
-``results/*.jsonl`` ledgers hold finished runs keyed by them, so a change here means retraining those runs
+``results/ledgers/*.jsonl`` ledgers hold finished runs keyed by them, so a change here means retraining those runs
 (``tests/unit/test_bench_ledger.py`` holds keys to ledger rows).
 """
 

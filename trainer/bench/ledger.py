@@ -1,15 +1,15 @@
-"""The ledger of finished benchmark runs: one JSON object a line, committed under ``results/``.
+"""The ledger of finished benchmark runs: one JSON object a line, committed under ``results/ledgers/``.
 
-A ledger for benchmarks longer than one machine's life. ``--ledger results/<name>.jsonl`` (``scripts/bench_train.py``,
-``scripts/ablate.py``) keeps each finished run's row in a JSON-lines file meant to be committed: a run whose key
-(experiment, seed, steps, lr, batch size, model and the Hydra overrides, data paths left out) is in the ledger is
-not retrained, and each run that finishes is appended at once, with the date, the commit and the CPU. So a sweep
-spread over sessions on fresh machines (whose ``outputs/`` is gone) resumes from the ledger, and its table keeps
-every run. To redo a run (its code changed), delete its line.
+A ledger for benchmarks longer than one machine's life. ``--ledger results/ledgers/<name>.jsonl``
+(``scripts/bench_train.py``, ``scripts/ablate.py``) keeps each finished run's row in a JSON-lines file meant to be
+committed: a run whose key (experiment, seed, steps, lr, batch size, model and the Hydra overrides, data paths left
+out) is in the ledger is not retrained, and each run that finishes is appended at once, with the date, the commit and
+the CPU. So a sweep spread over sessions on fresh machines (whose ``outputs/`` is gone) resumes from the ledger, and
+its table keeps every run. To redo a run (its code changed), delete its line.
 
 :meth:`Ledger.key` must stay byte-identical for the same command line: the ledgers hold hour-long runs keyed by
-it (``tests/unit/test_bench_ledger.py`` checks keys against rows of ``results/bench_dvd_cpu.jsonl`` and
-``results/bench_tig_cpu.jsonl``).
+it (``tests/unit/test_bench_ledger.py`` checks keys against rows of ``results/ledgers/bench_dvd_cpu.jsonl`` and
+``results/ledgers/bench_tig_cpu.jsonl``).
 """
 
 from __future__ import annotations

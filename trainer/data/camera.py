@@ -552,7 +552,7 @@ class CameraDataModule(FrameDataModule):
         stream_seed: the seed of the streams' scene shuffle and augmentation draws (with the epoch).
         stream_image_aug: ``"held"`` (default: one image augmentation per stream, as the BEV one) or
             ``"per_keyframe"`` (a fresh image draw per keyframe, the BEV one held): more diversity per step for
-            small batches of streams (results/bench_dvd_cpu.md).
+            small batches of streams (results/bench_dvd_cpu_temporal.md).
     """
 
     def __init__(

@@ -50,7 +50,7 @@ def class_nms(detection: dict, radius_per_label: torch.Tensor) -> dict:
 
     Not in Sparse4D, whose one-to-one matching is to teach the queries to suppress each other. An
     under-trained head has not learned that yet: the CPU-budget ``dvd`` runs put a second car within 1 m
-    of a third to a half of their car detections (``results/bench_dvd_cpu.md``), and each counts as a false
+    of a third to a half of their car detections (``results/bench_dvd_cpu_hour.md``), and each counts as a false
     positive in the devkit's AP. DETR's ablation shows the same by depth: NMS helps the outputs of its
     first decoder layers, which have not yet suppressed duplicates, and stops helping at the last. Greedy, highest
     score first (:func:`circle_nms`); a detection suppresses only the lower-scoring ones of its own label whose

@@ -2,7 +2,7 @@
 
 An option of the DualViewDistill detector, not part of the paper: Sparse4D starts every keyframe from its
 learned anchors (k-means here), and its decoder has to move each query to an object from features alone.
-That is slow to learn (``results/bench_dvd_cpu.md``: on a perfect, painted BEV map the head needs hundreds
+That is slow to learn (``results/bench_dvd_cpu_sparse_head.md``: on a perfect, painted BEV map the head needs hundreds
 of steps to bring its nearest box within 0.4 m of an object, and a CPU-hour of training leaves the camera
 detector's box loss nearly flat over the layers). A dense head learns where objects are much faster; here
 its best peaks become the anchors of the first ``num_proposals`` queries, so the decoder starts from boxes
