@@ -111,4 +111,13 @@ def test_the_command_line_tracks_a_file_with_the_oracle_ceiling_beside(small_val
     assert "of the oracle-id ceiling" in r.stdout, r.stdout[-2000:]
     summary = json.loads((tmp_path / "out" / "metrics_summary.json").read_text())
     assert summary["oracle_ids"]["amota"] >= summary["amota"] - 0.02
+    # the true ids on the tracker's own boxes: scored on exactly the boxes it wrote, so no more boxes than those
+    assert "the true ids on its own boxes" in r.stdout, r.stdout[-2000:]
+    own = summary["oracle_ids_on_tracks"]
+    tracked = json.loads((tmp_path / "out" / "results_nusc_tracking.json").read_text())["results"]
+    relabelled = json.loads((tmp_path / "out" / "oracle_ids_on_tracks" / "tracking_oracle_ids.json").read_text())
+    assert {t: sorted(b["translation"] for b in v) for t, v in tracked.items()} == {
+        t: sorted(b["translation"] for b in v) for t, v in relabelled["results"].items()
+    }
+    assert own["amota"] >= summary["amota"] - 0.02 and own["amota"] <= summary["oracle_ids"]["amota"] + 0.02
     assert (tmp_path / "out" / "png" / "scene-0103.png").is_file()

@@ -115,6 +115,19 @@ def test_config_errors_name_the_key():
         build_tracker("hungarian")
 
 
+def test_input_nms_radii_scale_with_input_nms_scale():
+    from trainer.tracking import tracker_config
+
+    cfg = tracker_config("kalman")
+    base = build_tracker(cfg)[1]
+    assert base == {k: float(v) for k, v in cfg["input_nms"].items()}  # the default scale is 1
+    wide = build_tracker({**cfg, "input_nms_scale": 3.0})[1]
+    assert wide.keys() == base.keys() and all(wide[k] == pytest.approx(3.0 * base[k]) for k in base)
+    assert build_tracker("greedy")[1] is None  # no radii: no NMS, whatever the scale
+    with pytest.raises(ValueError, match="input_nms_scale must be > 0"):
+        build_tracker({**cfg, "input_nms_scale": 0.0})
+
+
 def test_the_configs_per_class_parameters_are_used():
     tr = build_tracker("kalman")[0]
     assert tr.params("pedestrian").max_distance == 2.5 and tr.params("car").max_distance == 7.0

@@ -211,7 +211,8 @@ def evaluate_nuscenes(
             nusc, frames, detections, tracker, out_dir / "tracking", eval_set, results["meta"], verbose=verbose
         )
         summary["tracking"] = {k: track_summary.get(k) for k in (*TRACKING_METRICS, "evaluated", "tracker")}
-        summary["tracking"]["oracle_ids"] = {k: track_summary["oracle_ids"].get(k) for k in TRACKING_METRICS}
+        for key in ("oracle_ids", "oracle_ids_on_tracks"):
+            summary["tracking"][key] = {k: (track_summary.get(key) or {}).get(k) for k in TRACKING_METRICS}
         with open(out_dir / "metrics_summary.json", "w") as f:
             json.dump(summary, f, indent=2)
 

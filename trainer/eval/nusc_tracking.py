@@ -165,6 +165,23 @@ def oracle_ceiling(nusc, detections: Mapping[str, list], meta: Mapping, eval_set
     return run_tracking_eval(nusc, path, eval_set, out_dir)
 
 
+def as_detections(tracking_results: Mapping[str, list]) -> dict[str, list]:
+    """Tracking result boxes as detection result boxes (``detection_name`` / ``detection_score`` from the tracking
+    ones, the track id dropped): what :func:`oracle_id_results` reads."""
+    return {
+        token: [
+            {
+                **{k: v for k, v in b.items() if not k.startswith("tracking_")},
+                "detection_name": b["tracking_name"],
+                "detection_score": b["tracking_score"],
+                "attribute_name": "",
+            }  # fmt: skip
+            for b in boxes
+        ]
+        for token, boxes in tracking_results.items()
+    }
+
+
 def track_and_score(
     nusc,
     frames: Sequence[Any],
@@ -185,7 +202,10 @@ def track_and_score(
     under ``out_dir``: ``results_nusc_tracking.json``, the devkit's ``metrics_summary.json``, with ``ceiling`` the
     oracle-id ceiling of the same detections (``oracle_ids/``, :func:`oracle_ceiling`), and with ``pictures`` a
     PNG per scene (``png/<scene>.png``, titled with the tracker, its AMOTA and the ceiling's). Returns the summary
-    with ``tracker`` (its name) and ``oracle_ids`` (the ceiling's summary, or ``{}``) added.
+    with ``tracker`` (its name) and ``oracle_ids`` (the ceiling's summary, or ``{}``) added; with ``ceiling`` also
+    ``oracle_ids_on_tracks``: the true ids given to the tracker's own output boxes (``oracle_ids_on_tracks/``).
+    The gap from the ceiling to it is what the tracker's choice of boxes costs (thresholds, its NMS, what it drops);
+    the gap from it to the tracker's AMOTA is what its association costs (switches, fragments, false tracks).
     """
     from trainer.nusc_results import write_results
     from trainer.tracking import build_tracker, render_scenes, scenes_of, track_scenes, tracker_config
@@ -201,6 +221,9 @@ def track_and_score(
     summary["tracker_config"] = cfg
     oracle = oracle_ceiling(nusc, detections, meta, eval_set, out_dir / "oracle_ids") if ceiling else {}
     summary["oracle_ids"] = oracle
+    if ceiling:  # the true ids on the tracker's own boxes: what its association, not its choice of boxes, costs
+        own = oracle_ceiling(nusc, as_detections(results["results"]), meta, eval_set, out_dir / "oracle_ids_on_tracks")
+        summary["oracle_ids_on_tracks"] = own
     summary.update(extra or {})
     with open(out_dir / "metrics_summary.json", "w") as f:
         json.dump(summary, f, indent=2, default=str)
@@ -220,13 +243,18 @@ def describe_ceiling(summary: Mapping[str, Any]) -> str:
         return line + " (no oracle-id ceiling computed)"
     a, c = summary.get("amota"), oracle.get("amota")
     share = f" ({100 * a / c:.0f}%)" if not _missing(a) and not _missing(c) and c > 0 else ""
-    return line + f" of the oracle-id ceiling {_fmt3(c)}{share}, IDS {summary.get('ids')} (ceiling {oracle.get('ids')})"
+    line += f" of the oracle-id ceiling {_fmt3(c)}{share}, IDS {summary.get('ids')} (ceiling {oracle.get('ids')})"
+    own = summary.get("oracle_ids_on_tracks") or {}
+    if own:
+        line += f"; the true ids on its own boxes: {_fmt3(own.get('amota'))} (IDS {own.get('ids')})"
+    return line
 
 
 __all__ = [
     "MATCH_DISTANCE",
     "TRACKING_EVAL_CONFIG",
     "TRACKING_METRICS",
+    "as_detections",
     "format_tracking_table",
     "oracle_ceiling",
     "oracle_id_results",

@@ -2,7 +2,9 @@
 
 Each file names its tracker (``name``) and holds its parameters, per class where they depend on the class; the
 key ``input_nms`` (per-class radii in metres, or null) is the circle NMS applied to every keyframe's detections
-before the tracker sees them (:func:`trainer.tracking.scenes.track_scenes`), whichever the tracker.
+before the tracker sees them (:func:`trainer.tracking.scenes.track_scenes`), whichever the tracker, its radii
+multiplied by ``input_nms_scale`` (default 1: a detector whose duplicates spread further, as a camera detector's
+along the viewing ray, wants more without restating every class).
 """
 
 from __future__ import annotations
@@ -43,8 +45,11 @@ def build_tracker(name_or_cfg: str | Mapping[str, Any]) -> tuple[Tracker, dict[s
     name = cfg.get("name")
     if name not in TRACKERS:
         raise ValueError(f"tracker config: name must be one of {TRACKERS}; got {name!r}")
-    input_nms = cfg.get("input_nms") or None
-    params = {k: v for k, v in cfg.items() if k not in ("name", "input_nms")}
+    scale = float(cfg.get("input_nms_scale", 1.0))
+    if scale <= 0:
+        raise ValueError(f"tracker config: input_nms_scale must be > 0; got {scale}")
+    input_nms = {k: float(v) * scale for k, v in cfg["input_nms"].items()} if cfg.get("input_nms") else None
+    params = {k: v for k, v in cfg.items() if k not in ("name", "input_nms", "input_nms_scale")}
     if name == "kalman":
         return kalman_from_config(params), input_nms
     if name == "greedy":
