@@ -20,21 +20,21 @@ endif
 endif
 
 .PHONY: help setup test test-all lint format labels leak bench-visibility inspect train evaluate teacher teacher-train teacher-eval \
-	teacher-cache synth bench bench-labels bench-teacher clean
+	teacher-cache synth bench bench-labels bench-teacher view clean
 
 help: ## Show this help
 	@echo "bevlabels: make targets (pass Hydra overrides with ARGS=\"key=value ...\")"
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
 	  awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
 
-setup: $(STAMP) ## Create .venv, install torch first (TORCH=...), then bevlabels (editable, dev extras); idempotent
+setup: $(STAMP) ## Create .venv, install torch first (TORCH=...), then bevlabels (editable, dev and viz extras); idempotent
 
 $(STAMP): pyproject.toml
 	@bash scripts/ensure_libusb.sh
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,viz]"   # viz: rerun-sdk==0.23.1, the scene viewer (make view)
 	@printf '%s\n' "$(TORCH)" > $(STAMP)
 	@echo "setup done: $(VENV) ($$($(PY) -c 'import torch; print("torch", torch.__version__)'))"
 
@@ -67,6 +67,9 @@ labels: setup ## Label stage: DINOv2 BEV grids + projected LiDAR into zarr (defa
 
 inspect: setup ## PNG of one keyframe of a label store (ARGS="store=... sample=0")
 	$(PY) scripts/inspect_labels.py $(ARGS)
+
+view: setup ## A scene over time as a rerun recording (ARGS="scene=... [ckpt=|detections=...] [tracks=...] [out=f.rrd]"); rerun f.rrd
+	$(PY) -m trainer.view $(ARGS)
 
 train: setup ## Train a detector (Hydra: ARGS="experiment=teacher_centerpoint ..."; `python -m trainer.train --help`)
 	$(PY) -m trainer.train $(ARGS)

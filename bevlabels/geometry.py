@@ -369,6 +369,25 @@ def box_corners(boxes: Array) -> Array:
     return local @ Rt + centre[..., None, :]
 
 
+#: the 12 edges of a box as pairs of :func:`box_corners` indices: front face, back face, then front to back
+BOX_EDGES = ((0, 1), (1, 2), (2, 3), (3, 0), (4, 5), (5, 6), (6, 7), (7, 4), (0, 4), (1, 5), (2, 6), (3, 7))
+
+
+def project_box_edges(boxes: np.ndarray, cam_from_src: np.ndarray, K: np.ndarray, min_depth: float = 0.2) -> list:
+    """Per box ``(M, >=7)`` in a source frame, its 12 edges (:data:`BOX_EDGES`) as ``(12, 2, 2)`` pixel segments
+    ``[edge, end, (u, v)]`` through ``cam_from_src (4, 4)`` and ``K (3, 3)``; ``None`` for a box with a corner less
+    than ``min_depth`` metres in front of the camera (drawn whole or not at all: a clipped box misleads)."""
+    out = []
+    for corners in box_corners(np.asarray(boxes, dtype=np.float64)):  # (8, 3) per box; boxes are few
+        pc = transform_points(np.asarray(cam_from_src, dtype=np.float64), corners)  # (8, 3) camera frame
+        if (pc[:, 2] < min_depth).any():
+            out.append(None)
+            continue
+        uv = (pc @ np.asarray(K, dtype=np.float64).T)[:, :2] / pc[:, 2:]  # (8, 2)
+        out.append(uv[np.array(BOX_EDGES)])  # (12, 2, 2)
+    return out
+
+
 def points_in_boxes(points: Array, boxes: Array, scale: float = 1.0, margin: float = 0.0) -> Array:
     """Membership ``(N, M)`` bool: point n lies inside box m (boundary included, as the devkit).
 

@@ -8,6 +8,8 @@ backend is already active (notebooks keep theirs).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from bevlabels import geometry as g
@@ -21,6 +23,45 @@ def suptitle(fig, title: str) -> None:
     fig.suptitle(textwrap.fill(title, width=max(40, int(fig.get_figwidth() * 11))))
 
 
+@dataclass(frozen=True)
+class PcaColours:
+    """Colours of features: the first ``k`` principal directions of a set of features ``(n, C)`` and each
+    component's 1st and 99th percentile over that set, which :meth:`rgb` stretches to [0, 1].
+
+    Fitted once and applied to many grids (a scene's keyframes), one colour means one feature in all of them;
+    :func:`pca_rgb` fits on the grid it colours.
+    """
+
+    mean: np.ndarray  # (C,)
+    components: np.ndarray  # (k, C)
+    lo: np.ndarray  # (k,)
+    hi: np.ndarray  # (k,)
+
+    @classmethod
+    def fit(cls, x: np.ndarray, k: int = 3) -> PcaColours | None:
+        """From features ``x (n, C)`` (occupied cells); ``None`` when ``n < k + 1`` (no direction to speak of)."""
+        x = np.asarray(x, dtype=np.float64)
+        if len(x) < k + 1:
+            return None
+        mean = x.mean(0)
+        xs = x - mean
+        _, _, vt = np.linalg.svd(xs, full_matrices=False)
+        comp = xs @ vt[:k].T  # (n, k)
+        return cls(mean, vt[:k], np.percentile(comp, 1, axis=0), np.percentile(comp, 99, axis=0))
+
+    def rgb(self, feat: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+        """An RGB image ``(H, W, 3)`` in [0, 1] of ``feat (C, H, W)``: black outside ``mask (H, W)`` (default: the
+        non-zero features) and in the channels beyond ``k``."""
+        C, H, W = feat.shape
+        k = len(self.components)
+        x = feat.reshape(C, -1).T.astype(np.float64)  # (H*W, C)
+        m = (np.abs(x).sum(1) > 0) if mask is None else mask.reshape(-1).astype(bool)
+        rgb = np.zeros((H * W, 3))
+        comp = (x[m] - self.mean) @ self.components.T  # (n, k)
+        rgb[m, :k] = np.clip((comp - self.lo) / np.maximum(self.hi - self.lo, 1e-9), 0, 1)
+        return rgb.reshape(H, W, 3)
+
+
 def pca_rgb(feat: np.ndarray, mask: np.ndarray | None = None, k: int = 3) -> np.ndarray:
     """An RGB image ``(H, W, 3)`` in [0, 1] from the first three principal components of ``feat (C, H, W)``.
 
@@ -30,14 +71,8 @@ def pca_rgb(feat: np.ndarray, mask: np.ndarray | None = None, k: int = 3) -> np.
     C, H, W = feat.shape
     x = feat.reshape(C, -1).T.astype(np.float64)  # (H*W, C)
     m = (np.abs(x).sum(1) > 0) if mask is None else mask.reshape(-1).astype(bool)
-    rgb = np.zeros((H * W, 3))
-    if m.sum() >= k + 1:
-        xs = x[m] - x[m].mean(0)
-        _, _, vt = np.linalg.svd(xs, full_matrices=False)
-        comp = xs @ vt[:k].T  # (n, k)
-        lo, hi = np.percentile(comp, 1, axis=0), np.percentile(comp, 99, axis=0)
-        rgb[m, :k] = np.clip((comp - lo) / np.maximum(hi - lo, 1e-9), 0, 1)
-    return rgb.reshape(H, W, 3)
+    colours = PcaColours.fit(x[m], k)
+    return np.zeros((H, W, 3)) if colours is None else colours.rgb(feat, m.reshape(H, W))
 
 
 def extent(grid: GridSpec) -> list[float]:

@@ -25,8 +25,6 @@ import torch
 
 from bevlabels import geometry as g
 
-#: the devkit's corner order (bevlabels.geometry.box_corners): front face 0-3, back face 4-7
-BOX_EDGES = ((0, 1), (1, 2), (2, 3), (3, 0), (4, 5), (5, 6), (6, 7), (7, 4), (0, 4), (1, 5), (2, 6), (3, 7))
 CAMERA_ORDER = ("CAM_FRONT_LEFT", "CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_BACK_LEFT", "CAM_BACK", "CAM_BACK_RIGHT")
 GT_COLOR, PRED_COLOR = "#33dd55", "#ff3030"
 
@@ -46,21 +44,8 @@ def parse_args(argv: list[str]) -> dict[str, str]:
     return args
 
 
-def project_box_edges(boxes: np.ndarray, cam_from_ego: np.ndarray, K: np.ndarray, min_depth: float = 0.2):
-    """Per box in front of the camera, its 12 edges as ``(12, 2, 2)`` pixel segments; boxes ``(M, 9)`` ego frame."""
-    out = []
-    for corners in g.box_corners(boxes):  # (8, 3) per box
-        pc = g.transform_points(cam_from_ego, corners)
-        if (pc[:, 2] < min_depth).any():
-            out.append(None)
-            continue
-        uv = (pc @ K.T)[:, :2] / pc[:, 2:]
-        out.append(np.array([[uv[i], uv[j]] for i, j in BOX_EDGES]))
-    return out
-
-
 def draw_boxes_image(ax, boxes: np.ndarray, cam_from_ego, K, color, alphas=None) -> None:
-    for m, edges in enumerate(project_box_edges(boxes, cam_from_ego, K)):
+    for m, edges in enumerate(g.project_box_edges(boxes, cam_from_ego, K)):
         if edges is None:
             continue
         a = 1.0 if alphas is None else float(alphas[m])

@@ -29,7 +29,22 @@ from typing import Any
 
 import numpy as np
 
-from bevlabels.geometry import VX, VY, YAW, H, L, W, X, Y, Z, rot_z, rotmat_to_quat, to_numpy, transform_points
+from bevlabels.geometry import (
+    VX,
+    VY,
+    YAW,
+    H,
+    L,
+    W,
+    X,
+    Y,
+    Z,
+    quat_to_yaw,
+    rot_z,
+    rotmat_to_quat,
+    to_numpy,
+    transform_points,
+)
 
 #: class -> attribute for a slow object (speed <= :data:`MOVING_SPEED`), as mmdetection3d's ``DefaultAttribute``
 DEFAULT_ATTRIBUTE = {
@@ -89,6 +104,20 @@ def boxes_to_global(boxes_ego: np.ndarray, global_from_ego: np.ndarray) -> dict[
         "rotation": rotation,
         "velocity": velocity,
     }
+
+
+def boxes_from_results(boxes: Sequence[Mapping[str, Any]]) -> np.ndarray:
+    """Our ``(M, 9)`` layout of a results file's boxes of one sample (detection or tracking format), still in the
+    global frame: the centre, ``size`` w l h as L W H, the heading of ``rotation`` (upright boxes), the velocity
+    (0 where the box has none). The inverse of :func:`boxes_to_global` for level poses."""
+    out = np.zeros((len(boxes), 9), dtype=np.float64)
+    if not len(boxes):
+        return out
+    out[:, [X, Y, Z]] = [b["translation"] for b in boxes]
+    out[:, [W, L, H]] = [b["size"] for b in boxes]
+    out[:, YAW] = quat_to_yaw(np.array([b["rotation"] for b in boxes], dtype=np.float64))
+    out[:, [VX, VY]] = [list(b.get("velocity", (0.0, 0.0)))[:2] for b in boxes]
+    return out
 
 
 def sample_results(

@@ -37,42 +37,66 @@ log = logging.getLogger("bevlabels.track")
 
 #: the keys every detection box of a results file needs
 DETECTION_KEYS = ("translation", "size", "rotation", "detection_name", "detection_score")
+#: the keys every box of a tracking results file needs
+TRACKING_KEYS = ("translation", "size", "rotation", "tracking_id", "tracking_name", "tracking_score")
 
 
-class DetectionsFileError(ValueError):
+class ResultsFileError(ValueError):
+    """A nuScenes results file (detection or tracking) that cannot be read: the message names the file and what is
+    wrong."""
+
+
+class DetectionsFileError(ResultsFileError):
     """A detection results file that cannot be tracked: the message names the file and what is wrong."""
+
+
+class TrackingFileError(ResultsFileError):
+    """A tracking results file that cannot be read: the message names the file and what is wrong."""
+
+
+def read_results(
+    path: str | Path, keys: tuple[str, ...] = DETECTION_KEYS, kind: str = "detections", error=DetectionsFileError
+) -> dict[str, Any]:
+    """A nuScenes results file, checked for ``keys`` in every box (each ``error`` names the file, the sample and the
+    field; ``kind`` says which file is missing)."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path}: no such {kind} file")
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise error(f"{path}: not JSON ({e})") from e
+    if not isinstance(data, dict) or not isinstance(data.get("results"), dict):
+        raise error(f"{path}: a nuScenes results file is {{'meta': ..., 'results': {{token: [...]}}}}")
+    for token, boxes in data["results"].items():
+        if not isinstance(boxes, list):
+            raise error(f"{path}: results[{token!r}] must be a list of boxes")
+        for i, b in enumerate(boxes):
+            missing = [k for k in keys if k not in b]
+            if missing:
+                what = "a tracking box" if kind == "tracking" else "a detection box"
+                raise error(f"{path}: results[{token!r}][{i}] lacks {missing} ({what} has {list(keys)})")
+            if len(b["translation"]) != 3 or len(b["size"]) != 3 or len(b["rotation"]) != 4:
+                raise error(
+                    f"{path}: results[{token!r}][{i}]: translation and size need 3 numbers, rotation 4 (w, x, y, z)"
+                )
+            if b.get("sample_token", token) != token:
+                raise error(f"{path}: results[{token!r}][{i}] has sample_token {b['sample_token']!r}")
+    data.setdefault("meta", {})
+    return data
 
 
 def read_detections(path: str | Path) -> dict[str, Any]:
     """A nuScenes detection results file, checked for the fields the trackers read (each error names the file,
     the sample and the field)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DetectionsFileError(f"{path}: no such detections file")
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise DetectionsFileError(f"{path}: not JSON ({e})") from e
-    if not isinstance(data, dict) or not isinstance(data.get("results"), dict):
-        raise DetectionsFileError(f"{path}: a nuScenes results file is {{'meta': ..., 'results': {{token: [...]}}}}")
-    for token, boxes in data["results"].items():
-        if not isinstance(boxes, list):
-            raise DetectionsFileError(f"{path}: results[{token!r}] must be a list of boxes")
-        for i, b in enumerate(boxes):
-            missing = [k for k in DETECTION_KEYS if k not in b]
-            if missing:
-                raise DetectionsFileError(
-                    f"{path}: results[{token!r}][{i}] lacks {missing} (a detection box has {list(DETECTION_KEYS)})"
-                )
-            if len(b["translation"]) != 3 or len(b["size"]) != 3 or len(b["rotation"]) != 4:
-                raise DetectionsFileError(
-                    f"{path}: results[{token!r}][{i}]: translation and size need 3 numbers, rotation 4 (w, x, y, z)"
-                )
-            if b.get("sample_token", token) != token:
-                raise DetectionsFileError(f"{path}: results[{token!r}][{i}] has sample_token {b['sample_token']!r}")
-    data.setdefault("meta", {})
-    return data
+    return read_results(path, DETECTION_KEYS, "detections", DetectionsFileError)
+
+
+def read_tracks(path: str | Path) -> dict[str, Any]:
+    """A nuScenes tracking results file (``tracking_id``, ``tracking_name``, ``tracking_score`` in every box), checked
+    like :func:`read_detections`."""
+    return read_results(path, TRACKING_KEYS, "tracking", TrackingFileError)
 
 
 def split_frames(adapter, eval_set: str, tokens, partial: bool = False) -> tuple[list, dict[str, Any]]:

@@ -23,6 +23,7 @@ ENTRIES = {
     "trainer.train": "train",
     "trainer.evaluate": "evaluate",
     "trainer.track": "track",
+    "trainer.view": "view",
     "pipelines.labels": "labels",
     "pipelines.teacher": "teacher",
     "pipelines.synth": "synth",

@@ -186,6 +186,22 @@ def test_box_corners_match_devkit():
     np.testing.assert_allclose(g.box_corners(torch.as_tensor(boxes)).numpy(), ours, atol=1e-9)
 
 
+def test_project_box_edges_hand_case():
+    """A 2 m cube centred 10 m along the optical axis (the source frame is the camera's): its corner 0 is at
+    (+1, +1, 11), so it lands at u = v = 50 + 100 * 1/11; a box reaching behind the camera is not drawn."""
+    K = np.array([[100.0, 0, 50], [0, 100.0, 50], [0, 0, 1]])
+    ahead = np.array([[0.0, 0.0, 10.0, 2.0, 2.0, 2.0, 0.0, 0, 0]])
+    behind = np.array([[0.0, 0.0, 0.5, 2.0, 2.0, 2.0, 0.0, 0, 0]])  # corners at z = -0.5 and 1.5
+    edges, hidden = g.project_box_edges(np.concatenate([ahead, behind]), np.eye(4), K)
+    assert hidden is None and edges.shape == (12, 2, 2)
+    corner0 = g.box_corners(ahead)[0, 0]
+    np.testing.assert_allclose(corner0, [1, 1, 11], atol=1e-12)
+    np.testing.assert_allclose(edges[0, 0], [50 + 100 / 11, 50 + 100 / 11], atol=1e-9)  # edge (0, 1) starts at 0
+    # every edge joins two projected corners, each corner on 3 edges
+    ends = {tuple(np.round(p, 9)) for p in edges.reshape(-1, 2)}
+    assert len(ends) == 8
+
+
 def test_boxes_from_nuscenes_roundtrip():
     boxes = random_boxes(10)
     back = g.boxes_from_nuscenes([g.box_to_nuscenes(b) for b in boxes])

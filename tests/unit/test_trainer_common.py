@@ -13,7 +13,7 @@ from bevlabels import geometry as g
 from bevlabels.conf import load_grid
 from bevlabels.grid import GridSpec
 from trainer.data.common import augment_boxes, augment_points, bev_aug_matrix, collate
-from trainer.nusc_results import boxes_to_global, default_attribute, make_results
+from trainer.nusc_results import boxes_from_results, boxes_to_global, default_attribute, make_results
 
 CAR = [2.0, 1.0, 0.5, 4.0, 2.0, 1.5, 0.3, 3.0, -1.0]  # x y z l w h yaw vx vy
 
@@ -83,6 +83,21 @@ def test_boxes_to_global_hand_case():
     np.testing.assert_allclose(out["size"], [[2.0, 4.0, 1.5]])  # w, l, h
     np.testing.assert_allclose(out["rotation"], [[math.cos(math.pi / 4), 0, 0, math.sin(math.pi / 4)]], atol=1e-12)
     np.testing.assert_allclose(out["velocity"], [[0.0, 2.0]], atol=1e-12)
+
+
+def test_boxes_from_results_undo_boxes_to_global_for_a_level_pose():
+    """The hand case above read back from its result dict: the box in the global frame, size as L W H, the heading
+    of the quaternion; a box without a velocity gets 0."""
+    global_from_ego = g.make_transform(g.rot_z(np.array(math.pi / 2)), np.array([10.0, 0.0, 0.0]))
+    box = np.array([[1.0, 0.0, 0.5, 4.0, 2.0, 1.5, 0.0, 2.0, 0.0]])
+    out = boxes_to_global(box, global_from_ego)
+    result = {k: out[k][0].tolist() for k in ("translation", "size", "rotation", "velocity")}
+    no_velocity = {k: v for k, v in result.items() if k != "velocity"}
+    back = boxes_from_results([result, no_velocity])
+    np.testing.assert_allclose(back[0], g.transform_boxes(global_from_ego, box)[0], atol=1e-12)
+    np.testing.assert_allclose(back[0, :7], [10.0, 1.0, 0.5, 4.0, 2.0, 1.5, math.pi / 2], atol=1e-12)
+    np.testing.assert_allclose(back[1, g.VX :], [0.0, 0.0])
+    assert boxes_from_results([]).shape == (0, 9)
 
 
 def test_attributes_follow_class_and_speed():

@@ -7,9 +7,11 @@ device and precision of :func:`trainer.device.resolve_eval_device`), and the dic
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bevlabels.datasets.base import Frame
 from trainer.lit_base import DetectionModule
 
 
@@ -44,8 +46,12 @@ def predict(
     device: str = "auto",
     precision: str | None = "auto",
     ran: dict[str, str] | None = None,
+    frames: Sequence[Frame] | None = None,
 ) -> list[dict[str, Any]]:
     """``predict_step`` outputs for every keyframe of ``split`` (a flat list, one dict per keyframe).
+
+    ``frames``: these keyframes of the data module's dataset instead of the split (e.g. one scene's), in their
+    order, one keyframe a batch: a temporal model sees them as one stream, as it would within its split.
 
     ``device`` / ``precision``: as :func:`trainer.device.resolve_eval_device` (``auto``: a CUDA GPU in
     bf16-mixed when there is one, else the CPU in fp32). ``ran``, when given, receives ``device``,
@@ -66,7 +72,18 @@ def predict(
     )
     if hasattr(datamodule, "device_type"):  # its loaders pin memory and size their workers for this device
         datamodule.device_type = trainer.strategy.root_device.type
-    batches = trainer.predict(model, dataloaders=datamodule.predict_dataloader(split))
+    if frames is None:
+        loader = datamodule.predict_dataloader(split)
+    else:
+        from torch.utils.data import DataLoader
+
+        loader = DataLoader(
+            datamodule.make_dataset(list(frames), train=False),
+            batch_size=1,
+            collate_fn=datamodule.collate_fn,
+            **datamodule.loader_kwargs(),
+        )
+    batches = trainer.predict(model, dataloaders=loader)
     if ran is not None:
         ran.update(
             device=str(trainer.strategy.root_device), precision=str(trainer.precision), ran=describe_run(trainer)
