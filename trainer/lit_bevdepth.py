@@ -153,6 +153,7 @@ class BEVDepthModule(DetectionModule):
             dino_count=batch.get("dino_count") if self.distilling else None,
             depth_weight=self.loss_weights["depth_weight"],
             distill_weight=self.loss_weights["distill_weight"],
+            has_boxes=batch.get("has_boxes"),
         )
         if self.tig.active:
             parts, total = self.tig(outputs, batch, self.detector.bins, self.detector.downsample, self.detector.grid)

@@ -86,10 +86,16 @@ class BEVDepth(CameraDetector):
         return out
 
     def detection_loss(
-        self, outputs: dict[str, Any], gt_boxes: Sequence[torch.Tensor], gt_labels: Sequence[torch.Tensor]
+        self,
+        outputs: dict[str, Any],
+        gt_boxes: Sequence[torch.Tensor],
+        gt_labels: Sequence[torch.Tensor],
+        has_boxes: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """The CenterHead's loss on targets drawn on :attr:`grid` (:meth:`CameraDetector.loss` adds the rest)."""
-        return self.head.loss(outputs["preds"], self.head.targets(gt_boxes, gt_labels, self.grid))
+        """The CenterHead's loss on targets drawn on :attr:`grid` (:meth:`CameraDetector.loss` adds the rest); only
+        the samples in ``has_boxes (B,)`` count (None: all)."""
+        targets = self.head.targets(gt_boxes, gt_labels, self.grid)
+        return self.head.loss(outputs["preds"], targets, sample_mask=has_boxes)
 
     def decode(self, outputs: dict[str, Any]) -> list[dict[str, torch.Tensor]]:
         """Per sample ``{"boxes": (M, 9), "scores": (M,), "labels": (M,)}`` in the frame of the batch's BEV map."""

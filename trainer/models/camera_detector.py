@@ -107,6 +107,7 @@ class CameraDetector(nn.Module):
         *,
         depth_weight: float,
         distill_weight: float,
+        has_boxes: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Losses of ``forward``'s outputs: ``loss`` (the weighted total) and its parts.
 
@@ -118,25 +119,34 @@ class CameraDetector(nn.Module):
         skipped without ``depth_map (B, N, h, w)``) and ``distill`` (unweighted; only with a projection and
         ``dino_feat (B, C, H, W)``, ``dino_count (B, H, W)``): :meth:`camera_losses`. ``gt_boxes`` are B
         ``(M_b, 9)`` in the batch's (augmented) ego frame, ``gt_labels`` B ``(M_b,)``.
+
+        ``has_boxes (B,)`` bool: the samples whose boxes are known (``data.box_fraction``; None: all). The detection
+        terms of the others are exactly 0 (an empty box list is not "no objects"); depth and distillation are not
+        masked.
         """
-        det = self.detection_loss(outputs, gt_boxes, gt_labels)
+        det = self.detection_loss(outputs, gt_boxes, gt_labels, has_boxes=has_boxes)
         out = {f"det.{k}": v for k, v in det.items() if k != "loss"}
         out["det"] = det["loss"]
         parts, aux = self.camera_losses(
             outputs, depth_map, dino_feat, dino_count, depth_weight=depth_weight, distill_weight=distill_weight
         )
         out.update(parts)
-        out["loss"] = self.extra_losses(outputs, gt_boxes, gt_labels, out, det["loss"] + aux)
+        out["loss"] = self.extra_losses(outputs, gt_boxes, gt_labels, out, det["loss"] + aux, has_boxes=has_boxes)
         return out
 
     def detection_loss(
-        self, outputs: dict[str, Any], gt_boxes: Sequence[torch.Tensor], gt_labels: Sequence[torch.Tensor]
+        self,
+        outputs: dict[str, Any],
+        gt_boxes: Sequence[torch.Tensor],
+        gt_labels: Sequence[torch.Tensor],
+        has_boxes: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """The head's detection loss, ``{"loss": total, <part>: ...}``: each subclass its own."""
+        """The head's detection loss, ``{"loss": total, <part>: ...}``: each subclass its own; the samples outside
+        ``has_boxes (B,)`` (None: none) add exactly 0."""
         raise NotImplementedError(f"{type(self).__name__} must define detection_loss")
 
     def extra_losses(
-        self, outputs: dict[str, Any], gt_boxes, gt_labels, out: dict, total: torch.Tensor
+        self, outputs: dict[str, Any], gt_boxes, gt_labels, out: dict, total: torch.Tensor, has_boxes=None
     ) -> torch.Tensor:
         """``total`` plus a subclass's own weighted terms, their parts written into ``out`` (here: none)."""
         return total

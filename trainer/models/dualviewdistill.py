@@ -234,20 +234,28 @@ class DualViewDistill(CameraDetector):
         return out
 
     def detection_loss(
-        self, outputs: dict[str, Any], gt_boxes: Sequence[torch.Tensor], gt_labels: Sequence[torch.Tensor]
+        self,
+        outputs: dict[str, Any],
+        gt_boxes: Sequence[torch.Tensor],
+        gt_labels: Sequence[torch.Tensor],
+        has_boxes: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """:func:`sparse_detection_loss` of every layer and the denoising groups (:meth:`CameraDetector.loss` adds
-        the depth and distillation terms, then :meth:`extra_losses`)."""
-        return sparse_detection_loss(outputs["layers"], gt_boxes, gt_labels, dn=outputs.get("dn"))
+        the depth and distillation terms, then :meth:`extra_losses`); samples outside ``has_boxes`` are not matched."""
+        return sparse_detection_loss(
+            outputs["layers"], gt_boxes, gt_labels, dn=outputs.get("dn"), sample_mask=has_boxes
+        )
 
     def extra_losses(
-        self, outputs: dict[str, Any], gt_boxes, gt_labels, out: dict, total: torch.Tensor
+        self, outputs: dict[str, Any], gt_boxes, gt_labels, out: dict, total: torch.Tensor, has_boxes=None
     ) -> torch.Tensor:
         """``total`` plus ``proposals.loss_weight * proposal``: the dense proposals' CenterPoint loss (unweighted in
         ``out``, parts ``proposal.hm``, ``proposal.loc``; with dense proposals only), and, PV-only without
         distillation, a zero term on ``bev``."""
         if self.proposals is not None and "proposal_preds" in outputs:
-            dense = self.proposals.loss(outputs["proposal_preds"], gt_boxes, gt_labels, self.grid)
+            dense = self.proposals.loss(
+                outputs["proposal_preds"], gt_boxes, gt_labels, self.grid, sample_mask=has_boxes
+            )
             out["proposal.hm"], out["proposal.loc"] = dense["hm"], dense["loc"]
             out["proposal"] = dense["loss"]
             total = total + self.proposals.loss_weight * dense["loss"]

@@ -48,19 +48,28 @@ def gaussian_focal_loss(
     num_objects: torch.Tensor | float,
     alpha: float = 2.0,
     gamma: float = 4.0,
+    sample_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """CornerNet/CenterNet's penalty-reduced focal loss (a scalar) of heatmap ``logits`` against Gaussian ``target`` (same shape).
 
     ``-(sum_pos (1-p)^alpha log p + sum_neg (1-t)^gamma p^alpha log(1-p)) / max(num_objects, 1)``,
     positives where ``target == 1`` (the Gaussian peaks). Log-probabilities come from
     ``logsigmoid``, which is stable without CenterPoint's clamp of p to ``[1e-4, 1 - 1e-4]``.
+
+    ``sample_mask (B,)`` bool (``logits (B, ...)``): only these samples' cells count; the others (keyframes whose
+    boxes are withheld, ``data.box_fraction``) add exactly 0, so an empty target never teaches "no objects".
     """
     assert logits.shape == target.shape, f"logits {tuple(logits.shape)} and target {tuple(target.shape)} differ"
     pos = target == 1
     p = torch.sigmoid(logits)
     pos_term = F.logsigmoid(logits) * (1 - p) ** alpha
     neg_term = F.logsigmoid(-logits) * p**alpha * (1 - target) ** gamma
-    total = torch.where(pos, pos_term, neg_term).sum()
+    per_cell = torch.where(pos, pos_term, neg_term)
+    if sample_mask is not None:
+        assert sample_mask.shape == logits.shape[:1], f"sample_mask must be (B,); got {tuple(sample_mask.shape)}"
+        # a multiply, not an index: the masked samples' cells stay in the graph with a zero gradient
+        per_cell = per_cell * sample_mask.to(per_cell.dtype).view(-1, *([1] * (logits.ndim - 1)))
+    total = per_cell.sum()
     return -total / torch.clamp(torch.as_tensor(num_objects, dtype=logits.dtype, device=logits.device), min=1)
 
 
@@ -396,6 +405,7 @@ def sparse_detection_loss(
     match_box_weights: torch.Tensor | Sequence[float] = DEFAULT_MATCH_BOX_WEIGHTS,
     cls_threshold_to_reg: float | None = None,
     avg_factor: float | None = None,
+    sample_mask: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Sparse4Dv3's detection loss summed over every decoder layer, plus the denoising groups' loss.
 
@@ -408,6 +418,9 @@ def sparse_detection_loss(
         cls_threshold_to_reg: Sparse4Dv3 uses 0.05: box and quality terms only for matched queries
             whose best class probability exceeds it (None: all matched queries).
         avg_factor: the normaliser of the matched terms (default: the number of matched queries, >= 1).
+        sample_mask: ``(B,)`` bool, the samples whose boxes are known (``data.box_fraction``; None: all). The others
+            are not matched and their queries get no classification target at all (not "all background"): their
+            every term, denoising included, is multiplied by 0, so they add exactly 0 and stay in the graph (DDP).
 
     Returns ``{"cls_l", "box_l", "cns_l", "yns_l", "dn_cls_l", "dn_box_l": weighted scalar terms per layer l,
     "loss": their sum}``. Each layer is matched on its own (Hungarian, on detached predictions; every layer's
@@ -421,6 +434,16 @@ def sparse_detection_loss(
     box_dtype = torch.promote_types(layer_outputs[0]["anchor"].dtype, torch.float32)  # never bf16 / fp16
     gt_boxes = [g.to(device=device, dtype=box_dtype) for g in gt_boxes]
     gt_labels = [g.to(device=device, dtype=torch.long) for g in gt_labels]
+    if sample_mask is not None:
+        assert sample_mask.shape == (B,), f"sample_mask must be (B={B},); got {tuple(sample_mask.shape)}"
+        keep_sample = sample_mask.to(device=device, dtype=torch.bool)
+        # an unlabelled sample is matched to nothing (its GT list, if any, is not read)
+        labelled = keep_sample.tolist()  # B booleans: one small host copy
+        gt_boxes = [g if on else g[:0] for g, on in zip(gt_boxes, labelled)]
+        gt_labels = [g if on else g[:0] for g, on in zip(gt_labels, labelled)]
+        sample_w = keep_sample.to(box_dtype)  # (B,)
+    else:
+        sample_w = None
     gt_anchors = [boxes_to_anchors(g) for g in gt_boxes]  # B x (M_b, 11)
     num_matched = sum(min(Q, len(g)) for g in gt_boxes)
     norm = float(avg_factor) if avg_factor is not None else float(max(num_matched, 1))
@@ -456,7 +479,10 @@ def sparse_detection_loss(
 
         target = torch.zeros_like(cls)
         target[b_idx, q_idx, g_label] = 1.0
-        out[f"cls_{l}"] = cls_weight * sigmoid_focal_loss(cls, target, alpha, gamma, "sum") / norm
+        focal = sigmoid_focal_loss(cls, target, alpha, gamma, "none")  # (B, Q, K)
+        if sample_w is not None:
+            focal = focal * sample_w[:, None, None]
+        out[f"cls_{l}"] = cls_weight * focal.sum() / norm
 
         pred = anchor[b_idx, q_idx]  # (P, 11)
         keep = torch.ones_like(g_label, dtype=cls.dtype)
@@ -472,6 +498,8 @@ def sparse_detection_loss(
             out[f"yns_{l}"] = yawness_weight * (yns * keep).sum() / norm
 
     if dn is not None:
+        if sample_w is not None:
+            dn = {**dn, "valid": dn["valid"] & keep_sample[:, None]}
         out.update(_denoising_loss(dn, cls_weight, box_weights, dn_weight, alpha, gamma))
     out["loss"] = sum(out.values())
     return out
