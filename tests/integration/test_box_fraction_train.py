@@ -6,6 +6,7 @@ BEVDepth (with distillation) and of DualViewDistill trains and records its choic
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import test_bevdepth_train as bevdepth  # tests/integration/: the shared overrides of each model
@@ -41,14 +42,19 @@ def test_withheld_scenes_have_no_boxes_and_validation_keeps_them(compose_train, 
 
 
 @pytest.mark.parametrize(
-    ("suite", "experiment"), [(bevdepth, "bevdepth_dino"), (dvd, "dvd")], ids=["bevdepth_dino", "dvd"]
+    ("suite", "experiment", "extra"),
+    [(bevdepth, "bevdepth_dino", ["model.loss.distill_object_weight=0.5"]), (dvd, "dvd", [])],
+    ids=["bevdepth_dino_object_weighted", "dvd"],
 )
-def test_fast_dev_run_records_the_box_scenes(suite, experiment, compose_train, synth_tiny, synth_tiny_store, tmp_path):
+def test_fast_dev_run_records_the_box_scenes(
+    suite, experiment, extra, compose_train, synth_tiny, synth_tiny_store, tmp_path
+):
+    """Both heads train with withheld boxes (BEVDepth with the object-weighted distillation too)."""
     from trainer.train import train
 
     cfg = compose_train(
         suite.train_overrides(
-            experiment, synth_tiny, synth_tiny_store, tmp_path, "debug=fdr", "data.box_fraction=0.5", "seed=3"
+            experiment, synth_tiny, synth_tiny_store, tmp_path, "debug=fdr", "data.box_fraction=0.5", "seed=3", *extra
         )
     )
     result = train(cfg)
@@ -56,3 +62,6 @@ def test_fast_dev_run_records_the_box_scenes(suite, experiment, compose_train, s
     record = json.loads((tmp_path / "box_scenes.json").read_text())
     assert record["box_fraction"] == 0.5 and record["box_fraction_seed"] == 3
     assert 1 <= len(record["box_scenes"]) <= record["train_scenes"]
+    for key in ("train/loss", "train/det", "train/depth", "val/loss"):
+        assert math.isfinite(result["metrics"][key]), (key, result["metrics"])
+    assert ("train/distill" in result["metrics"]) == (experiment == "bevdepth_dino")

@@ -82,6 +82,8 @@ class CameraDetector(nn.Module):
         *,
         depth_weight: float,
         distill_weight: float,
+        distill_objects: torch.Tensor | None = None,
+        distill_object_weight: float | None = None,
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor | float]:
         """The camera BEV network's losses: ``(parts, weighted sum)`` of
         :func:`~trainer.models.losses.camera_bev_losses` (``depth``, ``distill``; see there)."""
@@ -94,6 +96,8 @@ class CameraDetector(nn.Module):
             dino_count,
             depth_weight=depth_weight,
             distill_weight=distill_weight,
+            distill_objects=distill_objects,
+            distill_object_weight=distill_object_weight,
         )
 
     def loss(
@@ -108,6 +112,8 @@ class CameraDetector(nn.Module):
         depth_weight: float,
         distill_weight: float,
         has_boxes: torch.Tensor | None = None,
+        distill_objects: torch.Tensor | None = None,
+        distill_object_weight: float | None = None,
     ) -> dict[str, torch.Tensor]:
         """Losses of ``forward``'s outputs: ``loss`` (the weighted total) and its parts.
 
@@ -122,13 +128,21 @@ class CameraDetector(nn.Module):
 
         ``has_boxes (B,)`` bool: the samples whose boxes are known (``data.box_fraction``; None: all). The detection
         terms of the others are exactly 0 (an empty box list is not "no objects"); depth and distillation are not
-        masked.
+        masked. ``distill_object_weight`` with ``distill_objects (B, H, W)`` bool: the object-weighted distillation
+        (:func:`~trainer.models.losses.object_weighted_distill_loss`); None: the uniform mean.
         """
         det = self.detection_loss(outputs, gt_boxes, gt_labels, has_boxes=has_boxes)
         out = {f"det.{k}": v for k, v in det.items() if k != "loss"}
         out["det"] = det["loss"]
         parts, aux = self.camera_losses(
-            outputs, depth_map, dino_feat, dino_count, depth_weight=depth_weight, distill_weight=distill_weight
+            outputs,
+            depth_map,
+            dino_feat,
+            dino_count,
+            depth_weight=depth_weight,
+            distill_weight=distill_weight,
+            distill_objects=distill_objects,
+            distill_object_weight=distill_object_weight,
         )
         out.update(parts)
         out["loss"] = self.extra_losses(outputs, gt_boxes, gt_labels, out, det["loss"] + aux, has_boxes=has_boxes)

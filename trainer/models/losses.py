@@ -154,12 +154,70 @@ def distill_cell_cosine(
     return F.cosine_similarity(pred.float(), tgt.float(), dim=1, eps=1e-6), mask
 
 
-def distill_cell_loss(bev: torch.Tensor, proj: nn.Conv2d, target: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
-    """:func:`distill_cosine_loss` of ``proj(bev)`` by :func:`distill_cell_cosine` (same loss and gradients)."""
+def distill_cell_loss(
+    bev: torch.Tensor,
+    proj: nn.Conv2d,
+    target: torch.Tensor,
+    count: torch.Tensor,
+    objects: torch.Tensor | None = None,
+    object_weight: float | None = None,
+) -> torch.Tensor:
+    """:func:`distill_cosine_loss` of ``proj(bev)`` by :func:`distill_cell_cosine` (same loss and gradients).
+
+    With ``object_weight`` (and ``objects (B, H, W)`` bool): :func:`object_weighted_distill_loss` instead, the
+    object cells and the other occupied cells averaged apart and mixed. ``None``: the uniform mean (the paper's).
+    """
     cos, mask = distill_cell_cosine(bev, proj, target, count)
     if not mask.any():
         return bev.sum() * 0.0 + sum(p.sum() for p in proj.parameters()) * 0.0
-    return (1.0 - cos).mean()
+    if object_weight is None:
+        return (1.0 - cos).mean()
+    assert objects is not None and objects.shape == mask.shape, (
+        f"an object-weighted distillation needs objects (B, H, W) as count; got "
+        f"{None if objects is None else tuple(objects.shape)}"
+    )
+    return region_mixed_mean(1.0 - cos, objects.to(mask.device)[mask], object_weight)
+
+
+def region_mixed_mean(loss: torch.Tensor, is_object: torch.Tensor, object_weight: float) -> torch.Tensor:
+    """``w * mean(loss[is_object]) + (1 - w) * mean(loss[~is_object])`` (a scalar) of per-cell ``loss (n,)``.
+
+    ``is_object (n,)`` bool, ``w = object_weight`` in ``[0, 1]``. A region without cells gives its weight to the other
+    (the mean of the cells there are); with neither region weighted and present the result is an exact 0 (with a
+    graph). Counts stay on the device (no host sync).
+    """
+    assert loss.shape == is_object.shape and loss.ndim == 1, (
+        f"loss {tuple(loss.shape)} and is_object {tuple(is_object.shape)} must both be (n,)"
+    )
+    if not 0.0 <= float(object_weight) <= 1.0:
+        raise ValueError(f"model.loss.distill_object_weight must lie in [0, 1] (or be null); got {object_weight}")
+    obj = is_object.to(loss.dtype)
+    n_obj, n_bg = obj.sum(), (1 - obj).sum()
+    mean_obj = (loss * obj).sum() / n_obj.clamp(min=1)
+    mean_bg = (loss * (1 - obj)).sum() / n_bg.clamp(min=1)
+    w_obj = float(object_weight) * (n_obj > 0).to(loss.dtype)
+    w_bg = (1.0 - float(object_weight)) * (n_bg > 0).to(loss.dtype)
+    return (w_obj * mean_obj + w_bg * mean_bg) / (w_obj + w_bg).clamp(min=1e-12)
+
+
+def object_weighted_distill_loss(
+    pred: torch.Tensor, target: torch.Tensor, count: torch.Tensor, objects: torch.Tensor, object_weight: float
+) -> torch.Tensor:
+    """The distillation loss averaged over object cells and over the other occupied cells apart, then mixed (a scalar).
+
+    The definition on whole maps (training: :func:`distill_cell_loss` with ``objects``, tested against it): the
+    per-cell ``1 - cos(pred, target)`` of :func:`distill_cosine_loss` on cells with ``count > 0``, split by
+    ``objects (B, H, W)`` bool (GT footprints: :func:`~trainer.metrics_distill.object_cells`) and mixed by
+    :func:`region_mixed_mean` with weight ``object_weight`` on the objects. On a driving scene a few percent of the
+    occupied cells are objects; the uniform mean (the paper's) lets road and buildings set the loss.
+    """
+    assert pred.shape == target.shape, f"distill pred {tuple(pred.shape)} and target {tuple(target.shape)} differ"
+    assert count.shape == objects.shape == (pred.shape[0], *pred.shape[2:]), (
+        f"count {tuple(count.shape)} and objects {tuple(objects.shape)} must be (B, H, W)"
+    )
+    mask = count > 0  # (B, H, W)
+    cos = F.cosine_similarity(pred.float(), target.float(), dim=1, eps=1e-6)  # (B, H, W)
+    return region_mixed_mean((1.0 - cos)[mask], objects[mask], object_weight) + pred.float().sum() * 0.0
 
 
 def camera_bev_losses(
@@ -172,6 +230,8 @@ def camera_bev_losses(
     *,
     depth_weight: float,
     distill_weight: float,
+    distill_objects: torch.Tensor | None = None,
+    distill_object_weight: float | None = None,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor | float]:
     """The camera BEV network's own losses, shared by every camera detector: ``(parts, weighted sum)``.
 
@@ -183,6 +243,8 @@ def camera_bev_losses(
     ``outputs["bev"]`` through ``distill_proj``, unweighted; only with a projection, ``dino_feat
     (B, C, H, W)``, ``dino_count (B, H, W)`` and ``distill_weight > 0``). The sum is 0.0 when neither runs.
     A store whose feature channels differ from the projection's is refused, naming the config key.
+    ``distill_object_weight`` (with ``distill_objects (B, H, W)`` bool): the object-weighted distillation
+    (:func:`object_weighted_distill_loss`); ``None``: the uniform mean.
     """
     parts: dict[str, torch.Tensor] = {}
     total: torch.Tensor | float = 0.0
@@ -196,7 +258,9 @@ def camera_bev_losses(
                 f"the store's dino/feat has {dino_feat.shape[1]} channels; the model projects to "
                 f"{distill_proj.out_channels}: set model.detector.distill_channels={dino_feat.shape[1]}"
             )
-        parts["distill"] = distill_cell_loss(outputs["bev"], distill_proj, dino_feat, dino_count)
+        parts["distill"] = distill_cell_loss(
+            outputs["bev"], distill_proj, dino_feat, dino_count, distill_objects, distill_object_weight
+        )
         total = total + distill_weight * parts["distill"]
     return parts, total
 
