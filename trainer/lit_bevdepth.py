@@ -86,6 +86,11 @@ class BEVDepthModule(DetectionModule):
                 f"model.loss.distill_weight={weights['distill_weight']} needs a distillation projection: set "
                 "model.detector.distill_channels to the label store's feature channels (384 for dinov2-small)"
             )
+        if weights["distill_weight"] > 0 and getattr(detector, "map_input", None) is not None:
+            raise ValueError(
+                "model.detector.map_input hands the store's grid to the head (the oracle-input upper bound): "
+                "distilling the same grid into the map the head reads makes no sense; set model.loss.distill_weight=0"
+            )
         if weights["distill_weight"] == 0 and detector.distill is not None:
             # A projection no loss reaches is an unused parameter, which DDP refuses: a weight of 0 removes it.
             log.info("model.loss.distill_weight=0: the distillation projection is not built")
@@ -126,6 +131,15 @@ class BEVDepthModule(DetectionModule):
                     f"the label store {dm.label_store} holds {channels}-channel features; the model projects to "
                     f"{self.detector.distill_channels}: set model.detector.distill_channels={channels}"
                 )
+        map_input = getattr(self.detector, "map_input", None)
+        if map_input is not None:
+            if not getattr(dm, "load_dino", False):
+                raise ValueError("model.detector.map_input reads the store's grid: set data.load_dino=true")
+            if stage == "fit" and dm.dino_channels != map_input.map_channels:
+                raise ValueError(
+                    f"the label store {dm.label_store} holds {dm.dino_channels}-channel features; "
+                    f"model.detector.map_input.map_channels is {map_input.map_channels}: set it to {dm.dino_channels}"
+                )
         if self.tig.uses_teacher and stage == "fit":
             if not getattr(dm, "load_teacher", False):
                 raise ValueError(
@@ -141,7 +155,12 @@ class BEVDepthModule(DetectionModule):
 
     # -- the hooks of DetectionModule ----------------------------------------------------------------
     def forward(self, batch: Mapping[str, Any]) -> dict[str, Any]:
-        """:meth:`BEVDepth.forward` of ``images (B, N, 3, H, W)``, ``K (B, N, 3, 3)``, ``ego_from_cam (B, N, 4, 4)``."""
+        """:meth:`BEVDepth.forward` of ``images (B, N, 3, H, W)``, ``K (B, N, 3, 3)``, ``ego_from_cam (B, N, 4, 4)``
+        (and the store's grid ``dino_feat``, ``dino_count`` for a detector with a ``map_input``)."""
+        if getattr(self.detector, "map_input", None) is not None:
+            return self.detector(
+                batch["images"], batch["K"], batch["ego_from_cam"], batch.get("dino_feat"), batch.get("dino_count")
+            )
         return self.detector(batch["images"], batch["K"], batch["ego_from_cam"])
 
     def compute_loss(self, outputs: Mapping[str, Any], batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:

@@ -24,6 +24,7 @@ from torch import nn
 
 from trainer.models.components.camera_bev import CameraBEV
 from trainer.models.components.lift_splat import DepthBins
+from trainer.models.components.map_input import MapInput
 from trainer.models.losses import camera_bev_losses
 
 
@@ -34,9 +35,43 @@ class CameraDetector(nn.Module):
         camera_bev: the shared camera BEV network.
         distill_channels: C of the store's ``dino/feat`` (``None``: no distillation).
         distill: the 1x1 projection of ``bev`` to ``distill_channels`` (``None`` without one).
+        map_input: a given BEV map's way into the head (:class:`~trainer.models.components.map_input.MapInput`,
+            the oracle-input upper bound), or ``None``: :meth:`camera_forward` applies it.
     """
 
     camera_bev: CameraBEV
+    map_input: MapInput | None  # set by _init_map_input (a class default would hide the registered module)
+
+    def _init_map_input(self, map_input: MapInput | None) -> None:
+        """Register ``map_input`` (``None``: none), checking its channels against the camera BEV map's."""
+        if map_input is not None and map_input.bev_channels != self.camera_bev.out_channels:
+            raise ValueError(
+                f"model.detector.map_input.bev_channels {map_input.bev_channels} != camera_bev.bev_encoder."
+                f"out_channels {self.camera_bev.out_channels}"
+            )
+        self.map_input = map_input
+
+    def camera_forward(
+        self,
+        images: torch.Tensor,
+        K: torch.Tensor,
+        ego_from_cam: torch.Tensor,
+        map_feat: torch.Tensor | None = None,
+        map_count: torch.Tensor | None = None,
+    ) -> dict[str, Any]:
+        """:meth:`CameraBEV.forward`, with a given map (``map_feat (B, C_m, H_m, W_m)``, ``map_count (B, H_m, W_m)``)
+        read into ``bev`` by :attr:`map_input` when there is one (the camera's own map is kept as ``camera_bev``)."""
+        out = self.camera_bev(images, K, ego_from_cam)
+        map_input = getattr(self, "map_input", None)  # a detector that never called _init_map_input has none
+        if map_input is not None:
+            if map_feat is None or map_count is None:
+                raise ValueError(
+                    "model.detector.map_input reads the store's grid: the batch needs dino_feat and dino_count "
+                    "(data.load_dino=true)"
+                )
+            out["camera_bev"] = out["bev"]
+            out["bev"] = map_input(out["bev"], map_feat, map_count)
+        return out
 
     def _init_distill(self, distill_channels: int | None) -> None:
         """The distillation projection of ``bev`` to ``distill_channels`` (none when ``None`` or 0).
