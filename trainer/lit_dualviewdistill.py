@@ -97,6 +97,8 @@ class DualViewDistillModule(BEVDepthModule):
                 "timestamps": [int(t) for t in torch.as_tensor(batch["timestamp"]).tolist()],
                 "aug_from_global": aug @ torch.linalg.inv(pose),
             }
+        if getattr(self.detector, "map_input", None) is not None:  # the oracle-input upper bound
+            gt.update(map_feat=batch.get("dino_feat"), map_count=batch.get("dino_count"))
         return self.detector(batch["images"], batch["K"], batch["ego_from_cam"], stream=stream, **gt)
 
     def reset_state(self) -> None:

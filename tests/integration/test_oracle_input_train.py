@@ -94,3 +94,38 @@ def test_resample_map_is_the_occupied_cells_mean_on_a_coarser_grid():
     assert same[0, 0, 0, 1] == 1 and same[0, 0, 3, 3] == 0 and occ_same.sum() == 2  # empty cells read as empty
     with pytest.raises(ValueError, match="map_channels"):
         MapInput(8, 3)(torch.zeros(1, 8, 4, 4), torch.zeros(1, 2, 4, 4), count)
+
+
+def test_the_sparse_head_takes_the_map_too(compose_train, synth_tiny, synth_tiny_store, tmp_path):
+    """The same component on DualViewDistill (config only): it trains, every parameter gets a gradient, and the
+    map reaches the head's queries."""
+    import test_dvd_train as dvd
+    from hydra.utils import instantiate
+
+    cfg = compose_train(
+        dvd.train_overrides(
+            "dvd",
+            synth_tiny,
+            synth_tiny_store,
+            tmp_path,
+            "data.load_dino=true",
+            "+model.detector.map_input._target_=trainer.models.components.map_input.MapInput",
+            "+model.detector.map_input.bev_channels=${model.detector.camera_bev.bev_encoder.out_channels}",
+            "+model.detector.map_input.map_channels=32",
+        )
+    )
+    module = instantiate(cfg.model)
+    assert isinstance(module.detector.map_input, MapInput)
+    dm = instantiate(cfg.data)
+    dm.prepare_data()
+    dm.setup("fit")
+    batch = dm.collate_fn([dm.make_dataset(dm.frames("train"), train=True)[i] for i in range(2)])
+    module.train()
+    module.compute_loss(module(batch), batch)["loss"].backward()
+    missing = [n for n, p in module.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, missing
+    module.eval()
+    with torch.no_grad():
+        cls = module(batch)["layers"][-1]["cls"]
+        cls0 = module({**batch, "dino_feat": torch.zeros_like(batch["dino_feat"])})["layers"][-1]["cls"]
+    assert (cls - cls0).abs().max() > 1e-6
