@@ -7,6 +7,7 @@ head (zeroing it changes the head's output); the resampling to a coarser BEV map
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -129,3 +130,20 @@ def test_the_sparse_head_takes_the_map_too(compose_train, synth_tiny, synth_tiny
         cls = module(batch)["layers"][-1]["cls"]
         cls0 = module({**batch, "dino_feat": torch.zeros_like(batch["dino_feat"])})["layers"][-1]["cls"]
     assert (cls - cls0).abs().max() > 1e-6
+
+
+def test_a_short_run_evaluates_from_its_checkpoint_alone(compose_train, synth_tiny, synth_tiny_store, tmp_path):
+    """Two steps (label-scarce too), then the evaluator rebuilds the model and its data from the checkpoint: the
+    prediction pass hands the store's grid to the head as training did; the CSV logger holds the box scenes."""
+    from trainer.evaluate import evaluate
+    from trainer.train import train
+
+    extra = ["trainer.max_epochs=1", "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1", "logger=csv"]
+    run = tmp_path / "run"
+    result = train(compose_train(_overrides(synth_tiny, synth_tiny_store, run, *extra, "data.box_fraction=0.5")))
+    assert result["last_ckpt"] is not None
+    summary = evaluate(result["last_ckpt"], split="val", out=tmp_path / "eval")
+    assert 0.0 <= summary["nd_score"] <= 1.0
+    hparams = "\n".join(p.read_text() for p in run.rglob("hparams.yaml"))
+    chosen = json.loads((run / "box_scenes.json").read_text())["box_scenes"]
+    assert "data/box_scenes" in hparams and all(s in hparams for s in chosen)
