@@ -35,7 +35,8 @@ key                 batch type / shape             meaning
 ==================  =============================  ===============================================================
 ``images``          ``(B, N, 3, H_i, W_i)`` uint8  the augmented images (the model normalises them)
 ``has_boxes``       ``(B,)`` bool                  the keyframe's boxes are used (False: withheld by
-                                                   ``box_fraction``; its ``gt_boxes`` are empty and mean nothing)
+                                                   ``box_fraction``; its ``gt_boxes`` are empty and mean nothing);
+                                                   only with ``box_fraction < 1``
 ``K``               ``(B, N, 3, 3)`` float32       intrinsics of the augmented images, ``aug_from_img @ K``
 ``aug_from_img``    ``(B, N, 3, 3)`` float32       the image augmentation of each camera
 ``ego_from_cam``    ``(B, N, 4, 4)`` float32       camera to the (BEV-augmented) keyframe ego frame
@@ -407,7 +408,6 @@ class CameraDataset(KeyframeDataset):
             **self.common_sample(frame),
             "gt_boxes": boxes,
             "gt_labels": labels,
-            "has_boxes": torch.tensor(has_boxes),
             "aug_from_ego": aug_from_ego.float(),
             "images": torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(),  # (N, 3, H_i, W_i)
             "K": torch.as_tensor(np.stack(K), dtype=torch.float32),
@@ -418,6 +418,8 @@ class CameraDataset(KeyframeDataset):
             "frame_index": torch.tensor(frame.index, dtype=torch.int64),
             "prev_global_from_ego": torch.as_tensor(prev.global_from_ego, dtype=torch.float64),
         }
+        if self.withheld_scenes:  # label-scarce only: without it the batch, and every loss, is today's exactly
+            sample["has_boxes"] = torch.tensor(has_boxes)
         if self.load_dino:
             feat = torch.from_numpy(np.asarray(self.reader.dino_feat(s)))  # (C, H, W) float16
             count = torch.from_numpy(np.asarray(self.reader.dino_count(s)).astype(np.int32))  # (H, W)
