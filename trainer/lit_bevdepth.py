@@ -27,7 +27,7 @@ import torch
 from trainer.data.common import augment_boxes
 from trainer.lit_base import DetectionModule
 from trainer.metrics_depth import DepthMetrics, pixel_pairs
-from trainer.metrics_distill import DistillFit
+from trainer.metrics_distill import DistillFit, object_cells
 from trainer.models.camera_detector import CameraDetector
 from trainer.models.components.tig import TiGLoss
 
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 #: the loss weights of a config without ``model.loss``: those of conf/model/bevdepth.yaml and dualviewdistill.yaml
 #: (BEVDepth's depth_loss_factor; the distillation off; DualViewDistill's best weight is 7.0), a test keeps them equal
-DEFAULT_LOSS = {"depth_weight": 3.0, "distill_weight": 0.0}
+DEFAULT_LOSS = {"depth_weight": 3.0, "distill_weight": 0.0, "distill_object_weight": None}
 
 
 class BEVDepthModule(DetectionModule):
@@ -47,7 +47,10 @@ class BEVDepthModule(DetectionModule):
             ``class_names`` must equal ``class_names``.
         loss: ``depth_weight`` (BEVDepth: 3.0) and ``distill_weight`` (DualViewDistill: 7.0; 0 turns
             the distillation off and removes the detector's projection, so no parameter goes unused).
-            A positive ``distill_weight`` needs ``detector.distill_channels``.
+            A positive ``distill_weight`` needs ``detector.distill_channels``. ``distill_object_weight``: None (the
+            paper's uniform mean over occupied cells) or ``w`` in [0, 1]: the object cells (GT footprints,
+            :func:`~trainer.metrics_distill.object_cells`) and the other occupied cells averaged apart, mixed
+            ``w : 1 - w`` (:func:`~trainer.models.losses.object_weighted_distill_loss`).
         tig: TiG-BEV's terms (:class:`~trainer.models.components.tig.TiGLoss`'s arguments but the student's
             channels): ``inner_depth_weight``, ``inter_channel_weight``, ``inter_keypoint_weight`` (0: off),
             ``teacher_channels``, ``reference``, ``num_keypoints``, ``enlarge``. None or all weights 0: off.
@@ -68,14 +71,25 @@ class BEVDepthModule(DetectionModule):
         **kwargs: Any,
     ):
         weights = dict(DEFAULT_LOSS)
-        weights.update({str(k): float(v) for k, v in (loss or {}).items()})
+        weights.update({str(k): None if v is None else float(v) for k, v in (loss or {}).items()})
         unknown = sorted(set(weights) - set(DEFAULT_LOSS))
         if unknown:
             raise ValueError(f"model.loss has unknown keys {unknown}; known: {sorted(DEFAULT_LOSS)}")
+        for key in ("depth_weight", "distill_weight"):
+            if weights[key] is None:
+                raise ValueError(f"model.loss.{key} must be a number; got null")
+        ow = weights["distill_object_weight"]
+        if ow is not None and not 0.0 <= ow <= 1.0:
+            raise ValueError(f"model.loss.distill_object_weight must lie in [0, 1] or be null; got {ow}")
         if weights["distill_weight"] > 0 and detector.distill is None:
             raise ValueError(
                 f"model.loss.distill_weight={weights['distill_weight']} needs a distillation projection: set "
                 "model.detector.distill_channels to the label store's feature channels (384 for dinov2-small)"
+            )
+        if weights["distill_weight"] > 0 and getattr(detector, "map_input", None) is not None:
+            raise ValueError(
+                "model.detector.map_input hands the store's grid to the head (the oracle-input upper bound): "
+                "distilling the same grid into the map the head reads makes no sense; set model.loss.distill_weight=0"
             )
         if weights["distill_weight"] == 0 and detector.distill is not None:
             # A projection no loss reaches is an unused parameter, which DDP refuses: a weight of 0 removes it.
@@ -117,6 +131,15 @@ class BEVDepthModule(DetectionModule):
                     f"the label store {dm.label_store} holds {channels}-channel features; the model projects to "
                     f"{self.detector.distill_channels}: set model.detector.distill_channels={channels}"
                 )
+        map_input = getattr(self.detector, "map_input", None)
+        if map_input is not None:
+            if not getattr(dm, "load_dino", False):
+                raise ValueError("model.detector.map_input reads the store's grid: set data.load_dino=true")
+            if stage == "fit" and dm.dino_channels != map_input.map_channels:
+                raise ValueError(
+                    f"the label store {dm.label_store} holds {dm.dino_channels}-channel features; "
+                    f"model.detector.map_input.map_channels is {map_input.map_channels}: set it to {dm.dino_channels}"
+                )
         if self.tig.uses_teacher and stage == "fit":
             if not getattr(dm, "load_teacher", False):
                 raise ValueError(
@@ -132,7 +155,12 @@ class BEVDepthModule(DetectionModule):
 
     # -- the hooks of DetectionModule ----------------------------------------------------------------
     def forward(self, batch: Mapping[str, Any]) -> dict[str, Any]:
-        """:meth:`BEVDepth.forward` of ``images (B, N, 3, H, W)``, ``K (B, N, 3, 3)``, ``ego_from_cam (B, N, 4, 4)``."""
+        """:meth:`BEVDepth.forward` of ``images (B, N, 3, H, W)``, ``K (B, N, 3, 3)``, ``ego_from_cam (B, N, 4, 4)``
+        (and the store's grid ``dino_feat``, ``dino_count`` for a detector with a ``map_input``)."""
+        if getattr(self.detector, "map_input", None) is not None:
+            return self.detector(
+                batch["images"], batch["K"], batch["ego_from_cam"], batch.get("dino_feat"), batch.get("dino_count")
+            )
         return self.detector(batch["images"], batch["K"], batch["ego_from_cam"])
 
     def compute_loss(self, outputs: Mapping[str, Any], batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
@@ -153,12 +181,26 @@ class BEVDepthModule(DetectionModule):
             dino_count=batch.get("dino_count") if self.distilling else None,
             depth_weight=self.loss_weights["depth_weight"],
             distill_weight=self.loss_weights["distill_weight"],
+            has_boxes=batch.get("has_boxes"),
+            distill_objects=self._distill_objects(batch),
+            distill_object_weight=self.loss_weights["distill_object_weight"],
         )
         if self.tig.active:
             parts, total = self.tig(outputs, batch, self.detector.bins, self.detector.downsample, self.detector.grid)
             losses.update(parts)
             losses["loss"] = losses["loss"] + total
         return losses
+
+    def _distill_objects(self, batch: Mapping[str, Any]) -> torch.Tensor | None:
+        """``(B, H, W)`` bool, the cells of the batch's GT footprints, for the object-weighted distillation (else None).
+
+        A keyframe whose boxes are withheld (``data.box_fraction``) has none: every cell of it counts as "other".
+        """
+        if not self.distilling or self.loss_weights["distill_object_weight"] is None:
+            return None
+        count = batch["dino_count"]
+        cells = [object_cells(self.detector.grid, b) for b in batch["gt_boxes"]]
+        return torch.stack(cells).to(count.device, non_blocking=True)
 
     def decode(self, outputs: Mapping[str, Any], batch: Mapping[str, Any]) -> list[dict[str, torch.Tensor]]:
         """Per sample ``{"boxes": (M, 9), "scores", "labels"}`` in the keyframe's ego frame (the BEV augmentation undone)."""

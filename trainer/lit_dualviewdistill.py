@@ -9,7 +9,8 @@ depth metrics as :class:`~trainer.lit_bevdepth.BEVDepthModule`, whose hooks it i
   augmentation held per stream); its bank is emptied at the start of every training, validation and
   prediction epoch and after validation, so no state crosses from one pass to another;
 - ``setup("fit")`` initialises the head's anchors by k-means over the training split's boxes
-  (:func:`~trainer.models.components.sparse.anchors.anchors_for_dataset`), cached beside the label
+  (:func:`~trainer.models.components.sparse.anchors.anchors_for_dataset`; with ``data.box_fraction < 1`` over
+  the scenes whose boxes are used only), cached beside the label
   store (or in ``anchors_cache``). The anchors are a parameter, so a checkpoint restores its own (on
   resume they are overwritten by the checkpoint's after this).
 """
@@ -66,9 +67,10 @@ class DualViewDistillModule(BEVDepthModule):
         cache = self.anchors_cache
         if cache is None and getattr(dm, "label_store", None):
             cache = str(Path(dm.label_store).parent)
+        box_scenes = getattr(dm, "box_scenes", None)  # label-scarce: only the scenes whose boxes are used
         anchors = anchors_for_dataset(
             dm.adapter,
-            dm.scenes("train"),
+            dm.scenes("train") if box_scenes is None else box_scenes,
             dm.grid,
             self.class_names,
             num_anchors=head.num_anchors,
@@ -95,6 +97,8 @@ class DualViewDistillModule(BEVDepthModule):
                 "timestamps": [int(t) for t in torch.as_tensor(batch["timestamp"]).tolist()],
                 "aug_from_global": aug @ torch.linalg.inv(pose),
             }
+        if getattr(self.detector, "map_input", None) is not None:  # the oracle-input upper bound
+            gt.update(map_feat=batch.get("dino_feat"), map_count=batch.get("dino_count"))
         return self.detector(batch["images"], batch["K"], batch["ego_from_cam"], stream=stream, **gt)
 
     def reset_state(self) -> None:

@@ -94,6 +94,27 @@ def build_trainer(cfg, callbacks: list, loggers: list) -> pl.Trainer:
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
 
+def record_box_scenes(datamodule, run_dir: Path, loggers: list) -> dict[str, Any] | None:
+    """Write a label-scarce run's choice of box scenes (``data.box_fraction < 1``) to ``<run_dir>/box_scenes.json``
+    and log it as hyperparameters (``data/box_scenes``, ...); the record, or None for a run with every box."""
+    if getattr(datamodule, "box_fraction", 1.0) >= 1.0:
+        return None
+    datamodule.prepare_data()  # the adapter lists the scenes (the synthetic world is made on first use)
+    record = datamodule.box_scene_record()
+    (run_dir / "box_scenes.json").write_text(json.dumps(record, indent=1) + "\n")
+    log.info(
+        "box_fraction=%s (seed %d): boxes of %d of %d training scenes: %s",
+        record["box_fraction"],
+        record["box_fraction_seed"],
+        len(record["box_scenes"]),
+        record["train_scenes"],
+        record["box_scenes"],
+    )
+    for logger in loggers:
+        logger.log_hyperparams({f"data/{k}": v for k, v in record.items()})
+    return record
+
+
 def train(cfg) -> dict[str, Any]:
     """Train as the config says; return ``{"run_dir", "last_ckpt", "best_ckpt", "global_step", "metrics", "device",
     "precision", "ran"}`` (``ran``: the printed line saying which device, processes and precision trained)."""
@@ -140,6 +161,7 @@ def train(cfg) -> dict[str, Any]:
     in_checkpoint = ConfigInCheckpoint(config)
     callbacks = instantiate_group(cfg.get("callbacks")) + [in_checkpoint]
     loggers = instantiate_group(cfg.get("logger"))
+    record_box_scenes(datamodule, run_dir, loggers)
     trainer = build_trainer(cfg, callbacks, loggers)
     ran = describe_run(trainer)
     if trainer.is_global_zero:

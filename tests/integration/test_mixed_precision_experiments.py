@@ -106,6 +106,12 @@ def test_every_experiment_steps_and_decodes_under_bf16_autocast(
         runs[exp] = ([f"experiment={exp}" if o.startswith("experiment=") else o for o in over], 1)
     for exp in ("bevdepth", "bevdepth_dino"):
         runs[exp] = (bevdepth_overrides(exp, synth_tiny, synth_tiny_store, tmp_path), 1)
+    runs["bevdepth_oracle_input"] = (
+        bevdepth_overrides(
+            "bevdepth_oracle_input", synth_tiny, synth_tiny_store, tmp_path, "model.detector.map_input.map_channels=32"
+        ),
+        1,
+    )
     for exp in ("bevdepth_tig", "bevdepth_tig_depth", "bevdepth_tig_bev", "dvd_tig"):
         runs[exp] = (tig_overrides(exp, synth_tiny, teacher_store, tmp_path), 1)
     for exp in sorted(e for e in shipped - set(runs) if e.startswith("dvd")):

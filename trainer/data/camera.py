@@ -34,6 +34,9 @@ The sample / batch keys (beyond the common ones of :mod:`trainer.data.common`):
 key                 batch type / shape             meaning
 ==================  =============================  ===============================================================
 ``images``          ``(B, N, 3, H_i, W_i)`` uint8  the augmented images (the model normalises them)
+``has_boxes``       ``(B,)`` bool                  the keyframe's boxes are used (False: withheld by
+                                                   ``box_fraction``; its ``gt_boxes`` are empty and mean nothing);
+                                                   only with ``box_fraction < 1``
 ``K``               ``(B, N, 3, 3)`` float32       intrinsics of the augmented images, ``aug_from_img @ K``
 ``aug_from_img``    ``(B, N, 3, 3)`` float32       the image augmentation of each camera
 ``ego_from_cam``    ``(B, N, 4, 4)`` float32       camera to the (BEV-augmented) keyframe ego frame
@@ -81,6 +84,7 @@ from trainer.data.common import (
     LIST_KEYS,
     FrameDataModule,
     KeyframeDataset,
+    choose_box_scenes,
     collate,
     gt_for_frame,
     sample_bev_aug,
@@ -309,6 +313,9 @@ class CameraDataset(KeyframeDataset):
         hold_image_aug: with a stream seed, draw the image augmentation from it too (held per stream, the
             default); False: a fresh image draw per keyframe, the BEV augmentation still held (carried anchors
             need only that one consistent).
+        withheld_scenes: the scenes whose boxes are withheld (label-scarce training, ``data.box_fraction``): their
+            keyframes get no boxes and ``has_boxes`` False, so their detection loss is masked; their depth and
+            distillation targets are kept. ``None`` or empty: every keyframe has its boxes.
     """
 
     def __init__(
@@ -328,8 +335,10 @@ class CameraDataset(KeyframeDataset):
         load_teacher: bool = False,
         teacher_interp: str = "bilinear",
         hold_image_aug: bool = True,
+        withheld_scenes: Sequence[str] | None = None,
     ):
         super().__init__(frames, adapter_cfg, train)
+        self.withheld_scenes = frozenset(withheld_scenes or ())
         from bevlabels.cache import LabelStoreReader
 
         self.grid = grid
@@ -385,6 +394,9 @@ class CameraDataset(KeyframeDataset):
         boxes, labels, kept = gt_for_frame(
             frame, self.class_names, self.grid, self.min_lidar_points, aug_from_ego=aug_from_ego, return_index=True
         )
+        has_boxes = frame.scene not in self.withheld_scenes
+        if not has_boxes:  # withheld: nothing downstream may read this keyframe's boxes
+            boxes, labels, kept = boxes[:0], labels[:0], kept[:0]
         gt_of_obj = np.full(len(frame.boxes), -1, dtype=np.int64)
         gt_of_obj[kept.numpy()] = np.arange(len(kept))
         s = self.reader.index_of(frame.token)
@@ -406,6 +418,8 @@ class CameraDataset(KeyframeDataset):
             "frame_index": torch.tensor(frame.index, dtype=torch.int64),
             "prev_global_from_ego": torch.as_tensor(prev.global_from_ego, dtype=torch.float64),
         }
+        if self.withheld_scenes:  # label-scarce only: without it the batch, and every loss, is today's exactly
+            sample["has_boxes"] = torch.tensor(has_boxes)
         if self.load_dino:
             feat = torch.from_numpy(np.asarray(self.reader.dino_feat(s)))  # (C, H, W) float16
             count = torch.from_numpy(np.asarray(self.reader.dino_count(s)).astype(np.int32))  # (H, W)
@@ -553,6 +567,10 @@ class CameraDataModule(FrameDataModule):
         stream_image_aug: ``"held"`` (default: one image augmentation per stream, as the BEV one) or
             ``"per_keyframe"`` (a fresh image draw per keyframe, the BEV one held): more diversity per step for
             small batches of streams (results/bench_dvd_cpu_temporal.md).
+        box_fraction: the share of training scenes whose boxes are used (label-scarce training; 1.0: all, today's
+            behaviour). Chosen by :func:`~trainer.data.common.choose_box_scenes` (:attr:`box_scenes`); the other
+            training keyframes carry no boxes and ``has_boxes`` False. Validation always has its boxes.
+        box_fraction_seed: the seed of that choice (the config passes the run's ``seed``; None: 0).
     """
 
     def __init__(
@@ -571,6 +589,8 @@ class CameraDataModule(FrameDataModule):
         load_teacher: bool = False,
         teacher_interp: str = "bilinear",
         stream_image_aug: str = "held",
+        box_fraction: float = 1.0,
+        box_fraction_seed: int | None = None,
         **kwargs: Any,
     ):
         stages = ("labels", "teacher") if load_teacher else ("labels",)
@@ -596,6 +616,33 @@ class CameraDataModule(FrameDataModule):
         if teacher_interp not in ("nearest", "bilinear"):
             raise ValueError(f"data.teacher_interp must be 'nearest' or 'bilinear'; got {teacher_interp!r}")
         self.teacher_interp = teacher_interp
+        if not 0.0 <= float(box_fraction) <= 1.0:
+            raise ValueError(f"data.box_fraction must lie in [0, 1]; got {box_fraction}")
+        self.box_fraction = float(box_fraction)
+        self.box_fraction_seed = int(box_fraction_seed) if box_fraction_seed is not None else 0
+
+    @property
+    def box_scenes(self) -> list[str] | None:
+        """The training scenes whose boxes are used (``None``: all, ``box_fraction`` 1.0)."""
+        if self.box_fraction >= 1.0:
+            return None
+        return choose_box_scenes(self.scenes("train"), self.box_fraction, self.box_fraction_seed)
+
+    def withheld_scenes(self) -> list[str]:
+        """The training scenes whose boxes are not used (empty with ``box_fraction`` 1.0)."""
+        chosen = self.box_scenes
+        return [] if chosen is None else sorted(set(self.scenes("train")) - set(chosen))
+
+    def box_scene_record(self) -> dict[str, Any]:
+        """What a run records of its label-scarce choice: fraction, seed, the training scenes and the chosen ones."""
+        scenes = self.scenes("train")
+        chosen = scenes if self.box_scenes is None else self.box_scenes
+        return {
+            "box_fraction": self.box_fraction,
+            "box_fraction_seed": self.box_fraction_seed,
+            "train_scenes": len(scenes),
+            "box_scenes": list(chosen),
+        }
 
     # -- the label store ---------------------------------------------------------------------------
     def check_inputs(self) -> None:
@@ -657,6 +704,7 @@ class CameraDataModule(FrameDataModule):
             load_teacher=self.load_teacher,
             teacher_interp=self.teacher_interp,
             hold_image_aug=self.stream_image_aug == "held",
+            withheld_scenes=self.withheld_scenes(),
         )
 
     def collate_fn(self, samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

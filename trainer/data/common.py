@@ -209,6 +209,28 @@ def augment_boxes(boxes: torch.Tensor, aug_from_ego: torch.Tensor) -> torch.Tens
 
 
 # ---------------------------------------------------------------------------------------------
+# Label-scarce training: the training scenes whose boxes are used
+
+
+def choose_box_scenes(scenes: Sequence[str], fraction: float, seed: int) -> list[str]:
+    """The training scenes whose boxes are used (``data.box_fraction``), in ``scenes``' order.
+
+    ``round(fraction * len(scenes))`` scenes, at least one when ``fraction > 0``, drawn without replacement by a
+    numpy ``Generator`` seeded with ``seed``: the same scenes for the same list, fraction and seed on every machine.
+    ``fraction`` 1.0 gives every scene; 0.0 none.
+    """
+    if not 0.0 <= float(fraction) <= 1.0:
+        raise ValueError(f"data.box_fraction must lie in [0, 1]; got {fraction}")
+    scenes = list(scenes)
+    if float(fraction) >= 1.0:
+        return scenes
+    n = round(float(fraction) * len(scenes))
+    n = max(n, 1) if fraction > 0 and scenes else n
+    chosen = np.random.default_rng(int(seed)).choice(len(scenes), size=n, replace=False)
+    return [scenes[i] for i in sorted(chosen.tolist())]
+
+
+# ---------------------------------------------------------------------------------------------
 # Collation
 
 

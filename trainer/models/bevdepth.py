@@ -36,6 +36,7 @@ import torch
 from trainer.models.camera_detector import CameraDetector
 from trainer.models.components.camera_bev import CameraBEV
 from trainer.models.components.center_head import CenterHead
+from trainer.models.components.map_input import MapInput
 
 
 class BEVDepth(CameraDetector):
@@ -47,13 +48,20 @@ class BEVDepth(CameraDetector):
         head: the CenterHead on ``bev``.
         distill_channels: C of the store's ``dino/feat``; adds the 1x1 distillation projection
             (``None``: no projection, no distillation loss).
+        map_input: a given BEV map read into the head's input (the oracle-input upper bound), or ``None``.
 
     Attributes (:class:`~trainer.models.camera_detector.CameraDetector`'s):
         grid: the BEV grid of ``bev`` and of the head's maps (lift-splat's).
         bins: the depth bins; downsample: the stride of the lifted level.
     """
 
-    def __init__(self, camera_bev: CameraBEV, head: CenterHead, distill_channels: int | None = None):
+    def __init__(
+        self,
+        camera_bev: CameraBEV,
+        head: CenterHead,
+        distill_channels: int | None = None,
+        map_input: MapInput | None = None,
+    ):
         super().__init__()
         if camera_bev.img_strides != [camera_bev.downsample]:
             raise ValueError(
@@ -67,6 +75,7 @@ class BEVDepth(CameraDetector):
             )
         self.camera_bev, self.head = camera_bev, head
         self._init_distill(distill_channels)
+        self._init_map_input(map_input)
         if camera_bev.channels_last:  # the head's convolutions read the channels-last BEV map
             self.head.to(memory_format=torch.channels_last)
 
@@ -75,21 +84,35 @@ class BEVDepth(CameraDetector):
         """The label space of the head's outputs."""
         return tuple(self.head.class_names)
 
-    def forward(self, images: torch.Tensor, K: torch.Tensor, ego_from_cam: torch.Tensor) -> dict[str, Any]:
-        """:meth:`CameraBEV.forward`'s ``bev``, ``depth_logits``, ``img_feats``, and the CenterHead's ``preds``.
+    def forward(
+        self,
+        images: torch.Tensor,
+        K: torch.Tensor,
+        ego_from_cam: torch.Tensor,
+        map_feat: torch.Tensor | None = None,
+        map_count: torch.Tensor | None = None,
+    ) -> dict[str, Any]:
+        """:meth:`CameraBEV.forward`'s ``bev``, ``depth_logits``, ``img_feats``, and the CenterHead's ``preds``
+        (``map_feat``, ``map_count``: the given map of :attr:`map_input`, :meth:`camera_forward`).
 
         The distillation's projection of ``bev`` is :meth:`distill_map` (the loss projects the
         occupied cells only).
         """
-        out = self.camera_bev(images, K, ego_from_cam)
+        out = self.camera_forward(images, K, ego_from_cam, map_feat, map_count)
         out["preds"] = self.head(out["bev"])
         return out
 
     def detection_loss(
-        self, outputs: dict[str, Any], gt_boxes: Sequence[torch.Tensor], gt_labels: Sequence[torch.Tensor]
+        self,
+        outputs: dict[str, Any],
+        gt_boxes: Sequence[torch.Tensor],
+        gt_labels: Sequence[torch.Tensor],
+        has_boxes: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """The CenterHead's loss on targets drawn on :attr:`grid` (:meth:`CameraDetector.loss` adds the rest)."""
-        return self.head.loss(outputs["preds"], self.head.targets(gt_boxes, gt_labels, self.grid))
+        """The CenterHead's loss on targets drawn on :attr:`grid` (:meth:`CameraDetector.loss` adds the rest); only
+        the samples in ``has_boxes (B,)`` count (None: all)."""
+        targets = self.head.targets(gt_boxes, gt_labels, self.grid)
+        return self.head.loss(outputs["preds"], targets, sample_mask=has_boxes)
 
     def decode(self, outputs: dict[str, Any]) -> list[dict[str, torch.Tensor]]:
         """Per sample ``{"boxes": (M, 9), "scores": (M,), "labels": (M,)}`` in the frame of the batch's BEV map."""

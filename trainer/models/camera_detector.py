@@ -24,6 +24,7 @@ from torch import nn
 
 from trainer.models.components.camera_bev import CameraBEV
 from trainer.models.components.lift_splat import DepthBins
+from trainer.models.components.map_input import MapInput
 from trainer.models.losses import camera_bev_losses
 
 
@@ -34,9 +35,43 @@ class CameraDetector(nn.Module):
         camera_bev: the shared camera BEV network.
         distill_channels: C of the store's ``dino/feat`` (``None``: no distillation).
         distill: the 1x1 projection of ``bev`` to ``distill_channels`` (``None`` without one).
+        map_input: a given BEV map's way into the head (:class:`~trainer.models.components.map_input.MapInput`,
+            the oracle-input upper bound), or ``None``: :meth:`camera_forward` applies it.
     """
 
     camera_bev: CameraBEV
+    map_input: MapInput | None  # set by _init_map_input (a class default would hide the registered module)
+
+    def _init_map_input(self, map_input: MapInput | None) -> None:
+        """Register ``map_input`` (``None``: none), checking its channels against the camera BEV map's."""
+        if map_input is not None and map_input.bev_channels != self.camera_bev.out_channels:
+            raise ValueError(
+                f"model.detector.map_input.bev_channels {map_input.bev_channels} != camera_bev.bev_encoder."
+                f"out_channels {self.camera_bev.out_channels}"
+            )
+        self.map_input = map_input
+
+    def camera_forward(
+        self,
+        images: torch.Tensor,
+        K: torch.Tensor,
+        ego_from_cam: torch.Tensor,
+        map_feat: torch.Tensor | None = None,
+        map_count: torch.Tensor | None = None,
+    ) -> dict[str, Any]:
+        """:meth:`CameraBEV.forward`, with a given map (``map_feat (B, C_m, H_m, W_m)``, ``map_count (B, H_m, W_m)``)
+        read into ``bev`` by :attr:`map_input` when there is one (the camera's own map is kept as ``camera_bev``)."""
+        out = self.camera_bev(images, K, ego_from_cam)
+        map_input = getattr(self, "map_input", None)  # a detector that never called _init_map_input has none
+        if map_input is not None:
+            if map_feat is None or map_count is None:
+                raise ValueError(
+                    "model.detector.map_input reads the store's grid: the batch needs dino_feat and dino_count "
+                    "(data.load_dino=true)"
+                )
+            out["camera_bev"] = out["bev"]
+            out["bev"] = map_input(out["bev"], map_feat, map_count)
+        return out
 
     def _init_distill(self, distill_channels: int | None) -> None:
         """The distillation projection of ``bev`` to ``distill_channels`` (none when ``None`` or 0).
@@ -82,6 +117,8 @@ class CameraDetector(nn.Module):
         *,
         depth_weight: float,
         distill_weight: float,
+        distill_objects: torch.Tensor | None = None,
+        distill_object_weight: float | None = None,
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor | float]:
         """The camera BEV network's losses: ``(parts, weighted sum)`` of
         :func:`~trainer.models.losses.camera_bev_losses` (``depth``, ``distill``; see there)."""
@@ -94,6 +131,8 @@ class CameraDetector(nn.Module):
             dino_count,
             depth_weight=depth_weight,
             distill_weight=distill_weight,
+            distill_objects=distill_objects,
+            distill_object_weight=distill_object_weight,
         )
 
     def loss(
@@ -107,6 +146,9 @@ class CameraDetector(nn.Module):
         *,
         depth_weight: float,
         distill_weight: float,
+        has_boxes: torch.Tensor | None = None,
+        distill_objects: torch.Tensor | None = None,
+        distill_object_weight: float | None = None,
     ) -> dict[str, torch.Tensor]:
         """Losses of ``forward``'s outputs: ``loss`` (the weighted total) and its parts.
 
@@ -118,25 +160,42 @@ class CameraDetector(nn.Module):
         skipped without ``depth_map (B, N, h, w)``) and ``distill`` (unweighted; only with a projection and
         ``dino_feat (B, C, H, W)``, ``dino_count (B, H, W)``): :meth:`camera_losses`. ``gt_boxes`` are B
         ``(M_b, 9)`` in the batch's (augmented) ego frame, ``gt_labels`` B ``(M_b,)``.
+
+        ``has_boxes (B,)`` bool: the samples whose boxes are known (``data.box_fraction``; None: all). The detection
+        terms of the others are exactly 0 (an empty box list is not "no objects"); depth and distillation are not
+        masked. ``distill_object_weight`` with ``distill_objects (B, H, W)`` bool: the object-weighted distillation
+        (:func:`~trainer.models.losses.object_weighted_distill_loss`); None: the uniform mean.
         """
-        det = self.detection_loss(outputs, gt_boxes, gt_labels)
+        det = self.detection_loss(outputs, gt_boxes, gt_labels, has_boxes=has_boxes)
         out = {f"det.{k}": v for k, v in det.items() if k != "loss"}
         out["det"] = det["loss"]
         parts, aux = self.camera_losses(
-            outputs, depth_map, dino_feat, dino_count, depth_weight=depth_weight, distill_weight=distill_weight
+            outputs,
+            depth_map,
+            dino_feat,
+            dino_count,
+            depth_weight=depth_weight,
+            distill_weight=distill_weight,
+            distill_objects=distill_objects,
+            distill_object_weight=distill_object_weight,
         )
         out.update(parts)
-        out["loss"] = self.extra_losses(outputs, gt_boxes, gt_labels, out, det["loss"] + aux)
+        out["loss"] = self.extra_losses(outputs, gt_boxes, gt_labels, out, det["loss"] + aux, has_boxes=has_boxes)
         return out
 
     def detection_loss(
-        self, outputs: dict[str, Any], gt_boxes: Sequence[torch.Tensor], gt_labels: Sequence[torch.Tensor]
+        self,
+        outputs: dict[str, Any],
+        gt_boxes: Sequence[torch.Tensor],
+        gt_labels: Sequence[torch.Tensor],
+        has_boxes: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """The head's detection loss, ``{"loss": total, <part>: ...}``: each subclass its own."""
+        """The head's detection loss, ``{"loss": total, <part>: ...}``: each subclass its own; the samples outside
+        ``has_boxes (B,)`` (None: none) add exactly 0."""
         raise NotImplementedError(f"{type(self).__name__} must define detection_loss")
 
     def extra_losses(
-        self, outputs: dict[str, Any], gt_boxes, gt_labels, out: dict, total: torch.Tensor
+        self, outputs: dict[str, Any], gt_boxes, gt_labels, out: dict, total: torch.Tensor, has_boxes=None
     ) -> torch.Tensor:
         """``total`` plus a subclass's own weighted terms, their parts written into ``out`` (here: none)."""
         return total

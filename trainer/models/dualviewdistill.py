@@ -38,6 +38,7 @@ import torch
 
 from trainer.models.camera_detector import CameraDetector
 from trainer.models.components.camera_bev import CameraBEV, img_from_ego_of
+from trainer.models.components.map_input import MapInput
 from trainer.models.components.nms import class_nms
 from trainer.models.components.sparse.decoding import decode as decode_layer
 from trainer.models.components.sparse.head import SparseHead
@@ -68,6 +69,8 @@ class DualViewDistill(CameraDetector):
         proposals: dense proposals (not in the paper; None: the learned anchors only): a CenterHead on
             ``bev`` whose best peaks start the first ``num_proposals`` queries, its loss added with its
             ``loss_weight`` (:class:`~trainer.models.components.sparse.proposals.DenseProposals`).
+        map_input: a given BEV map read into ``bev`` before the head (the oracle-input upper bound,
+            :class:`~trainer.models.components.map_input.MapInput`), or None; needs ``bev_agg`` in the order.
     """
 
     def __init__(
@@ -81,6 +84,7 @@ class DualViewDistill(CameraDetector):
         bank: InstanceBank | None = None,
         proposals: DenseProposals | None = None,
         nms_radius: Mapping[str, float] | None = None,
+        map_input: MapInput | None = None,
     ):
         super().__init__()
         self._class_names = tuple(str(c) for c in class_names)
@@ -149,6 +153,12 @@ class DualViewDistill(CameraDetector):
         self.bank = bank
         self.camera_bev, self.head, self.topk = camera_bev, head, int(topk)
         self._init_distill(distill_channels)
+        if map_input is not None and not self.uses_bev:
+            raise ValueError(
+                "DualViewDistill: model.detector.map_input feeds the BEV map, which this operation_order never reads "
+                "(no 'bev_agg'): its adapter would be an unused parameter"
+            )
+        self._init_map_input(map_input)
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -174,6 +184,8 @@ class DualViewDistill(CameraDetector):
         gt_labels: Sequence[torch.Tensor] | None = None,
         dt: torch.Tensor | None = None,
         stream: dict[str, Any] | None = None,
+        map_feat: torch.Tensor | None = None,
+        map_count: torch.Tensor | None = None,
     ) -> dict[str, Any]:
         """``img_feats``, ``depth_logits``, ``bev`` (:meth:`CameraBEV.forward`) and the head's ``layers``,
         ``instance_feature``, ``dn`` (denoising, in training with ``gt_boxes``/``gt_labels``).
@@ -182,9 +194,10 @@ class DualViewDistill(CameraDetector):
         (B, N, 4, 4)`` (BEV augmentation folded in); ``dt (B,)`` seconds since the previous frame (None:
         the head's default, or the bank's intervals). ``stream``: ``{"keys": B scene keys, "timestamps": (B,)
         microseconds, "aug_from_global": (B, 4, 4)}`` for the bank (ignored without one); then ``track_ids
-        (B, Q)`` joins the outputs outside training.
+        (B, Q)`` joins the outputs outside training. ``map_feat``, ``map_count``: the given map of
+        :attr:`map_input` (:meth:`camera_forward`).
         """
-        out = self.camera_bev(images, K, ego_from_cam)
+        out = self.camera_forward(images, K, ego_from_cam, map_feat, map_count)
         img_from_ego = img_from_ego_of(K, ego_from_cam)  # (B, N, 4, 4)
         proposals = None
         if self.proposals is not None:
@@ -234,20 +247,28 @@ class DualViewDistill(CameraDetector):
         return out
 
     def detection_loss(
-        self, outputs: dict[str, Any], gt_boxes: Sequence[torch.Tensor], gt_labels: Sequence[torch.Tensor]
+        self,
+        outputs: dict[str, Any],
+        gt_boxes: Sequence[torch.Tensor],
+        gt_labels: Sequence[torch.Tensor],
+        has_boxes: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """:func:`sparse_detection_loss` of every layer and the denoising groups (:meth:`CameraDetector.loss` adds
-        the depth and distillation terms, then :meth:`extra_losses`)."""
-        return sparse_detection_loss(outputs["layers"], gt_boxes, gt_labels, dn=outputs.get("dn"))
+        the depth and distillation terms, then :meth:`extra_losses`); samples outside ``has_boxes`` are not matched."""
+        return sparse_detection_loss(
+            outputs["layers"], gt_boxes, gt_labels, dn=outputs.get("dn"), sample_mask=has_boxes
+        )
 
     def extra_losses(
-        self, outputs: dict[str, Any], gt_boxes, gt_labels, out: dict, total: torch.Tensor
+        self, outputs: dict[str, Any], gt_boxes, gt_labels, out: dict, total: torch.Tensor, has_boxes=None
     ) -> torch.Tensor:
         """``total`` plus ``proposals.loss_weight * proposal``: the dense proposals' CenterPoint loss (unweighted in
         ``out``, parts ``proposal.hm``, ``proposal.loc``; with dense proposals only), and, PV-only without
         distillation, a zero term on ``bev``."""
         if self.proposals is not None and "proposal_preds" in outputs:
-            dense = self.proposals.loss(outputs["proposal_preds"], gt_boxes, gt_labels, self.grid)
+            dense = self.proposals.loss(
+                outputs["proposal_preds"], gt_boxes, gt_labels, self.grid, sample_mask=has_boxes
+            )
             out["proposal.hm"], out["proposal.loc"] = dense["hm"], dense["loc"]
             out["proposal"] = dense["loss"]
             total = total + self.proposals.loss_weight * dense["loss"]

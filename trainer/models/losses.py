@@ -48,19 +48,28 @@ def gaussian_focal_loss(
     num_objects: torch.Tensor | float,
     alpha: float = 2.0,
     gamma: float = 4.0,
+    sample_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """CornerNet/CenterNet's penalty-reduced focal loss (a scalar) of heatmap ``logits`` against Gaussian ``target`` (same shape).
 
     ``-(sum_pos (1-p)^alpha log p + sum_neg (1-t)^gamma p^alpha log(1-p)) / max(num_objects, 1)``,
     positives where ``target == 1`` (the Gaussian peaks). Log-probabilities come from
     ``logsigmoid``, which is stable without CenterPoint's clamp of p to ``[1e-4, 1 - 1e-4]``.
+
+    ``sample_mask (B,)`` bool (``logits (B, ...)``): only these samples' cells count; the others (keyframes whose
+    boxes are withheld, ``data.box_fraction``) add exactly 0, so an empty target never teaches "no objects".
     """
     assert logits.shape == target.shape, f"logits {tuple(logits.shape)} and target {tuple(target.shape)} differ"
     pos = target == 1
     p = torch.sigmoid(logits)
     pos_term = F.logsigmoid(logits) * (1 - p) ** alpha
     neg_term = F.logsigmoid(-logits) * p**alpha * (1 - target) ** gamma
-    total = torch.where(pos, pos_term, neg_term).sum()
+    per_cell = torch.where(pos, pos_term, neg_term)
+    if sample_mask is not None:
+        assert sample_mask.shape == logits.shape[:1], f"sample_mask must be (B,); got {tuple(sample_mask.shape)}"
+        # a multiply, not an index: the masked samples' cells stay in the graph with a zero gradient
+        per_cell = per_cell * sample_mask.to(per_cell.dtype).view(-1, *([1] * (logits.ndim - 1)))
+    total = per_cell.sum()
     return -total / torch.clamp(torch.as_tensor(num_objects, dtype=logits.dtype, device=logits.device), min=1)
 
 
@@ -145,12 +154,70 @@ def distill_cell_cosine(
     return F.cosine_similarity(pred.float(), tgt.float(), dim=1, eps=1e-6), mask
 
 
-def distill_cell_loss(bev: torch.Tensor, proj: nn.Conv2d, target: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
-    """:func:`distill_cosine_loss` of ``proj(bev)`` by :func:`distill_cell_cosine` (same loss and gradients)."""
+def distill_cell_loss(
+    bev: torch.Tensor,
+    proj: nn.Conv2d,
+    target: torch.Tensor,
+    count: torch.Tensor,
+    objects: torch.Tensor | None = None,
+    object_weight: float | None = None,
+) -> torch.Tensor:
+    """:func:`distill_cosine_loss` of ``proj(bev)`` by :func:`distill_cell_cosine` (same loss and gradients).
+
+    With ``object_weight`` (and ``objects (B, H, W)`` bool): :func:`object_weighted_distill_loss` instead, the
+    object cells and the other occupied cells averaged apart and mixed. ``None``: the uniform mean (the paper's).
+    """
     cos, mask = distill_cell_cosine(bev, proj, target, count)
     if not mask.any():
         return bev.sum() * 0.0 + sum(p.sum() for p in proj.parameters()) * 0.0
-    return (1.0 - cos).mean()
+    if object_weight is None:
+        return (1.0 - cos).mean()
+    assert objects is not None and objects.shape == mask.shape, (
+        f"an object-weighted distillation needs objects (B, H, W) as count; got "
+        f"{None if objects is None else tuple(objects.shape)}"
+    )
+    return region_mixed_mean(1.0 - cos, objects.to(mask.device)[mask], object_weight)
+
+
+def region_mixed_mean(loss: torch.Tensor, is_object: torch.Tensor, object_weight: float) -> torch.Tensor:
+    """``w * mean(loss[is_object]) + (1 - w) * mean(loss[~is_object])`` (a scalar) of per-cell ``loss (n,)``.
+
+    ``is_object (n,)`` bool, ``w = object_weight`` in ``[0, 1]``. A region without cells gives its weight to the other
+    (the mean of the cells there are); with neither region weighted and present the result is an exact 0 (with a
+    graph). Counts stay on the device (no host sync).
+    """
+    assert loss.shape == is_object.shape and loss.ndim == 1, (
+        f"loss {tuple(loss.shape)} and is_object {tuple(is_object.shape)} must both be (n,)"
+    )
+    if not 0.0 <= float(object_weight) <= 1.0:
+        raise ValueError(f"model.loss.distill_object_weight must lie in [0, 1] (or be null); got {object_weight}")
+    obj = is_object.to(loss.dtype)
+    n_obj, n_bg = obj.sum(), (1 - obj).sum()
+    mean_obj = (loss * obj).sum() / n_obj.clamp(min=1)
+    mean_bg = (loss * (1 - obj)).sum() / n_bg.clamp(min=1)
+    w_obj = float(object_weight) * (n_obj > 0).to(loss.dtype)
+    w_bg = (1.0 - float(object_weight)) * (n_bg > 0).to(loss.dtype)
+    return (w_obj * mean_obj + w_bg * mean_bg) / (w_obj + w_bg).clamp(min=1e-12)
+
+
+def object_weighted_distill_loss(
+    pred: torch.Tensor, target: torch.Tensor, count: torch.Tensor, objects: torch.Tensor, object_weight: float
+) -> torch.Tensor:
+    """The distillation loss averaged over object cells and over the other occupied cells apart, then mixed (a scalar).
+
+    The definition on whole maps (training: :func:`distill_cell_loss` with ``objects``, tested against it): the
+    per-cell ``1 - cos(pred, target)`` of :func:`distill_cosine_loss` on cells with ``count > 0``, split by
+    ``objects (B, H, W)`` bool (GT footprints: :func:`~trainer.metrics_distill.object_cells`) and mixed by
+    :func:`region_mixed_mean` with weight ``object_weight`` on the objects. On a driving scene a few percent of the
+    occupied cells are objects; the uniform mean (the paper's) lets road and buildings set the loss.
+    """
+    assert pred.shape == target.shape, f"distill pred {tuple(pred.shape)} and target {tuple(target.shape)} differ"
+    assert count.shape == objects.shape == (pred.shape[0], *pred.shape[2:]), (
+        f"count {tuple(count.shape)} and objects {tuple(objects.shape)} must be (B, H, W)"
+    )
+    mask = count > 0  # (B, H, W)
+    cos = F.cosine_similarity(pred.float(), target.float(), dim=1, eps=1e-6)  # (B, H, W)
+    return region_mixed_mean((1.0 - cos)[mask], objects[mask], object_weight) + pred.float().sum() * 0.0
 
 
 def camera_bev_losses(
@@ -163,6 +230,8 @@ def camera_bev_losses(
     *,
     depth_weight: float,
     distill_weight: float,
+    distill_objects: torch.Tensor | None = None,
+    distill_object_weight: float | None = None,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor | float]:
     """The camera BEV network's own losses, shared by every camera detector: ``(parts, weighted sum)``.
 
@@ -174,6 +243,8 @@ def camera_bev_losses(
     ``outputs["bev"]`` through ``distill_proj``, unweighted; only with a projection, ``dino_feat
     (B, C, H, W)``, ``dino_count (B, H, W)`` and ``distill_weight > 0``). The sum is 0.0 when neither runs.
     A store whose feature channels differ from the projection's is refused, naming the config key.
+    ``distill_object_weight`` (with ``distill_objects (B, H, W)`` bool): the object-weighted distillation
+    (:func:`object_weighted_distill_loss`); ``None``: the uniform mean.
     """
     parts: dict[str, torch.Tensor] = {}
     total: torch.Tensor | float = 0.0
@@ -187,7 +258,9 @@ def camera_bev_losses(
                 f"the store's dino/feat has {dino_feat.shape[1]} channels; the model projects to "
                 f"{distill_proj.out_channels}: set model.detector.distill_channels={dino_feat.shape[1]}"
             )
-        parts["distill"] = distill_cell_loss(outputs["bev"], distill_proj, dino_feat, dino_count)
+        parts["distill"] = distill_cell_loss(
+            outputs["bev"], distill_proj, dino_feat, dino_count, distill_objects, distill_object_weight
+        )
         total = total + distill_weight * parts["distill"]
     return parts, total
 
@@ -396,6 +469,7 @@ def sparse_detection_loss(
     match_box_weights: torch.Tensor | Sequence[float] = DEFAULT_MATCH_BOX_WEIGHTS,
     cls_threshold_to_reg: float | None = None,
     avg_factor: float | None = None,
+    sample_mask: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Sparse4Dv3's detection loss summed over every decoder layer, plus the denoising groups' loss.
 
@@ -408,6 +482,9 @@ def sparse_detection_loss(
         cls_threshold_to_reg: Sparse4Dv3 uses 0.05: box and quality terms only for matched queries
             whose best class probability exceeds it (None: all matched queries).
         avg_factor: the normaliser of the matched terms (default: the number of matched queries, >= 1).
+        sample_mask: ``(B,)`` bool, the samples whose boxes are known (``data.box_fraction``; None: all). The others
+            are not matched and their queries get no classification target at all (not "all background"): their
+            every term, denoising included, is multiplied by 0, so they add exactly 0 and stay in the graph (DDP).
 
     Returns ``{"cls_l", "box_l", "cns_l", "yns_l", "dn_cls_l", "dn_box_l": weighted scalar terms per layer l,
     "loss": their sum}``. Each layer is matched on its own (Hungarian, on detached predictions; every layer's
@@ -421,6 +498,16 @@ def sparse_detection_loss(
     box_dtype = torch.promote_types(layer_outputs[0]["anchor"].dtype, torch.float32)  # never bf16 / fp16
     gt_boxes = [g.to(device=device, dtype=box_dtype) for g in gt_boxes]
     gt_labels = [g.to(device=device, dtype=torch.long) for g in gt_labels]
+    if sample_mask is not None:
+        assert sample_mask.shape == (B,), f"sample_mask must be (B={B},); got {tuple(sample_mask.shape)}"
+        keep_sample = sample_mask.to(device=device, dtype=torch.bool)
+        # an unlabelled sample is matched to nothing (its GT list, if any, is not read)
+        labelled = keep_sample.tolist()  # B booleans: one small host copy
+        gt_boxes = [g if on else g[:0] for g, on in zip(gt_boxes, labelled)]
+        gt_labels = [g if on else g[:0] for g, on in zip(gt_labels, labelled)]
+        sample_w = keep_sample.to(box_dtype)  # (B,)
+    else:
+        sample_w = None
     gt_anchors = [boxes_to_anchors(g) for g in gt_boxes]  # B x (M_b, 11)
     num_matched = sum(min(Q, len(g)) for g in gt_boxes)
     norm = float(avg_factor) if avg_factor is not None else float(max(num_matched, 1))
@@ -456,7 +543,10 @@ def sparse_detection_loss(
 
         target = torch.zeros_like(cls)
         target[b_idx, q_idx, g_label] = 1.0
-        out[f"cls_{l}"] = cls_weight * sigmoid_focal_loss(cls, target, alpha, gamma, "sum") / norm
+        focal = sigmoid_focal_loss(cls, target, alpha, gamma, "none")  # (B, Q, K)
+        if sample_w is not None:
+            focal = focal * sample_w[:, None, None]
+        out[f"cls_{l}"] = cls_weight * focal.sum() / norm
 
         pred = anchor[b_idx, q_idx]  # (P, 11)
         keep = torch.ones_like(g_label, dtype=cls.dtype)
@@ -472,6 +562,8 @@ def sparse_detection_loss(
             out[f"yns_{l}"] = yawness_weight * (yns * keep).sum() / norm
 
     if dn is not None:
+        if sample_w is not None:
+            dn = {**dn, "valid": dn["valid"] & keep_sample[:, None]}
         out.update(_denoising_loss(dn, cls_weight, box_weights, dn_weight, alpha, gamma))
     out["loss"] = sum(out.values())
     return out

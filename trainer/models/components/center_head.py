@@ -402,7 +402,10 @@ class CenterHead(nn.Module):
 
     # -- loss ------------------------------------------------------------------------------------
     def loss(
-        self, preds: Sequence[Mapping[str, torch.Tensor]], targets: Sequence[Mapping[str, torch.Tensor]]
+        self,
+        preds: Sequence[Mapping[str, torch.Tensor]],
+        targets: Sequence[Mapping[str, torch.Tensor]],
+        sample_mask: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Losses of the head's outputs against :meth:`targets`: ``loss`` (the total to minimise) and its parts.
 
@@ -410,6 +413,9 @@ class CenterHead(nn.Module):
         and ``task{t}.<head>``, the L1 at object centres summed over the head's channels with
         ``code_weights`` (velocity only where GT velocity is known). ``hm`` and ``loc`` sum them
         over tasks; ``loss = hm_weight * hm + loc_weight * loc``.
+
+        ``sample_mask (B,)`` bool: the samples whose boxes are known (``data.box_fraction``; None: all). The others
+        add exactly 0 (their heatmap cells are masked, they have no centres) and count in no normaliser.
         """
         assert len(preds) == len(targets) == len(self.tasks), (
             f"{len(preds)} predicted and {len(targets)} target tasks for a head of {len(self.tasks)} tasks"
@@ -424,11 +430,13 @@ class CenterHead(nn.Module):
                 f"task {t}: heatmap {tuple(p['hm'].shape)} vs target {tuple(tg['heatmap'].shape)}: the targets' grid "
                 "must be the head's output grid (pillar size x backbone output stride)"
             )
-            hm = gaussian_focal_loss(p["hm"], tg["heatmap"], tg["mask"].sum())
+            sm = None if sample_mask is None else sample_mask.to(p["hm"].device, torch.bool)
+            obj = tg["mask"] if sm is None else tg["mask"] & sm[:, None]  # (B, K) centres of labelled samples
+            hm = gaussian_focal_loss(p["hm"], tg["heatmap"], obj.sum(), sample_mask=sm)
             out[f"task{t}.hm"] = hm
             hm_total = hm_total + hm
             for name in self.common_heads:
-                mask = tg["mask"] & tg["vel_mask"] if name == "vel" else tg["mask"]
+                mask = obj & tg["vel_mask"] if name == "vel" else obj
                 per_channel = masked_l1(gather_at(p[name], tg["ind"]), tg[name], mask)  # (C,)
                 head_loss = (per_channel * per_channel.new_tensor(self.code_weights[name])).sum()
                 out[f"task{t}.{name}"] = head_loss

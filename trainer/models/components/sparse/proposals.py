@@ -86,6 +86,8 @@ class DenseProposals(nn.Module):
         gt_boxes: Sequence[torch.Tensor],
         gt_labels: Sequence[torch.Tensor],
         grid: GridSpec,
+        sample_mask: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """The dense head's CenterPoint loss (:meth:`CenterHead.loss`, unweighted) against the batch's GT."""
-        return self.head.loss(preds, self.head.targets(gt_boxes, gt_labels, grid))
+        """The dense head's CenterPoint loss (:meth:`CenterHead.loss`, unweighted) against the batch's GT
+        (``sample_mask (B,)``: only the samples whose boxes are known count)."""
+        return self.head.loss(preds, self.head.targets(gt_boxes, gt_labels, grid), sample_mask=sample_mask)
