@@ -46,6 +46,13 @@ def av2_sensor_log(realdata: Path) -> Path:
 # --- the synthetic world (bevlabels.synthetic) -------------------------------------------------
 
 
+def nuscenes_dataset(root: Path, name: str = "synthetic") -> dict:
+    """A ``conf/dataset`` config (the keys the commands read: name, root, version, adapter) of the nuScenes-format
+    dataset at ``root`` (a synthetic world or the real keyframe), version ``v1.0-mini``."""
+    adapter = {"_target_": "bevlabels.datasets.nuscenes.NuScenesDataset", "root": str(root), "version": "v1.0-mini"}
+    return {"name": name, "root": str(root), "version": "v1.0-mini", "adapter": adapter}
+
+
 @pytest.fixture(scope="session")
 def synth_tiny(tmp_path_factory) -> Path:
     """A `tiny` synthetic nuScenes dataset (seed 0), generated once per session (~15 s).

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import nuscenes_dataset  # tests/conftest.py
 from test_dvd_train import train_overrides  # tests/integration/test_dvd_train.py
 
 TEMPORAL = ["model.detector.bank.num_temp_instances=16"]  # of the tiny head's 32 queries
@@ -23,12 +24,7 @@ def _stream_datamodule(synth_tiny, synth_tiny_store, **kw):
     """A streaming camera data module on the tiny world, image and BEV augmentation on, batch 1."""
     from trainer.data.camera import CameraDataModule
 
-    ds_cfg = {"name": "synthetic", "root": str(synth_tiny), "version": "v1.0-mini"}
-    ds_cfg["adapter"] = {
-        "_target_": "bevlabels.datasets.nuscenes.NuScenesDataset",
-        "root": str(synth_tiny),
-        "version": "v1.0-mini",
-    }
+    ds_cfg = nuscenes_dataset(synth_tiny)
     dm = CameraDataModule(
         dataset=ds_cfg,
         grid={"xbound": [-32.0, 32.0, 1.0], "ybound": [-32.0, 32.0, 1.0], "zbound": [-5.0, 3.0, 8.0]},

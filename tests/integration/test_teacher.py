@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import nuscenes_dataset  # tests/conftest.py
 
 from trainer.tiny import TINY_TEACHER as _TINY_TEACHER
 
@@ -144,16 +145,7 @@ def test_data_module_refuses_missing_or_mismatched_label_stores(synth_tiny, tmp_
     from bevlabels.cache import StoreError, StoreMismatchError
     from trainer.data.lidar import LidarDataModule
 
-    dataset = {
-        "name": "synthetic",
-        "root": str(synth_tiny),
-        "version": "v1.0-mini",
-        "adapter": {
-            "_target_": "bevlabels.datasets.nuscenes.NuScenesDataset",
-            "root": str(synth_tiny),
-            "version": "v1.0-mini",
-        },
-    }
+    dataset = nuscenes_dataset(synth_tiny)
     near = {"xbound": [-32.0, 32.0, 1.0], "ybound": [-32.0, 32.0, 1.0], "zbound": [-5.0, 3.0, 8.0]}
     kw = dict(dataset=dataset, grid=near, class_names=["car"], store_stages=["teacher"])
     with pytest.raises(FileNotFoundError, match="label store .*absent.zarr not found"):

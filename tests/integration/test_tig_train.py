@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import nuscenes_dataset  # tests/conftest.py
 
 C_T = 16
 EXPERIMENTS = ("bevdepth_tig", "bevdepth_tig_depth", "bevdepth_tig_bev", "dvd_tig")
@@ -111,12 +112,7 @@ def test_teacher_maps_follow_the_bev_augmentation(teacher_store, synth_tiny):
     from bevlabels.grid import GridSpec
     from trainer.data.camera import CameraDataModule
 
-    ds_cfg = {"name": "synthetic", "root": str(synth_tiny), "version": "v1.0-mini"}
-    ds_cfg["adapter"] = {
-        "_target_": "bevlabels.datasets.nuscenes.NuScenesDataset",
-        "root": str(synth_tiny),
-        "version": "v1.0-mini",
-    }
+    ds_cfg = nuscenes_dataset(synth_tiny)
     grid = GridSpec.from_yaml(Path(__file__).resolve().parents[2] / "conf" / "grid" / "near.yaml")
     dm = CameraDataModule(
         dataset=ds_cfg,

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import nuscenes_dataset  # tests/conftest.py
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -31,19 +32,6 @@ def small_val(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("small_val") / "small-val"
     generate(cfg, out, log=lambda msg: None)
     return out
-
-
-def _dataset(root: Path) -> dict:
-    return {
-        "name": "synthetic",
-        "root": str(root),
-        "version": "v1.0-mini",
-        "adapter": {
-            "_target_": "bevlabels.datasets.nuscenes.NuScenesDataset",
-            "root": str(root),
-            "version": "v1.0-mini",
-        },
-    }
 
 
 def _degraded(root: Path, seed: int, path: Path) -> Path:
@@ -61,7 +49,7 @@ def test_kalman_tracks_degraded_gt_far_better_than_greedy(small_val, tmp_path, s
     from trainer.track import track
 
     det = _degraded(small_val, seed, tmp_path / "det.json")
-    ds = _dataset(small_val)
+    ds = nuscenes_dataset(small_val)
     kalman = track(det, ds, "kalman", out=tmp_path / "kalman", ceiling=False, pictures=False)
     greedy = track(det, ds, "greedy", out=tmp_path / "greedy", ceiling=False, pictures=False)
     assert kalman["amota"] >= 0.90, (kalman["amota"], kalman["ids"])
@@ -74,7 +62,7 @@ def test_kalman_tracks_degraded_gt_far_better_than_greedy(small_val, tmp_path, s
 def test_bad_detection_files_are_refused_naming_the_fault(small_val, tmp_path):
     from trainer.track import DetectionsFileError, track
 
-    ds = _dataset(small_val)
+    ds = nuscenes_dataset(small_val)
     good = json.loads(_degraded(small_val, 0, tmp_path / "det.json").read_text())
     token = next(iter(good["results"]))
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import nuscenes_dataset  # tests/conftest.py
 
 rr = pytest.importorskip("rerun", reason='rerun is the viz extra: pip install -e ".[viz]" (make setup installs it)')
 
@@ -25,17 +26,42 @@ SCENE = "scene-0103"
 CAMERAS = ("CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_FRONT_LEFT", "CAM_BACK", "CAM_BACK_LEFT", "CAM_BACK_RIGHT")
 
 
-def _dataset(root: Path) -> dict:
-    return {
-        "name": "synthetic",
-        "root": str(root),
-        "version": "v1.0-mini",
-        "adapter": {
-            "_target_": "bevlabels.datasets.nuscenes.NuScenesDataset",
-            "root": str(root),
-            "version": "v1.0-mini",
-        },
-    }
+#: rerun's native code (its Rust core) writes and reads a recording, in a process of its own
+NATIVE_PROBE = """
+import sys, rerun as rr
+rec = rr.RecordingStream("bevlabels-probe")
+rec.save(sys.argv[1])
+rec.set_time_sequence("keyframe", 0)
+rec.log("/probe", rr.Points3D([[0.0, 1.0, 2.0]]))
+rec.flush(blocking=True)
+del rec
+table = rr.dataframe.load_recording(sys.argv[1]).view(index="keyframe", contents="/**").select().read_all()
+assert table.num_rows == 1, table
+"""
+
+
+def _native_probe(tmp: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", NATIVE_PROBE, str(tmp / "probe.rrd")], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_rerun_writes_and_reads_a_recording_on_this_processor(rerun_probe):
+    """rerun's native core, in a subprocess: on a processor it cannot run on, this test fails (not the suite)."""
+    assert rerun_probe.returncode == 0, (rerun_probe.returncode, rerun_probe.stderr[-3000:])
+
+
+@pytest.fixture(scope="module")
+def rerun_probe(tmp_path_factory) -> subprocess.CompletedProcess:
+    return _native_probe(tmp_path_factory.mktemp("rerun_probe"))
+
+
+@pytest.fixture(autouse=True)
+def rerun_runs_here(request, rerun_probe):
+    """The other tests run rerun in this process: they are skipped where the probe's subprocess did not survive, so
+    a native crash fails the probe test above instead of taking the whole suite down."""
+    if request.function is not test_rerun_writes_and_reads_a_recording_on_this_processor and rerun_probe.returncode:
+        pytest.skip(f"rerun's native code failed in a subprocess (exit {rerun_probe.returncode}): see the probe test")
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +75,7 @@ def nusc(synth_tiny):
 def frames(synth_tiny):
     from bevlabels.datasets.factory import build_adapter
 
-    return build_adapter(_dataset(synth_tiny)["adapter"]).keyframes(SCENE)
+    return build_adapter(nuscenes_dataset(synth_tiny)["adapter"]).keyframes(SCENE)
 
 
 class Recording:
@@ -124,7 +150,7 @@ def gt_only(synth_tiny, synth_tiny_store, tmp_path_factory):
     from trainer.view import view
 
     out = tmp_path_factory.mktemp("view") / "gt.rrd"
-    summary = view(_dataset(synth_tiny), scene=SCENE, store=synth_tiny_store, out=out, progress=False)
+    summary = view(nuscenes_dataset(synth_tiny), scene=SCENE, store=synth_tiny_store, out=out, progress=False)
     return summary, Recording(out)
 
 
@@ -186,7 +212,9 @@ def test_one_tracks_positions_equal_the_tracking_json(synth_tiny, frames, nusc, 
     path, id_of = _gt_tracking_json(nusc, frames, tmp_path / "tracks.json", every_other=car)
     data = json.loads(path.read_text())["results"]
     out = tmp_path / "tracks.rrd"
-    summary = view(_dataset(synth_tiny), scene=SCENE, tracks=path, store=None, lidar=False, out=out, progress=False)
+    summary = view(
+        nuscenes_dataset(synth_tiny), scene=SCENE, tracks=path, store=None, lidar=False, out=out, progress=False
+    )
     rec = Recording(out)
     ids = sorted(id_of.values(), key=int)
     assert summary["tracks"] == len(ids) > 3
@@ -215,7 +243,7 @@ def test_detections_json_drawn_above_min_score_and_tracked(synth_tiny, frames, n
     path = _gt_detection_json(nusc, frames, tmp_path / "det.json")
     out = tmp_path / "det.rrd"
     summary = view(
-        _dataset(synth_tiny), scene=SCENE, detections=path, store=None, lidar=False, out=out, min_score=0.5,
+        nuscenes_dataset(synth_tiny), scene=SCENE, detections=path, store=None, lidar=False, out=out, min_score=0.5,
         tracker="kalman", progress=False,
     )  # fmt: skip
     rec = Recording(out)
@@ -254,14 +282,14 @@ def test_a_checkpoint_predicts_the_scene_and_its_detections_are_tracked(tiny_ckp
 
     out = tmp_path / "ckpt.rrd"
     summary = view(
-        _dataset(synth_tiny), scene=SCENE, ckpt=tiny_ckpt, store=None, lidar=False, out=out, min_score=0.0,
+        nuscenes_dataset(synth_tiny), scene=SCENE, ckpt=tiny_ckpt, store=None, lidar=False, out=out, min_score=0.0,
         device="cpu", progress=False,
     )  # fmt: skip
     rec = Recording(out)
     counts = rec.counts("/world/pred", "HalfSize3D")
     assert len(counts) == 4 and None not in counts and summary["detections"] == sum(counts) > 0
     assert "predicted here" in summary["sources"]["detections"] and "kalman" in summary["sources"]["tracks"]
-    other = {**_dataset(synth_tiny), "version": "v1.0-trainval"}
+    other = {**nuscenes_dataset(synth_tiny), "version": "v1.0-trainval"}
     with pytest.raises(ViewError, match=r"was trained on dataset 'synthetic' 'v1.0-mini'"):
         view(other, scene=SCENE, ckpt=tiny_ckpt, store=None, lidar=False, out=tmp_path / "x.rrd", progress=False)
 
@@ -270,7 +298,7 @@ def test_files_and_scenes_that_do_not_fit_are_refused_naming_them(synth_tiny, fr
     from trainer.track import TrackingFileError
     from trainer.view import ResultsFileError, ViewError, view
 
-    ds = _dataset(synth_tiny)
+    ds = nuscenes_dataset(synth_tiny)
     with pytest.raises(ViewError, match=r"scene=scene-9999: no such scene .*scene-0061, scene-0103"):
         view(ds, scene="scene-9999", out=tmp_path / "x.rrd", progress=False)
     tracks, _ = _gt_tracking_json(nusc, frames, tmp_path / "tracks.json")
@@ -290,7 +318,7 @@ def test_a_store_of_another_dataset_is_refused_or_left_out_when_optional(synth_t
     recording has no BEV grids."""
     from trainer.view import ViewError, view
 
-    other = {**_dataset(synth_tiny), "version": "v1.0-trainval"}
+    other = {**nuscenes_dataset(synth_tiny), "version": "v1.0-trainval"}
     with pytest.raises(ViewError, match=r"store=.* was made from dataset 'synthetic' 'v1.0-mini'"):
         view(other, scene=SCENE, store=synth_tiny_store, lidar=False, out=tmp_path / "x.rrd", progress=False)
     out = tmp_path / "optional.rrd"
@@ -318,7 +346,7 @@ def test_a_teacher_map_in_the_store_is_shown_beside_the_target(synth_tiny, synth
             bev = rng.normal(size=(8, H // 2, W // 2)).astype(np.float16)
             keyframes.write_keyframe_arrays(writer.index_of(f.token), {"teacher/bev": bev})
     out = tmp_path / "teacher.rrd"
-    view(_dataset(synth_tiny), scene=SCENE, store=store, lidar=False, out=out, progress=False)
+    view(nuscenes_dataset(synth_tiny), scene=SCENE, store=store, lidar=False, out=out, progress=False)
     rec = Recording(out)
     fmt = rec.column("/bev/teacher", "ImageFormat")
     assert [(f[0]["height"], f[0]["width"]) for f in fmt] == [(H // 2, W // 2)] * len(frames)

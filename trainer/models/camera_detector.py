@@ -16,6 +16,7 @@ Shape letters: B batch, N cameras, D depth bins, C channels, h/w feature-map row
 
 from __future__ import annotations
 
+from abc import ABCMeta, abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,7 +29,7 @@ from trainer.models.components.map_input import MapInput
 from trainer.models.losses import camera_bev_losses
 
 
-class CameraDetector(nn.Module):
+class CameraDetector(nn.Module, metaclass=ABCMeta):
     """Base of the camera detectors: a subclass sets ``self.camera_bev`` and calls :meth:`_init_distill`.
 
     Attributes:
@@ -183,6 +184,7 @@ class CameraDetector(nn.Module):
         out["loss"] = self.extra_losses(outputs, gt_boxes, gt_labels, out, det["loss"] + aux, has_boxes=has_boxes)
         return out
 
+    @abstractmethod
     def detection_loss(
         self,
         outputs: dict[str, Any],
@@ -190,9 +192,8 @@ class CameraDetector(nn.Module):
         gt_labels: Sequence[torch.Tensor],
         has_boxes: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """The head's detection loss, ``{"loss": total, <part>: ...}``: each subclass its own; the samples outside
-        ``has_boxes (B,)`` (None: none) add exactly 0."""
-        raise NotImplementedError(f"{type(self).__name__} must define detection_loss")
+        """The head's detection loss, ``{"loss": total, <part>: ...}``: each subclass its own (a subclass without
+        one cannot be built); the samples outside ``has_boxes (B,)`` (None: none) add exactly 0."""
 
     def extra_losses(
         self, outputs: dict[str, Any], gt_boxes, gt_labels, out: dict, total: torch.Tensor, has_boxes=None
