@@ -191,8 +191,14 @@ def resample_bev(
     - ``"bilinear"``: ``grid_sample`` in float32, returned in the input's dtype;
     - ``"nearest"``: the cells ``grid_sample``'s nearest mode reads (its round-half-even), as a gather
       in the map's own dtype, without a float32 copy of a many-channel map.
+
+    A batch of transforms ``dst_from_src (B, 4, 4)`` resamples a batch of maps ``(B, C, H_s, W_s)``, map b by
+    transform b, on the maps' device (a model's BEV maps: the previous keyframe's map warped into the current
+    ego frame, :class:`~trainer.models.components.camera_bev.CameraBEV`); the same rules, cell for cell.
     """
     dst = src if dst is None else dst
+    if dst_from_src is not None and torch.as_tensor(dst_from_src).ndim == 3:
+        return _resample_bev_batched(bev, src, dst, torch.as_tensor(dst_from_src), mode)
     assert bev.ndim >= 3 and tuple(bev.shape[-2:]) == src.shape, (
         f"bev must be (..., C, {src.ny}, {src.nx}) on the source grid; got {tuple(bev.shape)}"
     )
@@ -222,3 +228,33 @@ def resample_bev(
         norm = norm.to(x.device)[None].expand(x.shape[0], -1, -1, -1)  # (B', H_d, W_d, 2)
         out = F.grid_sample(x.float(), norm, mode="bilinear", padding_mode="zeros", align_corners=False).to(x.dtype)
     return out.reshape(*lead, *out.shape[1:])
+
+
+def _resample_bev_batched(
+    bev: torch.Tensor, src: GridSpec, dst: GridSpec, dst_from_src: torch.Tensor, mode: str
+) -> torch.Tensor:
+    """:func:`resample_bev` of maps ``(B, C, H_s, W_s)``, map b by ``dst_from_src[b] (4, 4)``, on the maps' device."""
+    B = dst_from_src.shape[0]
+    assert dst_from_src.shape == (B, 4, 4), f"dst_from_src must be (B, 4, 4); got {tuple(dst_from_src.shape)}"
+    assert bev.ndim == 4 and bev.shape[0] == B and tuple(bev.shape[-2:]) == src.shape, (
+        f"bev must be ({B}, C, {src.ny}, {src.nx}) for {B} transforms; got {tuple(bev.shape)}"
+    )
+    if mode not in ("nearest", "bilinear"):
+        raise ValueError(f"resample_bev: mode must be 'nearest' or 'bilinear'; got {mode!r}")
+    dev = bev.device
+    src_from_dst = torch.linalg.inv(dst_from_src.to(dev, torch.float64))  # (B, 4, 4)
+    centres = torch.as_tensor(dst.cell_centres(), dtype=torch.float64, device=dev)  # (H_d, W_d, 2)
+    xy = torch.einsum("hwj,bij->bhwi", centres, src_from_dst[:, :2, :2]) + src_from_dst[:, None, None, :2, 3]
+    cell = src.metric_to_cell(xy)  # (B, H_d, W_d, 2) continuous (ix, iy) of src
+    norm = torch.stack([2 * cell[..., 0] / src.nx - 1, 2 * cell[..., 1] / src.ny - 1], -1).float()
+    if mode == "bilinear":
+        return F.grid_sample(bev.float(), norm, mode="bilinear", padding_mode="zeros", align_corners=False).to(
+            bev.dtype
+        )
+    size = torch.tensor([src.nx, src.ny], dtype=torch.float32, device=dev)
+    src_ij = torch.round(((norm + 1) * size - 1) / 2).long()  # (B, H_d, W_d, 2) source column, row
+    inside = (src_ij >= 0).all(-1) & (src_ij[..., 0] < src.nx) & (src_ij[..., 1] < src.ny)  # (B, H_d, W_d)
+    flat = (src_ij[..., 1].clamp(0, src.ny - 1) * src.nx + src_ij[..., 0].clamp(0, src.nx - 1)).flatten(1)  # (B, S)
+    C = bev.shape[1]
+    out = bev.flatten(2).gather(2, flat[:, None, :].expand(-1, C, -1)).view(B, C, *dst.shape)
+    return out.masked_fill(~inside[:, None], 0)

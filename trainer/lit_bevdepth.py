@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from trainer.data.camera import previous_keyframe
 from trainer.data.common import augment_boxes
 from trainer.lit_base import DetectionModule
 from trainer.metrics_depth import DepthMetrics, pixel_pairs
@@ -156,12 +157,12 @@ class BEVDepthModule(DetectionModule):
     # -- the hooks of DetectionModule ----------------------------------------------------------------
     def forward(self, batch: Mapping[str, Any]) -> dict[str, Any]:
         """:meth:`BEVDepth.forward` of ``images (B, N, 3, H, W)``, ``K (B, N, 3, 3)``, ``ego_from_cam (B, N, 4, 4)``
-        (and the store's grid ``dino_feat``, ``dino_count`` for a detector with a ``map_input``)."""
+        (and the store's grid ``dino_feat``, ``dino_count`` for a detector with a ``map_input``; the previous
+        keyframe's ``prev_*`` for a two-frame one; the keyframe interval ``dt``)."""
+        extra: dict[str, Any] = {"prev": previous_keyframe(batch), "dt": batch.get("dt")}
         if getattr(self.detector, "map_input", None) is not None:
-            return self.detector(
-                batch["images"], batch["K"], batch["ego_from_cam"], batch.get("dino_feat"), batch.get("dino_count")
-            )
-        return self.detector(batch["images"], batch["K"], batch["ego_from_cam"])
+            extra.update(map_feat=batch.get("dino_feat"), map_count=batch.get("dino_count"))
+        return self.detector(batch["images"], batch["K"], batch["ego_from_cam"], **extra)
 
     def compute_loss(self, outputs: Mapping[str, Any], batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         depth_map = batch.get("depth_map")

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from trainer.data.camera import previous_keyframe
 from trainer.lit_bevdepth import BEVDepthModule
 from trainer.models.components.sparse.anchors import anchors_for_dataset
 from trainer.models.dualviewdistill import DualViewDistill
@@ -99,6 +100,7 @@ class DualViewDistillModule(BEVDepthModule):
             }
         if getattr(self.detector, "map_input", None) is not None:  # the oracle-input upper bound
             gt.update(map_feat=batch.get("dino_feat"), map_count=batch.get("dino_count"))
+        gt.update(prev=previous_keyframe(batch), dt=batch.get("dt"))
         return self.detector(batch["images"], batch["K"], batch["ego_from_cam"], stream=stream, **gt)
 
     def reset_state(self) -> None:

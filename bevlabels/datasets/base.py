@@ -123,6 +123,11 @@ class Boxes:
         )
 
 
+#: nuScenes keyframes are 2 Hz: the keyframe interval (seconds) where a sample's own is unknown (a lone keyframe;
+#: Sparse4D's ``default_time_interval``). Samples carry their real interval (``dt``) wherever a neighbour exists.
+DEFAULT_DT = 0.5
+
+
 @dataclass(frozen=True, eq=False)
 class Frame:
     """One annotated keyframe: cameras, its LiDAR sweep and the sweeps before it, GT boxes."""

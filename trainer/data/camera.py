@@ -51,7 +51,23 @@ key                 batch type / shape             meaning
 ``teacher_bev``     ``(B, C_t, H, W)`` float16     the LiDAR teacher's BEV map in the augmented BEV frame (``load_teacher``)
 ``frame_index``     ``(B,)`` int64                 the keyframe's position in its scene (0 starts a scene)
 ``prev_global_from_ego``  ``(B, 4, 4)`` float64    the previous keyframe's ego pose (its own at a scene's start)
+``dt``              ``(B,)`` float32               seconds since the previous keyframe of the scene (at a scene's
+                                                   start: to the next one; a lone keyframe: ``DEFAULT_DT``), the
+                                                   interval velocity is regressed over
 ==================  =============================  ===============================================================
+
+With ``prev_keyframe=true`` (a two-frame camera network, ``bevdepth4d`` / ``dvd4d``) a sample also carries the
+previous keyframe of its scene, seen through the *same* augmentation draw (image and BEV) as the current one, so the
+two BEV maps differ only by the ego motion and the objects' own (:func:`previous_keyframe` gathers them for the
+model). At a scene's first keyframe the previous one is the keyframe itself (zero motion, as BEVDet4D):
+
+=========================  =============================  ========================================================
+``prev_images``            ``(B, N, 3, H_i, W_i)`` uint8  the previous keyframe's images, augmented alike
+``prev_K``                 ``(B, N, 3, 3)`` float32       their intrinsics, ``aug_from_img @ K``
+``prev_ego_from_cam``      ``(B, N, 4, 4)`` float32       its cameras in *its* (BEV-augmented) ego frame
+``cur_from_prev``          ``(B, 4, 4)`` float32          that frame to the current augmented one:
+                                                          ``A @ inv(G_cur) @ G_prev @ inv(A)``, ``A`` = ``aug_from_ego``
+=========================  =============================  ========================================================
 
 Streaming scenes (DESIGN.md, "Tracking"): with ``sequential_scenes=true`` every loader (training,
 validation, prediction) uses :class:`SceneStreamBatchSampler`: each of the B batch slots walks its
@@ -77,7 +93,7 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, Sampler
 
 from bevlabels.conf import plain
-from bevlabels.datasets.base import DatasetError, Frame
+from bevlabels.datasets.base import DEFAULT_DT, DatasetError, Frame
 from bevlabels.geometry import image_aug_matrix
 from bevlabels.grid import GridSpec, resample_bev
 from trainer.data.common import (
@@ -316,6 +332,8 @@ class CameraDataset(KeyframeDataset):
         withheld_scenes: the scenes whose boxes are withheld (label-scarce training, ``data.box_fraction``): their
             keyframes get no boxes and ``has_boxes`` False, so their detection loss is masked; their depth and
             distillation targets are kept. ``None`` or empty: every keyframe has its boxes.
+        prev_keyframe: also load the previous keyframe's images and cameras (``prev_*``, ``cur_from_prev``: the
+            module docstring), for a two-frame camera network.
     """
 
     def __init__(
@@ -336,8 +354,10 @@ class CameraDataset(KeyframeDataset):
         teacher_interp: str = "bilinear",
         hold_image_aug: bool = True,
         withheld_scenes: Sequence[str] | None = None,
+        prev_keyframe: bool = False,
     ):
         super().__init__(frames, adapter_cfg, train)
+        self.prev_keyframe = bool(prev_keyframe)
         self.withheld_scenes = frozenset(withheld_scenes or ())
         from bevlabels.cache import LabelStoreReader
 
@@ -353,10 +373,44 @@ class CameraDataset(KeyframeDataset):
         self.load_teacher = bool(load_teacher)
         self.teacher_interp = teacher_interp
         self.hold_image_aug = bool(hold_image_aug)
-        self._prev = {}  # token -> previous keyframe of the same scene in this list
+        self._prev, self._next = {}, {}  # token -> previous / next keyframe of the same scene in this list
         for prev, cur in zip(self.frames[:-1], self.frames[1:]):
             if prev.scene == cur.scene and prev.index + 1 == cur.index:
-                self._prev[cur.token] = prev
+                self._prev[cur.token], self._next[prev.token] = prev, cur
+
+    def interval(self, frame: Frame) -> float:
+        """Seconds from the previous keyframe of ``frame``'s scene to it (the scene's first: to the next one; a
+        lone keyframe: :data:`~bevlabels.datasets.base.DEFAULT_DT`)."""
+        prev, nxt = self._prev.get(frame.token), self._next.get(frame.token)
+        if prev is not None:
+            dt = (frame.timestamp - prev.timestamp) * 1e-6
+        elif nxt is not None:
+            dt = (nxt.timestamp - frame.timestamp) * 1e-6
+        else:
+            return DEFAULT_DT
+        if not dt > 0:
+            raise DatasetError(
+                f"keyframe {frame.token} of scene {frame.scene}: its neighbour's timestamp is not later/earlier "
+                f"({dt:+.6f} s apart): the scene's keyframes are out of time order"
+            )
+        return float(dt)
+
+    def camera_inputs(
+        self, frame: Frame, draw: Mapping[str, Any], final_hw: tuple[int, int], aug_from_ego: torch.Tensor
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, torch.Tensor]:
+        """One keyframe's augmented images ``(N, H_i, W_i, 3)`` uint8, ``aug_from_img (N, 3, 3)``, ``K (N, 3, 3)`` and
+        ``ego_from_cam (N, 4, 4)`` float64 in its own augmented ego frame, under the draw ``draw`` and ``aug_from_ego``."""
+        images, aug_from_img, K, key_ego_from_cam = [], [], [], []
+        for n, cam in enumerate(frame.cameras):
+            if not cam.has_image:
+                raise DatasetError(f"missing image for {cam.name} of keyframe {frame.token}: {cam.image_path}")
+            aug = realise_image_aug((cam.width, cam.height), final_hw, draw)  # each camera at its own size
+            images.append(apply_image_aug(load_image(cam.image_path, aug["resize_wh"]), aug, final_hw))
+            aug_from_img.append(aug["aug_from_img"])
+            K.append(aug["aug_from_img"] @ cam.K)
+            key_ego_from_cam.append(frame.key_ego_from_cam(n))
+        ego_from_cam = aug_from_ego.double() @ torch.as_tensor(np.stack(key_ego_from_cam))  # (N, 4, 4)
+        return np.stack(images), np.stack(aug_from_img), np.stack(K), ego_from_cam
 
     def __getitem__(self, i: int | tuple[int, int]) -> dict[str, Any]:
         """Sample ``i``; ``(i, stream_seed)`` (:class:`SceneStreamBatchSampler`'s) draws the augmentation from the
@@ -373,23 +427,12 @@ class CameraDataset(KeyframeDataset):
             flip_prob=float(self.image_aug.get("flip_prob", 0.0)),
             rng=rng,
         )
-        images, aug_from_img, K, key_ego_from_cam = [], [], [], []
-        for n, cam in enumerate(frame.cameras):
-            if not cam.has_image:
-                raise DatasetError(f"missing image for {cam.name} of keyframe {frame.token}: {cam.image_path}")
-            aug = realise_image_aug((cam.width, cam.height), final_hw, draw)  # each camera at its own size
-            images.append(apply_image_aug(load_image(cam.image_path, aug["resize_wh"]), aug, final_hw))
-            aug_from_img.append(aug["aug_from_img"])
-            K.append(aug["aug_from_img"] @ cam.K)
-            key_ego_from_cam.append(frame.key_ego_from_cam(n))
-        aug_from_img = np.stack(aug_from_img)  # (N, 3, 3)
-
         if self.train and self.bev_aug is not None:
             gen = torch.Generator().manual_seed(stream_seed) if stream_seed is not None else None
             aug_from_ego = sample_bev_aug(**self.bev_aug, generator=gen)  # (4, 4) float32
         else:
             aug_from_ego = torch.eye(4)
-        ego_from_cam = aug_from_ego.double() @ torch.as_tensor(np.stack(key_ego_from_cam))  # (N, 4, 4)
+        images, aug_from_img, K, ego_from_cam = self.camera_inputs(frame, draw, final_hw, aug_from_ego)
 
         boxes, labels, kept = gt_for_frame(
             frame, self.class_names, self.grid, self.min_lidar_points, aug_from_ego=aug_from_ego, return_index=True
@@ -409,15 +452,37 @@ class CameraDataset(KeyframeDataset):
             "gt_boxes": boxes,
             "gt_labels": labels,
             "aug_from_ego": aug_from_ego.float(),
-            "images": torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(),  # (N, 3, H_i, W_i)
-            "K": torch.as_tensor(np.stack(K), dtype=torch.float32),
+            "images": torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),  # (N, 3, H_i, W_i)
+            "K": torch.as_tensor(K, dtype=torch.float32),
             "aug_from_img": torch.as_tensor(aug_from_img, dtype=torch.float32),
             "ego_from_cam": ego_from_cam.float(),
             "depth_map": depth_map,
             "fg_px": fg_px,
             "frame_index": torch.tensor(frame.index, dtype=torch.int64),
             "prev_global_from_ego": torch.as_tensor(prev.global_from_ego, dtype=torch.float64),
+            "dt": torch.tensor(self.interval(frame), dtype=torch.float32),
         }
+        if self.prev_keyframe:  # the same draws: the two maps differ by motion alone
+            p_images, _, p_K, p_ego_from_cam = (
+                (images, None, K, ego_from_cam)
+                if prev is frame
+                else self.camera_inputs(prev, draw, final_hw, aug_from_ego)
+            )
+            A = aug_from_ego.double()
+            cur_from_prev = (
+                A
+                @ torch.linalg.solve(
+                    torch.as_tensor(frame.global_from_ego, dtype=torch.float64),
+                    torch.as_tensor(prev.global_from_ego, dtype=torch.float64),
+                )
+                @ torch.linalg.inv(A)
+            )
+            sample.update(
+                prev_images=torch.from_numpy(p_images).permute(0, 3, 1, 2).contiguous(),
+                prev_K=torch.as_tensor(p_K, dtype=torch.float32),
+                prev_ego_from_cam=p_ego_from_cam.float(),
+                cur_from_prev=cur_from_prev.float(),
+            )
         if self.withheld_scenes:  # label-scarce only: without it the batch, and every loss, is today's exactly
             sample["has_boxes"] = torch.tensor(has_boxes)
         if self.load_dino:
@@ -432,6 +497,20 @@ class CameraDataset(KeyframeDataset):
                 tmap.float(), self.grid, dst_from_src=aug_from_ego, mode=self.teacher_interp
             ).to(tmap.dtype)
         return sample
+
+
+def previous_keyframe(batch: Mapping[str, Any]) -> dict[str, torch.Tensor] | None:
+    """The previous keyframe of a ``prev_keyframe`` batch as :meth:`CameraBEV.forward
+    <trainer.models.components.camera_bev.CameraBEV.forward>` reads it (``images``, ``K``, ``ego_from_cam``,
+    ``cur_from_prev``); None for a batch without one."""
+    if "prev_images" not in batch:
+        return None
+    return {
+        "images": batch["prev_images"],
+        "K": batch["prev_K"],
+        "ego_from_cam": batch["prev_ego_from_cam"],
+        "cur_from_prev": batch["cur_from_prev"],
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -571,6 +650,8 @@ class CameraDataModule(FrameDataModule):
             behaviour). Chosen by :func:`~trainer.data.common.choose_box_scenes` (:attr:`box_scenes`); the other
             training keyframes carry no boxes and ``has_boxes`` False. Validation always has its boxes.
         box_fraction_seed: the seed of that choice (the config passes the run's ``seed``; None: 0).
+        prev_keyframe: every sample also carries its previous keyframe (``prev_*``, ``cur_from_prev``), for a
+            two-frame camera network (``model.detector.camera_bev.frames=2``).
     """
 
     def __init__(
@@ -591,6 +672,7 @@ class CameraDataModule(FrameDataModule):
         stream_image_aug: str = "held",
         box_fraction: float = 1.0,
         box_fraction_seed: int | None = None,
+        prev_keyframe: bool = False,
         **kwargs: Any,
     ):
         stages = ("labels", "teacher") if load_teacher else ("labels",)
@@ -620,6 +702,7 @@ class CameraDataModule(FrameDataModule):
             raise ValueError(f"data.box_fraction must lie in [0, 1]; got {box_fraction}")
         self.box_fraction = float(box_fraction)
         self.box_fraction_seed = int(box_fraction_seed) if box_fraction_seed is not None else 0
+        self.prev_keyframe = bool(prev_keyframe)
 
     @property
     def box_scenes(self) -> list[str] | None:
@@ -705,6 +788,7 @@ class CameraDataModule(FrameDataModule):
             teacher_interp=self.teacher_interp,
             hold_image_aug=self.stream_image_aug == "held",
             withheld_scenes=self.withheld_scenes(),
+            prev_keyframe=self.prev_keyframe,
         )
 
     def collate_fn(self, samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -744,6 +828,7 @@ __all__ = [
     "depth_targets",
     "jpeg_draft_scale",
     "load_image",
+    "previous_keyframe",
     "resample_dino",
     "sample_image_aug",
     "draw_image_aug",

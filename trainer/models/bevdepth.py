@@ -91,15 +91,21 @@ class BEVDepth(CameraDetector):
         ego_from_cam: torch.Tensor,
         map_feat: torch.Tensor | None = None,
         map_count: torch.Tensor | None = None,
+        prev: dict[str, torch.Tensor] | None = None,
+        dt: torch.Tensor | None = None,
     ) -> dict[str, Any]:
         """:meth:`CameraBEV.forward`'s ``bev``, ``depth_logits``, ``img_feats``, and the CenterHead's ``preds``
-        (``map_feat``, ``map_count``: the given map of :attr:`map_input`, :meth:`camera_forward`).
+        (``map_feat``, ``map_count``: the given map of :attr:`map_input`, :meth:`camera_forward`; ``prev``: the
+        previous keyframe of a two-frame camera network). ``dt (B,)`` seconds since the previous keyframe is kept as
+        ``outputs["dt"]``, over which a displacement head's velocity is regressed and decoded (None: the default).
 
         The distillation's projection of ``bev`` is :meth:`distill_map` (the loss projects the
         occupied cells only).
         """
-        out = self.camera_forward(images, K, ego_from_cam, map_feat, map_count)
+        out = self.camera_forward(images, K, ego_from_cam, map_feat, map_count, prev)
         out["preds"] = self.head(out["bev"])
+        if dt is not None:
+            out["dt"] = dt
         return out
 
     def detection_loss(
@@ -111,9 +117,9 @@ class BEVDepth(CameraDetector):
     ) -> dict[str, torch.Tensor]:
         """The CenterHead's loss on targets drawn on :attr:`grid` (:meth:`CameraDetector.loss` adds the rest); only
         the samples in ``has_boxes (B,)`` count (None: all)."""
-        targets = self.head.targets(gt_boxes, gt_labels, self.grid)
+        targets = self.head.targets(gt_boxes, gt_labels, self.grid, dt=outputs.get("dt"))
         return self.head.loss(outputs["preds"], targets, sample_mask=has_boxes)
 
     def decode(self, outputs: dict[str, Any]) -> list[dict[str, torch.Tensor]]:
         """Per sample ``{"boxes": (M, 9), "scores": (M,), "labels": (M,)}`` in the frame of the batch's BEV map."""
-        return self.head.decode(outputs["preds"], self.grid)
+        return self.head.decode(outputs["preds"], self.grid, dt=outputs.get("dt"))

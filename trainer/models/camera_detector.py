@@ -59,10 +59,12 @@ class CameraDetector(nn.Module, metaclass=ABCMeta):
         ego_from_cam: torch.Tensor,
         map_feat: torch.Tensor | None = None,
         map_count: torch.Tensor | None = None,
+        prev: dict[str, torch.Tensor] | None = None,
     ) -> dict[str, Any]:
-        """:meth:`CameraBEV.forward`, with a given map (``map_feat (B, C_m, H_m, W_m)``, ``map_count (B, H_m, W_m)``)
-        read into ``bev`` by :attr:`map_input` when there is one (the camera's own map is kept as ``camera_bev``)."""
-        out = self.camera_bev(images, K, ego_from_cam)
+        """:meth:`CameraBEV.forward` (``prev``: the previous keyframe of a two-frame camera network), with a given map
+        (``map_feat (B, C_m, H_m, W_m)``, ``map_count (B, H_m, W_m)``) read into ``bev`` by :attr:`map_input` when there
+        is one (the camera's own map is kept as ``camera_bev``)."""
+        out = self.camera_bev(images, K, ego_from_cam, prev)
         map_input = getattr(self, "map_input", None)  # a detector that never called _init_map_input has none
         if map_input is not None:
             if map_feat is None or map_count is None:

@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 
+from bevlabels.datasets.base import DEFAULT_DT
 from trainer.models.camera_detector import CameraDetector
 from trainer.models.components.camera_bev import CameraBEV, img_from_ego_of
 from trainer.models.components.map_input import MapInput
@@ -43,7 +44,6 @@ from trainer.models.components.nms import class_nms
 from trainer.models.components.sparse.decoding import decode as decode_layer
 from trainer.models.components.sparse.head import SparseHead
 from trainer.models.components.sparse.instance_bank import InstanceBank
-from trainer.models.components.sparse.layers import DEFAULT_DT
 from trainer.models.components.sparse.proposals import DenseProposals
 from trainer.models.losses import sparse_detection_loss
 
@@ -186,6 +186,7 @@ class DualViewDistill(CameraDetector):
         stream: dict[str, Any] | None = None,
         map_feat: torch.Tensor | None = None,
         map_count: torch.Tensor | None = None,
+        prev: dict[str, torch.Tensor] | None = None,
     ) -> dict[str, Any]:
         """``img_feats``, ``depth_logits``, ``bev`` (:meth:`CameraBEV.forward`) and the head's ``layers``,
         ``instance_feature``, ``dn`` (denoising, in training with ``gt_boxes``/``gt_labels``).
@@ -195,9 +196,9 @@ class DualViewDistill(CameraDetector):
         the head's default, or the bank's intervals). ``stream``: ``{"keys": B scene keys, "timestamps": (B,)
         microseconds, "aug_from_global": (B, 4, 4)}`` for the bank (ignored without one); then ``track_ids
         (B, Q)`` joins the outputs outside training. ``map_feat``, ``map_count``: the given map of
-        :attr:`map_input` (:meth:`camera_forward`).
+        :attr:`map_input` (:meth:`camera_forward`). ``prev``: the previous keyframe of a two-frame camera network.
         """
-        out = self.camera_forward(images, K, ego_from_cam, map_feat, map_count)
+        out = self.camera_forward(images, K, ego_from_cam, map_feat, map_count, prev)
         img_from_ego = img_from_ego_of(K, ego_from_cam)  # (B, N, 4, 4)
         proposals = None
         if self.proposals is not None:

@@ -12,7 +12,9 @@ reg       2     sub-cell offset ``(u - ix, v - iy)`` of the centre, ``u, v`` its
 height    1     ``z`` of the box centre (our boxes are centred, not bottom-anchored), metres
 dim       3     ``log(l), log(w), log(h)``: our ``L, W, H`` order (extent along the heading, across it, up)
 rot       2     ``sin(yaw), cos(yaw)``
-vel       2     ``vx, vy`` m/s in the map's (ego) frame; optional, NaN GT velocity masked from the loss
+vel       2     ``vx, vy`` m/s in the map's (ego) frame (``velocity="mps"``), or the displacement ``v * dt`` in
+                metres over the sample's keyframe interval (``velocity="displacement"``, BEVDet4D's target for a
+                two-frame BEV map, which shows displacement, not speed); optional, NaN GT velocity masked from the loss
 ========  ====  ===================================================================================
 
 The head knows nothing of points or cameras: ``forward`` maps a BEV feature map ``(B, C, H, W)``
@@ -52,6 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bevlabels.datasets.base import DEFAULT_DT
 from bevlabels.datasets.nuscenes import NUSCENES_CLASSES
 from bevlabels.geometry import BOX_DIM, VX, VY, YAW, H, L, W, X, Y, Z
 from bevlabels.grid import GridSpec
@@ -230,6 +233,9 @@ class CenterHead(nn.Module):
             NMS, detections kept per task after it (CenterPoint: 0.1, 500, 83).
         nms_type: ``"circle"`` or ``"none"``.
         nms_radius: per class name, the circle-NMS radius in metres (default :data:`CENTERPOINT_NMS_RADIUS`).
+        velocity: what ``vel`` regresses: ``"mps"`` (velocity, CenterPoint's) or ``"displacement"`` (``v * dt`` over
+            each sample's keyframe interval ``dt``, given to :meth:`targets` and :meth:`decode`; decoded as
+            displacement / dt, so the boxes carry m/s either way).
     """
 
     def __init__(
@@ -253,8 +259,12 @@ class CenterHead(nn.Module):
         post_max_size: int = 83,
         nms_type: str = "circle",
         nms_radius: Mapping[str, float] | None = None,
+        velocity: str = "mps",
     ):
         super().__init__()
+        if velocity not in ("mps", "displacement"):
+            raise ValueError(f"CenterHead: velocity must be 'mps' or 'displacement'; got {velocity!r}")
+        self.velocity = velocity
         self.class_names = tuple(str(c) for c in class_names)
         if len(set(self.class_names)) != len(self.class_names):
             raise ValueError(f"class_names has duplicates: {list(self.class_names)}")
@@ -319,6 +329,17 @@ class CenterHead(nn.Module):
             for classes in self.tasks
         )
 
+    @staticmethod
+    def _dt_of(dt: torch.Tensor | None, B: int, device, dtype) -> torch.Tensor:
+        """``dt`` as ``(B,)`` seconds on ``device`` (None: :data:`~bevlabels.datasets.base.DEFAULT_DT` each)."""
+        if dt is None:
+            return torch.full((B,), DEFAULT_DT, dtype=dtype, device=device)
+        dt = torch.as_tensor(dt)
+        assert dt.shape == (B,), f"dt must be (B={B},) seconds per sample; got {tuple(dt.shape)}"
+        if not bool((dt > 0).all()):
+            raise ValueError(f"CenterHead: every keyframe interval dt must be > 0 s; got {dt.tolist()}")
+        return dt.to(device=device, dtype=dtype)
+
     # -- forward ---------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> list[dict[str, torch.Tensor]]:
         """Per task, ``{"hm": (B, K_t, H, W) logits, "reg": (B, 2, H, W), "height", "dim", "rot"[, "vel"]}`` of ``x (B, C, H, W)``."""
@@ -331,7 +352,11 @@ class CenterHead(nn.Module):
     # -- targets ---------------------------------------------------------------------------------
     @torch.no_grad()
     def targets(
-        self, gt_boxes: Sequence[torch.Tensor], gt_labels: Sequence[torch.Tensor], grid: GridSpec
+        self,
+        gt_boxes: Sequence[torch.Tensor],
+        gt_labels: Sequence[torch.Tensor],
+        grid: GridSpec,
+        dt: torch.Tensor | None = None,
     ) -> list[dict[str, torch.Tensor]]:
         """Training targets on ``grid`` (the head's output grid), per task, for B samples.
 
@@ -339,6 +364,8 @@ class CenterHead(nn.Module):
             gt_boxes: B tensors ``(M_b, 9)`` in our box layout, in the frame of the BEV map (ego).
             gt_labels: B int tensors ``(M_b,)`` indexing ``class_names``.
             grid: the GridSpec of the maps the head outputs (its ``(H, W)`` must match them).
+            dt: ``(B,)`` seconds, each sample's keyframe interval (``velocity="displacement"``: the ``vel`` target
+                is ``v * dt``; None: :data:`~bevlabels.datasets.base.DEFAULT_DT`). Unused with ``"mps"``.
 
         Returns:
             Per task a dict: ``heatmap (B, K_t, H, W)``; ``ind (B, K)`` flat centre cell
@@ -362,6 +389,7 @@ class CenterHead(nn.Module):
             )
         boxes_b, labels_b = _to_host(boxes_b, labels_b) if B else ([], [])
         device = torch.device("cpu")
+        vel_scale = self._dt_of(dt, B, device, torch.float64) if self.velocity == "displacement" else None
         out = []
         for labels_t in self.task_labels:
             to_local = torch.full((len(self.class_names),), -1, dtype=torch.long, device=device)
@@ -395,6 +423,8 @@ class CenterHead(nn.Module):
                 tg["rot"][s, :m] = torch.stack([torch.sin(boxes[:, YAW]), torch.cos(boxes[:, YAW])], 1).float()
                 vel = boxes[:, [VX, VY]]
                 known = torch.isfinite(vel).all(1)
+                if vel_scale is not None:  # displacement over the sample's interval
+                    vel = vel * vel_scale[s]
                 tg["vel"][s, :m] = torch.where(known[:, None], vel, 0.0).float()
                 tg["vel_mask"][s, :m] = known
             out.append(tg)
@@ -448,14 +478,19 @@ class CenterHead(nn.Module):
     # -- decoding --------------------------------------------------------------------------------
     @torch.no_grad()
     def candidates(
-        self, preds: Sequence[Mapping[str, torch.Tensor]], grid: GridSpec, topk: int | None = None
+        self,
+        preds: Sequence[Mapping[str, torch.Tensor]],
+        grid: GridSpec,
+        topk: int | None = None,
+        dt: torch.Tensor | None = None,
     ) -> list[dict[str, torch.Tensor]]:
         """Per task, the ``topk`` (default ``self.topk``) best 3x3 local maxima over its classes and cells, undecided.
 
         ``{"boxes": (B, k, 9) in the map's (ego) frame, "scores": (B, k) sigmoid, descending, "labels": (B, k)
         global class indices, "radius": (B, k) the class's NMS radius, "cell": (B, k) flat cell index iy * W + ix}``;
         velocity is NaN when the head has no ``vel``. No threshold and no NMS: :meth:`decode` applies those, the
-        DualViewDistill's dense proposals take the best of them as query anchors.
+        DualViewDistill's dense proposals take the best of them as query anchors. ``dt (B,)``: each sample's
+        keyframe interval, by which a ``"displacement"`` head's ``vel`` is divided (None: the default interval).
         """
         Hh, Ww = grid.shape
         per_task = []
@@ -477,21 +512,27 @@ class CenterHead(nn.Module):
             boxes[..., [L, W, H]] = torch.exp(at["dim"])
             boxes[..., YAW] = torch.atan2(at["rot"][..., 0], at["rot"][..., 1])
             if "vel" in at:
-                boxes[..., [VX, VY]] = at["vel"]
+                vel = at["vel"]
+                if self.velocity == "displacement":
+                    vel = vel / self._dt_of(dt, B, vel.device, vel.dtype)[:, None, None]
+                boxes[..., [VX, VY]] = vel
             labels = torch.as_tensor(self.task_labels[t], device=idx.device)[local]
             radius = torch.as_tensor(self.task_nms_radius[t], dtype=xy.dtype, device=xy.device)[local]
             per_task.append({"boxes": boxes, "scores": scores, "labels": labels, "radius": radius, "cell": cell})
         return per_task
 
     @torch.no_grad()
-    def decode(self, preds: Sequence[Mapping[str, torch.Tensor]], grid: GridSpec) -> list[dict[str, torch.Tensor]]:
+    def decode(
+        self, preds: Sequence[Mapping[str, torch.Tensor]], grid: GridSpec, dt: torch.Tensor | None = None
+    ) -> list[dict[str, torch.Tensor]]:
         """Detections per sample: ``{"boxes": (M, 9) in the map's (ego) frame, "scores": (M,), "labels": (M,)}``, best first.
 
         Per task: sigmoid heatmap, 3x3 local maxima, top-``topk`` over all its classes and cells,
         boxes read from the regression maps at those cells (:meth:`candidates`), score threshold, circle NMS,
-        at most ``post_max_size`` kept. Velocity is NaN when the head has no ``vel``.
+        at most ``post_max_size`` kept. Velocity is NaN when the head has no ``vel``; ``dt (B,)``: as
+        :meth:`candidates`.
         """
-        per_task = [(c["boxes"], c["scores"], c["labels"], c["radius"]) for c in self.candidates(preds, grid)]
+        per_task = [(c["boxes"], c["scores"], c["labels"], c["radius"]) for c in self.candidates(preds, grid, dt=dt)]
 
         results = []
         for s in range(len(per_task[0][0]) if per_task else 0):

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bevlabels.datasets.base import DEFAULT_DT
 from trainer.models.components.sparse.anchors import (
     ANCHOR_DIM,
     COS,
@@ -39,8 +40,6 @@ from trainer.models.components.sparse.anchors import (
 assert (X, Y, Z, LOG_L, LOG_W, LOG_H, SIN, COS, VX, VY, VZ) == tuple(range(ANCHOR_DIM))
 _POS_SIZE, _YAW, _VEL = slice(X, LOG_H + 1), slice(SIN, COS + 1), slice(VX, VZ + 1)
 
-#: nuScenes keyframes are 2 Hz: the frame interval when a sample's is unknown (Sparse4D's default_time_interval)
-DEFAULT_DT = 0.5
 
 #: classification bias for a prior probability of 0.01 (RetinaNet)
 CLS_PRIOR_BIAS = -math.log((1 - 0.01) / 0.01)
