@@ -159,3 +159,13 @@ def test_a_short_run_evaluates_from_its_checkpoint_alone(compose_train, synth_ti
     results = json.loads(next((tmp_path / "eval").rglob("results*.json")).read_text())["results"]
     vels = [np.asarray(b["velocity"]) for boxes in results.values() for b in boxes]
     assert vels and all(np.isfinite(v).all() for v in vels)
+
+
+def test_fast_dev_run_of_the_temporal_bank_on_dvd4d(compose_train, synth_tiny, synth_tiny_store, tmp_path):
+    """dvd4d_temporal: scene streams and previous keyframes together; the bank carries instances whose velocity the
+    two-frame map lets the head learn."""
+    from trainer.train import train
+
+    extra = ("debug=fdr", "model.detector.bank.num_temp_instances=16")
+    result = train(compose_train(_overrides("dvd4d_temporal", synth_tiny, synth_tiny_store, tmp_path, *extra)))
+    assert result["global_step"] == 1 and math.isfinite(result["metrics"]["train/loss"])
