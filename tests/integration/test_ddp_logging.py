@@ -34,6 +34,8 @@ SCRIPT = textwrap.dedent(
     from hydra.utils import instantiate
     from torch.utils.data import DataLoader
 
+    import trainer  # noqa: F401  (the config resolvers: ${len:}, ${mul:})
+
     CONF, OUT, OVERRIDES = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
     B, N, H, W = 1, 6, 64, 176
 

@@ -38,6 +38,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+import trainer  # noqa: F401  (the config resolvers: ${len:}, ${mul:})
+
 torch.set_num_threads(1)  # the suite runs two workers on two cores
 for name, overrides, steps in json.loads(sys.argv[2]):
     t0 = time.perf_counter()
@@ -104,7 +106,7 @@ def test_every_experiment_steps_and_decodes_under_bf16_autocast(
     for exp in ("teacher_centerpoint", "teacher_centerpoint_cpu"):  # the _cpu one shrunk to the same tiny widths
         over = teacher_overrides(synth_tiny, tmp_path, "callbacks.progress_bar=null")
         runs[exp] = ([f"experiment={exp}" if o.startswith("experiment=") else o for o in over], 1)
-    for exp in ("bevdepth", "bevdepth_dino"):
+    for exp in ("bevdepth", "bevdepth_dino", "bevdepth4d"):
         runs[exp] = (bevdepth_overrides(exp, synth_tiny, synth_tiny_store, tmp_path), 1)
     runs["bevdepth_oracle_input"] = (
         bevdepth_overrides(

@@ -178,6 +178,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+import trainer  # noqa: F401  (the config resolvers: ${len:}, ${mul:})
+
 for name, overrides in json.loads(sys.argv[1]).items():
     print("PROBE MODEL", name, flush=True)
     with initialize_config_dir(config_dir="{conf}", version_base="1.3"):
