@@ -104,30 +104,6 @@ def test_classes_never_mix_and_a_far_detection_is_a_new_track():
     assert tr.step(_dets([[0.0, 0.0, 1.0]]), 0.0).ids.tolist() == [3]  # ids stay unique over a run
 
 
-def test_class_groups_keep_a_flickering_object_one_track_of_its_best_supported_class():
-    """A bicycle detected as a pedestrian at one keyframe: without groups a second track; with bicycle and pedestrian in
-    one group the same track, every box labelled bicycle (the larger score tally); a car never joins."""
-    seq = [(["bicycle"], [0.6]), (["pedestrian"], [0.3]), (["bicycle"], [0.5]), (["pedestrian", "car"], [0.4, 0.9])]
-
-    def run(cfg):
-        tr = build_tracker(cfg)[0]
-        outs = []
-        for t, (names, scores) in enumerate(seq):
-            centres = [[0.8 * t, 0.0, 1.0]] + [[0.8 * t + 0.3, 0.0, 1.0]] * (len(names) - 1)
-            outs.append(tr.step(_dets(centres, names=names, scores=np.asarray(scores)), 0.0 if t == 0 else 0.5))
-        return outs
-
-    plain = run("kalman")
-    assert len({int(o.ids[o.names.index(n)]) for o, (ns, _) in zip(plain, seq) for n in ns if n != "car"}) > 1
-    grouped = run({"name": "kalman", "class_groups": [["bicycle", "motorcycle", "pedestrian"]]})
-    ids = [int(o.ids[o.names.index("bicycle")]) for o in grouped]
-    assert ids == [ids[0]] * 4  # one track throughout, labelled bicycle even where the detection said pedestrian
-    assert all("pedestrian" not in o.names for o in grouped)
-    assert "car" in grouped[-1].names and int(grouped[-1].ids[grouped[-1].names.index("car")]) != ids[0]
-    with pytest.raises(ValueError, match="more than one"):
-        KalmanTracker(class_groups=(("bicycle", "pedestrian"), ("pedestrian", "car")))
-
-
 def test_config_errors_name_the_key():
     with pytest.raises(ValueError, match="unknown key"):
         build_tracker({"name": "kalman", "hig_score": 0.3})

@@ -23,10 +23,6 @@ algorithms:
   metres. ``cost=nll`` (the default) adds ``log det S``, the Gaussian's negative log-likelihood, so a track that has
   coasted for a while (a wide ``S``) does not take a detection from a track that was seen a keyframe ago;
   ``cost=mahalanobis`` is ``d2`` alone; ``cost=distance`` the centre distance, gated at ``max_distance`` only.
-- **Class groups** (``class_groups``, none by default): classes a camera detector confuses (bicycle, motorcycle,
-  pedestrian) may associate across, within a group; each track tallies its detections' scores per class and is
-  labelled, with all its boxes, by the class of the largest tally (its parameters are that class's), so a true object
-  whose boxes flicker between classes stays one track of one class.
 - **Two stages** (ByteTrack): detections scoring at least ``high_score`` are associated first, with every live
   track; the remaining live tracks that are confirmed may then take detections scoring between ``low_score`` and
   ``high_score``. Only unmatched detections scoring at least ``birth_score`` start tracks, so a weak box can extend
@@ -203,7 +199,6 @@ class KalmanTracker:
     output: str = "filtered"  # filtered | detection
     coast_score: float = 0.0  # > 0: coasting tracks are output, their last score times this per missed keyframe
     use_detector_velocity: bool = False
-    class_groups: tuple[tuple[str, ...], ...] = ()  # classes that may associate across (module docstring)
     name: str = "kalman"
 
     def __post_init__(self):
@@ -216,21 +211,8 @@ class KalmanTracker:
                 "tracker kalman: needs low_score <= high_score <= birth_score; got "
                 f"{self.low_score}, {self.high_score}, {self.birth_score}"
             )
-        self.class_groups = tuple(tuple(str(c) for c in g) for g in self.class_groups)
-        self._group: dict[str, int] = {}
-        for k, g in enumerate(self.class_groups):
-            for c in g:
-                if c in self._group:
-                    raise ValueError(
-                        f"tracker kalman: class {c!r} is in more than one of class_groups {self.class_groups}"
-                    )
-                self._group[c] = k
         self.next_id = 0
         self.reset()
-
-    def group_of(self, name: str):
-        """The association group of a class: its class group's index, or the class itself."""
-        return self._group.get(name, name)
 
     def params(self, name: str) -> ClassParams:
         return self.classes.get(name, self.default)
@@ -244,12 +226,11 @@ class KalmanTracker:
         self.hits = np.zeros(0, np.int64)
         self.misses = np.zeros(0, np.int64)
         self.score = np.zeros(0)  # each track's last detection score
-        self.votes: list[dict[str, float]] = []  # each track's summed detection scores per class
         self.frame = 0
 
     # -- association ------------------------------------------------------------------------------------------
     def _cost(self, dets: Detections, det_index: np.ndarray, track_index: np.ndarray) -> np.ndarray:
-        """Cost ``(len(det_index), len(track_index))``: inf where the class (group) differs or a gate is passed."""
+        """Cost ``(len(det_index), len(track_index))``: inf where the class differs or a gate is passed."""
         D, T = len(det_index), len(track_index)
         cost = np.full((D, T), np.inf)
         if not D or not T:
@@ -259,12 +240,7 @@ class KalmanTracker:
         r = dets.centre[det_index, None, :2] - self.x[None, track_index, :2]  # (D, T, 2)
         dist = np.linalg.norm(r, axis=-1)
         limit = np.array([self.params(n).max_distance for n in det_names])[:, None]
-        if self._group:
-            det_g = np.array([str(self.group_of(n)) for n in det_names])
-            trk_g = np.array([str(self.group_of(n)) for n in trk_names])
-            ok = (det_g[:, None] == trk_g[None]) & (dist <= limit)
-        else:
-            ok = (det_names[:, None] == trk_names[None]) & (dist <= limit)
+        ok = (det_names[:, None] == trk_names[None]) & (dist <= limit)
         if self.cost == "distance":
             cost = np.where(ok, dist, np.inf)
         else:
@@ -334,7 +310,6 @@ class KalmanTracker:
         # drop the dead
         self.x, self.P = self.x[alive], self.P[alive]
         self.names = [n for n, keep in zip(self.names, alive) if keep]
-        self.votes = [v for v, keep in zip(self.votes, alive) if keep]
         self.ids, self.hits, self.misses, self.score = (
             a[alive] for a in (self.ids, self.hits, self.misses, self.score)
         )
@@ -355,10 +330,6 @@ class KalmanTracker:
         self.hits[track_rows] += 1
         self.misses[track_rows] = 0
         self.score[track_rows] = dets.scores[det_rows]
-        for i, t in zip(det_rows, track_rows):  # the class tally: a track takes its best-supported class
-            votes = self.votes[t]
-            votes[dets.names[i]] = votes.get(dets.names[i], 0.0) + float(dets.scores[i])
-            self.names[t] = max(votes, key=votes.get)
 
     def _birth(self, dets: Detections, born: np.ndarray, with_velocity: bool) -> None:
         """New tracks (appended rows) from the detections ``born``: the state is the detection."""
@@ -369,7 +340,6 @@ class KalmanTracker:
             xs[k], Ps[k] = ConstantVelocityFilter.initial(z, self.params(dets.names[i]), v)
         self.x, self.P = np.concatenate([self.x, xs]), np.concatenate([self.P, Ps])
         self.names = self.names + [dets.names[i] for i in born]
-        self.votes = self.votes + [{dets.names[i]: float(dets.scores[i])} for i in born]
         self.ids = np.concatenate([self.ids, np.arange(self.next_id, self.next_id + len(born), dtype=np.int64)])
         self.hits = np.concatenate([self.hits, np.ones(len(born), np.int64)])
         self.misses = np.concatenate([self.misses, np.zeros(len(born), np.int64)])
@@ -383,7 +353,6 @@ class KalmanTracker:
         rows = rows[(self.hits[track_of_det[rows]] >= self.min_hits) | (self.frame <= self.min_hits)]
         tr = track_of_det[rows]
         out = Tracks.of_detections(dets, rows, self.ids[tr])
-        out.names = [self.names[t] for t in tr]  # the track's class (its detections' may differ within a group)
         first = self.hits[tr] == 1  # born in this keyframe: its state is its detection, its velocity unknown
         out.velocity = self.x[tr][:, [VX, VY]]
         if self.output == "filtered":
@@ -411,7 +380,6 @@ def kalman_from_config(cfg: Mapping) -> KalmanTracker:
     cfg = dict(cfg)
     cfg.pop("name", None)
     cfg.pop("input_nms", None)
-    cfg["class_groups"] = tuple(tuple(g) for g in (cfg.get("class_groups") or ()))
     default = ClassParams.from_mapping(cfg.pop("default", {}) or {})
     classes = {k: ClassParams.from_mapping(v or {}, default) for k, v in (cfg.pop("classes", {}) or {}).items()}
     known = {f.name for f in fields(KalmanTracker)} - {"classes", "default", "name"}

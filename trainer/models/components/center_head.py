@@ -336,9 +336,10 @@ class CenterHead(nn.Module):
             return torch.full((B,), DEFAULT_DT, dtype=dtype, device=device)
         dt = torch.as_tensor(dt)
         assert dt.shape == (B,), f"dt must be (B={B},) seconds per sample; got {tuple(dt.shape)}"
+        dt = dt.to(device=device, dtype=dtype)  # first: the check below then reads where the values are used
         if not bool((dt > 0).all()):
             raise ValueError(f"CenterHead: every keyframe interval dt must be > 0 s; got {dt.tolist()}")
-        return dt.to(device=device, dtype=dtype)
+        return dt
 
     # -- forward ---------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> list[dict[str, torch.Tensor]]:
