@@ -243,3 +243,91 @@ def test_collect_trains_nothing_and_a_broken_ledger_line_is_named(sweep, monkeyp
     ledger.write_text(ledger.read_text() + "{not json\n")
     with pytest.raises(SystemExit, match=r"l\.jsonl:2: not a ledger entry"):
         go("--ledger", str(ledger), "--collect")
+
+
+def test_paired_differences_equal_a_hand_computation():
+    """Per-seed differences against each row's reference: mean +- sample SD and how many seeds share the mean's sign."""
+    from trainer.bench.tables import paired
+
+    rows = [
+        {"experiment": "w0", "seed": 1, "mAP": 0.20},
+        {"experiment": "w0", "seed": 2, "mAP": 0.30},
+        {"experiment": "w0", "seed": 3, "mAP": 0.25},
+        {"experiment": "w7", "seed": 1, "mAP": 0.22},  # +0.02
+        {"experiment": "w7", "seed": 2, "mAP": 0.34},  # +0.04
+        {"experiment": "w7", "seed": 3, "mAP": 0.24},  # -0.01
+        {"experiment": "one", "seed": 2, "mAP": 0.35},  # +0.05, one seed
+    ]
+    got = {r["experiment"]: r for r in paired(rows, ["mAP"], {"w7": "w0", "one": "w0"})}
+    # by hand: d = (0.02, 0.04, -0.01), mean 0.0166..., SD sqrt(((0.00333)^2 + (0.02333)^2 + (0.02667)^2) / 2) = 0.02517
+    assert got["w7"]["mAP"] == "+0.0167 +- 0.0252 (2/3)" and got["w7"]["paired seeds"] == 3
+    assert got["one"]["mAP"] == "+0.0500 (one seed)" and got["one"]["paired seeds"] == 1
+    # the pairing is by seed, not by order: a spread over seeds that are not paired would differ
+    assert paired(rows[::-1], ["mAP"], {"w7": "w0"})[0]["mAP"] == got["w7"]["mAP"]
+
+
+ABLATION_VS = """
+description: a reference per block
+papers: "Paper X, Table 1: 0.33 / 0.43"
+stores:
+  s: [features=synthetic_oracle]
+rows:
+  - {name: base, store: s, overrides: [experiment=dvd]}
+  - {name: new, store: s, overrides: [experiment=dvd_dino], vs: base}
+"""
+
+
+def test_vs_papers_and_unfinished_runs_in_the_table(tmp_path, monkeypatch):
+    """A row's ``vs`` names its reference; the papers' numbers are printed; a run that stopped before its steps (a
+    wall-clock guard) is listed as unfinished and left out of every summary."""
+    spec = tmp_path / "vs.yaml"
+    spec.write_text(ABLATION_VS)
+    monkeypatch.setattr(bt, "store_complete", lambda path: True)
+    monkeypatch.setenv("BEVLABELS_DATA", str(tmp_path / "data"))
+    (tmp_path / "data" / "synthetic" / "small-seed0" / "v1.0-mini").mkdir(parents=True)
+    (tmp_path / "data" / "synthetic" / "small-seed0" / "oracle").mkdir()
+
+    class Stopped(FakeRuns):
+        def __call__(self, cmd, log_path):
+            got = super().__call__(cmd, log_path)
+            if "trainer.train" in cmd and "new-s2" in " ".join(cmd):  # the guard stopped this one at 400 of 600
+                import torch
+
+                run_dir = Path(next(c for c in cmd if c.startswith("hydra.run.dir=")).split("=", 1)[1])
+                torch.save({"global_step": 400, "epoch": 9}, run_dir / "checkpoints" / "last.ckpt")
+            return got
+
+    monkeypatch.setattr(bt, "run", Stopped())
+    out = tmp_path / "out"
+    assert ablate.main([str(spec), "--seeds", "1", "2", "--steps", "600", "--out", str(out)]) == 0
+    text = (out / "ablation.md").read_text()
+    assert "Paper X, Table 1: 0.33 / 0.43" in text
+    assert "**Unfinished**" in text and "new seed 2 (400 of 600 steps)" in text
+    # the paired section pairs seed 1 only (seed 2 of new is unfinished): NDS 0.40 - 0.30
+    paired_part = text.split("## Paired differences")[1].split("##")[0]
+    assert "+0.1000 (one seed)" in paired_part
+    # the summary of new is over its one finished seed: NDS 0.4000 +- 0.0000
+    summary_part = text.split("## Mean +- spread")[1]
+    assert "| new | 1 |" in summary_part and "0.4000 +- 0.0000" in summary_part
+    runs = json.loads((out / "ablation.json").read_text())
+    assert [r["finished"] for r in runs] == [True, True, True, False]
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(ABLATION_VS.replace("vs: base", "vs: nowhere"))
+    with pytest.raises(ValueError, match="vs: 'nowhere'"):
+        ablate.load_ablation(bad)
+
+
+def test_ap_at_one_metre_is_the_mean_over_the_devkits_classes():
+    from trainer.bench.tables import scores_of
+
+    summary = {
+        "nd_score": 0.3,
+        "mean_ap": 0.2,
+        "mean_dist_aps": {"car": 0.4, "pedestrian": 0.1},
+        "label_aps": {"car": {"0.5": 0.1, "1.0": 0.3, "2.0": 0.5, "4.0": 0.7}, "pedestrian": {"1.0": 0.1}},
+        "tp_errors": {"trans_err": 1.0, "scale_err": 0.3, "orient_err": 1.2, "vel_err": 1.0},
+    }
+    assert scores_of(summary)["AP@1m"] == pytest.approx(0.2)
+    del summary["label_aps"]
+    assert "AP@1m" not in scores_of(summary)  # a summary without per-threshold APs has no such column

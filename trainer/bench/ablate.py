@@ -50,12 +50,24 @@ from pathlib import Path
 from trainer.bench import runs as runner
 from trainer.bench.cpu import CPU_DEPTH, cpu_model
 from trainer.bench.ledger import Ledger
-from trainer.bench.tables import markdown, summarise
+from trainer.bench.tables import markdown, paired, summarise
 
 REPO = Path(__file__).resolve().parents[2]
 
 #: the summary columns over seeds (those every run has), then per-class AP
-MAIN_KEYS = ("NDS", "mAP", "AMOTA", "IDS", "fg AbsRel", "fg SILog", "fg RMSE", "distill cos obj", "distill cos bg")
+MAIN_KEYS = (
+    "mAP",
+    "car AP",
+    "NDS",
+    "AP@1m",
+    "AMOTA",
+    "IDS",
+    "fg AbsRel",
+    "fg SILog",
+    "fg RMSE",
+    "distill cos obj",
+    "distill cos bg",
+)
 
 
 def load_ablation(path: Path) -> dict:
@@ -71,13 +83,34 @@ def load_ablation(path: Path) -> dict:
         store = str(r.get("store", next(iter(stores), "")))
         if store not in stores:
             raise ValueError(f"{path}: row {r['name']!r} reads store {store!r}, not among stores {sorted(stores)}")
-        rows.append({"name": str(r["name"]), "store": store, "overrides": [str(o) for o in r.get("overrides") or []]})
+        rows.append(
+            {
+                "name": str(r["name"]),
+                "store": store,
+                "overrides": [str(o) for o in r.get("overrides") or []],
+                "vs": None if r.get("vs") is None else str(r["vs"]),
+            }
+        )
     if not rows:
         raise ValueError(f"{path}: no rows")
     names = [r["name"] for r in rows]
     if len(set(names)) != len(names):
         raise ValueError(f"{path}: row names repeat: {names}")
-    return {"stores": stores, "rows": rows, "description": spec.get("description", "")}
+    for r in rows:
+        if r["vs"] is not None and (r["vs"] not in names or r["vs"] == r["name"]):
+            raise ValueError(f"{path}: row {r['name']!r} is compared with vs: {r['vs']!r}, not another row of {names}")
+    return {
+        "stores": stores,
+        "rows": rows,
+        "description": spec.get("description", ""),
+        "papers": str(spec.get("papers") or "").strip(),
+    }
+
+
+def references(rows: list[dict]) -> dict[str, str]:
+    """``{row: the row its paired differences are taken against}``: its ``vs``, else the first row (not itself)."""
+    first = rows[0]["name"]
+    return {r["name"]: r["vs"] or first for r in rows if r["name"] != first or r["vs"]}
 
 
 def experiment_of(overrides: list[str]) -> str:
@@ -100,19 +133,51 @@ def summary_keys(runs: list[dict]) -> list[str]:
     return [k for k in MAIN_KEYS if runs and all(r.get(k) is not None for r in runs)]
 
 
-def write_table(out: Path, runs: list[dict], seeds: list[int], head: str) -> str:
-    """``ablation.md`` / ``.json`` from the finished runs' rows; returns the text."""
+def write_table(
+    out: Path,
+    runs: list[dict],
+    seeds: list[int],
+    head: str,
+    steps: int | None = None,
+    reference: dict[str, str] | None = None,
+    papers: str = "",
+) -> str:
+    """``ablation.md`` / ``.json`` from the finished runs' rows; returns the text.
+
+    ``steps``: the step count every compared run must have trained; a run that stopped before it (a wall-clock
+    guard) is listed as unfinished and left out of every summary. ``reference``: the paired differences' rows
+    (:func:`references`). ``papers``: the papers' own numbers, printed beside the tables."""
+    all_runs = runs
+    if steps:
+        for r in all_runs:
+            r["finished"] = int(r.get("steps", -1)) >= int(steps)
+        runs = [r for r in all_runs if r["finished"]]
     present = summary_keys(runs)
     per_class = [k for k in runs[0] if k.startswith("AP ")] if runs else []
     per_class = [k for k in per_class if all(r.get(k) is not None for r in runs)]
-    text = f"{head}\n\n## Runs\n\n{markdown(runs)}\n"
+    text = f"{head}\n\n## Runs\n\n{markdown(all_runs)}\n"
+    unfinished = [
+        f"{r['experiment']} seed {r.get('seed')} ({r.get('steps')} of {steps} steps)"
+        for r in all_runs
+        if not r.get("finished", True)
+    ]
+    if unfinished:
+        text += "\n**Unfinished** (stopped before their steps; in no summary below): " + "; ".join(unfinished) + "\n"
+    if papers:
+        text += f"\n## The papers' own numbers, beside these\n\n{papers}\n"
+    if reference and runs:
+        text += (
+            "\n## Paired differences, per seed, against each row's reference: mean +- SD (seeds with the mean's sign)\n\n"
+            + markdown(paired(runs, present, reference))
+            + "\n"
+        )
     text += (
         f"\n## Mean +- spread (half the range) over seeds {' '.join(map(str, seeds))}\n\n{fmt_summary(runs, present)}\n"
     )
     if per_class:
         text += f"\n## Per-class AP, mean +- spread over seeds\n\n{fmt_summary(runs, per_class)}\n"
     (out / "ablation.md").write_text(text)
-    (out / "ablation.json").write_text(json.dumps(runs, indent=2))
+    (out / "ablation.json").write_text(json.dumps(all_runs, indent=2))
     return text
 
 
@@ -228,7 +293,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{len(rows)} of {len(runs_todo)} runs finished. Stores: "
         + ", ".join(f"{n} = `{p}`" for n, p in stores.items())
     )
-    text = write_table(out, rows, a.seeds, head)
+    text = write_table(
+        out, rows, a.seeds, head, steps=a.steps, reference=references(spec["rows"]), papers=spec["papers"]
+    )
     print(f"\n{text}\ntable: {out / 'ablation.md'}", flush=True)
     return 0
 

@@ -27,6 +27,9 @@ def scores_of(summary: dict) -> dict:
             "mAOE": tp["orient_err"],
             "mAVE": tp["vel_err"],
         }
+        aps_1m = [aps["1.0"] for aps in summary.get("label_aps", {}).values() if "1.0" in aps]
+        if aps_1m:  # the devkit's AP at its 1 m centre-distance threshold, averaged over its classes as mAP is
+            out["AP@1m"] = sum(aps_1m) / len(aps_1m)
         if "amota" in track:  # TrackingEval (trainer.evaluate tracking=true)
             out["AMOTA"], out["IDS"] = track["amota"], track["ids"]
         out.update({f"AP {c}": ap for c, ap in summary["mean_dist_aps"].items()})  # per class
@@ -98,6 +101,38 @@ def summarise(rows: list[dict], keys=("NDS", "mAP", "car AP")) -> list[dict]:
                 diff = stats[n][k][0] - stats[base][k][0]
                 beyond = abs(diff) > max(stats[n][k][1], stats[base][k][1])
                 row[f"{k} vs {base}"] = f"{diff:+.4f} ({'beyond' if beyond else 'within'} spread)"
+        out.append(row)
+    return out
+
+
+def paired(rows: list[dict], keys, reference: dict[str, str]) -> list[dict]:
+    """Per-seed paired differences: for each experiment ``e`` with a reference ``reference[e]`` (another experiment
+    name), per key, the differences ``e - reference`` on the seeds both have, as mean +- SD (the sample standard
+    deviation; n/a with one seed), n, and how many have the sign of the mean (``3/3``: every seed agrees).
+
+    Seeds pair the runs: the same seed draws the same initialisation, data order and (``data.box_fraction``) the same
+    labelled scenes, so the paired difference removes what the seeds share and is what a protocol reports."""
+    by = {(r["experiment"], r.get("seed")): r for r in rows}
+    out = []
+    for e, ref in reference.items():
+        seeds = sorted(
+            {s for (n, s) in by if n == e and (ref, s) in by},
+            key=lambda s: (s is None, s),
+        )
+        row = {"experiment": e, "vs": ref, "paired seeds": len(seeds)}
+        for k in keys:
+            d = []
+            for s in seeds:
+                a, b = by[(e, s)].get(k), by[(ref, s)].get(k)
+                if a is not None and b is not None:
+                    d.append(float(a) - float(b))
+            if not d:
+                row[k] = ""
+                continue
+            m = sum(d) / len(d)
+            sd = (sum((x - m) ** 2 for x in d) / (len(d) - 1)) ** 0.5 if len(d) > 1 else None
+            agree = sum(1 for x in d if (x > 0) == (m > 0) and x != 0)
+            row[k] = f"{m:+.4f} +- {sd:.4f} ({agree}/{len(d)})" if sd is not None else f"{m:+.4f} (one seed)"
         out.append(row)
     return out
 
