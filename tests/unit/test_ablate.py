@@ -331,3 +331,15 @@ def test_ap_at_one_metre_is_the_mean_over_the_devkits_classes():
     assert scores_of(summary)["AP@1m"] == pytest.approx(0.2)
     del summary["label_aps"]
     assert "AP@1m" not in scores_of(summary)  # a summary without per-threshold APs has no such column
+
+
+def test_rows_runs_only_the_named_rows(sweep, monkeypatch, capsys):
+    go, out = sweep
+    fake = FakeRuns()
+    monkeypatch.setattr(bt, "run", fake)
+    assert go("--rows", "new") == 0
+    assert fake.trained == ["new-s1", "new-s2"]
+    assert "## Paired differences" not in (out / "ablation.md").read_text()  # its reference was not run
+    with pytest.raises(SystemExit):
+        go("--rows", "nope")
+    assert "--rows ['nope'] are not rows" in capsys.readouterr().err

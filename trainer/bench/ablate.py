@@ -196,6 +196,12 @@ def main(argv: list[str] | None = None) -> int:
         "the steps per hour of --jobs 1 --threads 2",
     )
     p.add_argument("--print-commands", action="store_true", help="print the pending runs' commands, run nothing")
+    p.add_argument(
+        "--rows",
+        nargs="+",
+        default=None,
+        help="only these rows (by name): a pilot of one arm, or a sweep split over machines (one ledger joins them)",
+    )
     runner.add_run_arguments(p)
     p.add_argument("extra", nargs="*", help="more Hydra overrides for every training run")
     a = p.parse_args(argv)
@@ -210,7 +216,11 @@ def main(argv: list[str] | None = None) -> int:
     root = data / "synthetic" / f"{a.preset}-seed0"
     dataset = ["dataset=synthetic", f"dataset.root={root}", f"dataset.generate.preset={a.preset}"]
     stores = {n: store_path(data, n, o, a.preset, a.grid) for n, o in spec["stores"].items()}
-    runs_todo = [(r, s) for r in spec["rows"] for s in a.seeds]
+    if a.rows:
+        unknown = sorted(set(a.rows) - {r["name"] for r in spec["rows"]})
+        if unknown:
+            p.error(f"--rows {unknown} are not rows of {a.ablation} ({[r['name'] for r in spec['rows']]})")
+    runs_todo = [(r, s) for r in spec["rows"] if not a.rows or r["name"] in a.rows for s in a.seeds]
 
     def overrides_of(row: dict) -> list[str]:
         o = [*dataset, f"grid={a.grid}", f"data.label_store={stores[row['store']]}", *row["overrides"]]
@@ -241,7 +251,10 @@ def main(argv: list[str] | None = None) -> int:
             # a world written before the oracle maps existed is rewritten (same bytes, plus oracle/)
             cmd = [sys.executable, "-m", "pipelines.synth", f"preset={a.preset}", "seed=0", f"out={root}"]
             runner.run(cmd + (["overwrite=true"] if has_world else []), out / "synth.log")
+        needed = {r["store"] for r, _ in runs_todo}
         for name, path in stores.items():
+            if name not in needed:
+                continue
             if runner.store_complete(path):
                 print(f"store {name}: {path} is complete; reusing it", flush=True)
             else:
@@ -294,7 +307,13 @@ def main(argv: list[str] | None = None) -> int:
         + ", ".join(f"{n} = `{p}`" for n, p in stores.items())
     )
     text = write_table(
-        out, rows, a.seeds, head, steps=a.steps, reference=references(spec["rows"]), papers=spec["papers"]
+        out,
+        rows,
+        a.seeds,
+        head,
+        steps=a.steps,
+        reference={k: v for k, v in references(spec["rows"]).items() if {k, v} <= {r["name"] for r, _ in runs_todo}},
+        papers=spec["papers"],
     )
     print(f"\n{text}\ntable: {out / 'ablation.md'}", flush=True)
     return 0
