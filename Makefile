@@ -184,16 +184,19 @@ bench-dvd: setup ## DualViewDistill rows (BENCH_DVD_EXPERIMENTS) x BENCH_DVD_SEE
 
 # An ablation in one command (scripts/ablate.py): the rows of conf/ablation/$(ABLATION).yaml x SEEDS, each trained for
 # STEPS one-cycle steps (CPU model) and evaluated (NDS, mAP, AMOTA, IDS, per-class AP, foreground depth), one table with
-# mean +- spread and verdicts; resumable, across machines too (finished runs' rows go to a committed ledger under
-# results/ledgers/). ARGS: more options or Hydra overrides.
+# mean +- spread and verdicts, per-seed paired differences against each row's reference (its `vs`); resumable, across
+# machines too (finished runs' rows go to a committed ledger under results/ledgers/). BUDGET is a guard, not a budget:
+# a run it stops before STEPS is listed as unfinished and compared with nothing. ARGS: more options or Hydra overrides
+# (ARGS="--rows b25_w0": one arm, a pilot).
 ABLATION ?= table7_oracle
 SEEDS    ?= 1 2
 STEPS    ?= 600
 JOBS     ?= 1#    runs at once; on 2 CPU cores JOBS=2 THREADS=1 trains 1.35x the steps per hour (results/ablate_cpu.md)
 THREADS  ?= 2#    torch threads per run
+BUDGET   ?= 00:04:00:00#  wall-clock guard per run (DD:HH:MM:SS)
 .PHONY: ablate
-ablate: setup ## An ablation: ABLATION=table7_oracle|table7_dino|table10_weight|table8_accumulation SEEDS="1 2" STEPS=600
-	$(PY) scripts/ablate.py conf/ablation/$(ABLATION).yaml --seeds $(SEEDS) --steps $(STEPS) --budget 00:01:30:00 \
+ablate: setup ## An ablation: ABLATION=table7_oracle|table7_dino|table10_weight|table8_accumulation|label_scarce_bevdepth SEEDS="1 2" STEPS=600
+	$(PY) scripts/ablate.py conf/ablation/$(ABLATION).yaml --seeds $(SEEDS) --steps $(STEPS) --budget $(BUDGET) \
 	  --jobs $(JOBS) --threads $(THREADS) --ledger results/ledgers/ablate_$(STEPS)steps.jsonl $(ARGS)
 
 clean: ## Remove caches and build debris; keeps outputs/ (checkpoints) and .venv (OUTPUTS_TOO=1, VENV_TOO=1 remove them)
