@@ -64,3 +64,38 @@ def test_a_few_steps_train_and_report(synth_tiny, synth_tiny_store, tmp_path):
     assert got["cars"] > 0 and got["steps"] == 2 and got["motion"] is True
     assert np.isfinite(got["static_velocity_error_median"])
     assert out.is_file()
+
+
+def test_block_matching_finds_where_painted_vehicles_were(synth_tiny, synth_tiny_store):
+    """trainer.analysis.motion_in_maps' matching on maps that show motion perfectly (the oracle's): a static vehicle's
+    best offset is 0 and a moving one's is -v dt, to 1.5 cells; the camera maps are then measured by the same code."""
+    from trainer.analysis.motion_in_maps import MIN_LENGTH, MOVING, best_offsets, summarise
+    from trainer.analysis.motion_oracle import Painter, build
+
+    _, detector, train, _ = build(str(synth_tiny), str(synth_tiny_store), [], grid="near")
+    C = detector.camera_bev.bev_encoder.in_channels // 2
+    painter = Painter(train, C, True, 0.0, 0)
+    grid = train.grid
+    H, W = grid.shape
+    radius, half = 8, 2
+    rows = {"static": [], "moving": []}
+    for i in [i for i, f in enumerate(train.frames) if f.token in train._prev]:
+        maps, boxes, _, dt = painter.sample(i, train=False)
+        for b in boxes:
+            if b[3] < MIN_LENGTH or not torch.isfinite(b[7:9]).all():
+                continue
+            c = grid.metric_to_cell(b[None, :2])[0]
+            cell = torch.floor(c).long()
+            if not (radius + half <= cell[0] < W - radius - half and radius + half <= cell[1] < H - radius - half):
+                continue
+            if maps[C:, cell[1], cell[0]].norm() == 0 and float(b[7:9].norm()) < MOVING:
+                continue  # not in the previous keyframe's GT
+            found = best_offsets(maps[:C], maps[C:], cell[None], radius, half)[0].numpy()
+            was = (grid.metric_to_cell((b[:2] - b[7:9] * dt)[None])[0] - c).numpy()
+            if np.hypot(*was) > radius - 1:
+                continue  # beyond the search
+            rows["moving" if float(b[7:9].norm()) > MOVING else "static"].append((found, was, np.zeros(2)))
+    got = {k: summarise(*(np.array([x[j] for x in r]).reshape(-1, 2) for j in range(3))) for k, r in rows.items()}
+    assert got["static"]["n"] >= 3 and got["moving"]["n"] >= 3, got
+    assert got["static"]["at_where_it_was"] >= 0.9, got
+    assert got["moving"]["at_where_it_was"] >= 0.8, got
