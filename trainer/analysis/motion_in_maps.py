@@ -73,12 +73,17 @@ def main(argv=None) -> dict:
     p.add_argument("--keyframes", type=int, default=24, help="training keyframes, spread over the split")
     p.add_argument("--radius", type=int, default=8, help="search radius, cells")
     p.add_argument("--half", type=int, default=2, help="half the patch side, cells")
+    p.add_argument("--blur", type=float, default=0.0, help="Gaussian blur of both maps first, sigma in cells")
+    p.add_argument(
+        "--channels", choices=["all", "energy"], default="all", help="match all channels, or their norm per cell"
+    )
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", type=Path, default=None)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
 
     from bevlabels.grid import resample_bev
+    from trainer.analysis.motion_oracle import blur
     from trainer.eval.predict import build_datamodule
     from trainer.lit_base import load_checkpoint
 
@@ -103,6 +108,9 @@ def main(argv=None) -> dict:
             cur = cb._splat(s["images"][None].float(), s["K"][None], s["ego_from_cam"][None])[2]
             raw = cb._splat(s["prev_images"][None].float(), s["prev_K"][None], s["prev_ego_from_cam"][None])[2]
             prev = resample_bev(raw, grid, dst_from_src=s["cur_from_prev"][None], mode="bilinear")
+            cur, prev = blur(cur, a.blur), blur(prev, a.blur)
+            if a.channels == "energy":  # where there is something, whatever it is
+                cur, prev = cur.norm(dim=1, keepdim=True), prev.norm(dim=1, keepdim=True)
         T, dt = s["cur_from_prev"], float(s["dt"])
         for b in s["gt_boxes"]:
             if b[3] < MIN_LENGTH or not torch.isfinite(b[7:9]).all():
@@ -119,7 +127,14 @@ def main(argv=None) -> dict:
             ego = (grid.metric_to_cell(moved[None, :2].float())[0] - c).numpy()
             key = "moving" if float(b[7:9].norm()) > MOVING else "static"
             rows[key].append((found, was, ego))
-    result = {"ckpt": str(a.ckpt), "keyframes": len(idx), "radius": a.radius, "half": a.half}
+    result = {
+        "ckpt": str(a.ckpt),
+        "keyframes": len(idx),
+        "radius": a.radius,
+        "half": a.half,
+        "blur": a.blur,
+        "channels": a.channels,
+    }
     for key, r in rows.items():
         result[key] = summarise(*(np.array([x[j] for x in r]).reshape(-1, 2) for j in range(3)))
     print(json.dumps(result, indent=1), flush=True)
