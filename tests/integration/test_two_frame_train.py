@@ -17,11 +17,11 @@ import test_bevdepth_train as bevdepth  # tests/integration/: the shared overrid
 import test_dvd_train as dvd
 import torch
 
-EXPERIMENTS = ("bevdepth4d", "dvd4d")
+EXPERIMENTS = ("bevdepth4d", "dvd4d", "bevdepth4d_pre")
 
 
 def _overrides(experiment, root, store, run_dir, *extra):
-    if experiment == "bevdepth4d":
+    if experiment.startswith("bevdepth"):
         return bevdepth.train_overrides(experiment, root, store, run_dir, *extra)
     return dvd.train_overrides(experiment, root, store, run_dir, *extra)
 

@@ -166,3 +166,64 @@ def test_camera_bev_two_frames_concatenates_the_warped_previous_map_without_grad
     # without a previous keyframe (a scene's start): the current map, twice (zero motion)
     net(images, K, ego_from_cam, None)
     torch.testing.assert_close(captured["x"][:, half:], captured["x"][:, :half])
+
+
+def test_a_pre_encoder_prepares_both_frames_before_the_warp():
+    """BEVDet4D's per-frame pre-process: the fusion reads pre_encoder(current splat) and warp(pre_encoder(previous
+    splat)), the latter without gradient; refused with one frame or with the wrong channel count."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    import trainer  # noqa: F401  (the config resolvers)
+    from trainer.models.components.bev_encoder import BEVPreEncoder
+    from trainer.tiny import TINY_CAMERA
+
+    cfg = OmegaConf.load("conf/model/camera_bev/default.yaml")
+    cfg.lift_splat.grid = {"xbound": [-8.0, 8.0, 1.0], "ybound": [-6.0, 6.0, 0.75], "zbound": [-5.0, 3.0, 8.0]}
+    for item in TINY_CAMERA:
+        key, value = item.split("=", 1)
+        if key.startswith("model.detector.camera_bev."):
+            OmegaConf.update(cfg, key.removeprefix("model.detector.camera_bev."), OmegaConf.create(f"v: {value}").v)
+    cfg.frames = 2
+    C = int(cfg.depth_net.context_channels)
+    cfg.pre_encoder = {"_target_": "trainer.models.components.bev_encoder.BEVPreEncoder", "channels": C}
+    torch.manual_seed(0)
+    net = instantiate(cfg).eval()
+    with torch.no_grad():  # BN's default statistics make a fresh pre-encoder close to the identity: move them
+        for m in net.pre_encoder.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5), m.bias.uniform_(-0.5, 0.5)
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 255, (1, 2, 3, 64, 176), generator=g).float().requires_grad_(True)
+    K = torch.tensor([[100.0, 0, 88], [0, 100.0, 32], [0, 0, 1]]).expand(1, 2, 3, 3)
+    ego_from_cam = torch.eye(4).expand(1, 2, 4, 4).clone()
+    ego_from_cam[..., :3, :3] = torch.tensor([[0.0, 0, 1], [-1, 0, 0], [0, -1, 0]])
+    captured = {}
+    net.bev_encoder.register_forward_hook(lambda m, inp, out: captured.__setitem__("x", inp[0]))
+    cur_from_prev = pose(1.0, 0.5, 0.2)[None].float()
+    prev = {"images": images.detach().flip(-1), "K": K, "ego_from_cam": ego_from_cam, "cur_from_prev": cur_from_prev}
+    net(images, K, ego_from_cam, prev)
+    x, half = captured["x"], C
+    raw_cur = net._splat(images, K, ego_from_cam)[2]
+    torch.testing.assert_close(x[:, :half], net.pre_encoder(raw_cur))
+    assert not torch.allclose(x[:, :half], raw_cur, atol=1e-3)  # the pre-encoder did something
+    raw_prev = net._splat(prev["images"], K, ego_from_cam)[2]
+    expected = resample_bev(net.pre_encoder(raw_prev), net.grid, dst_from_src=cur_from_prev)
+    torch.testing.assert_close(x[:, half:], expected)
+    params = list(net.pre_encoder.parameters())
+    grads = torch.autograd.grad(x[:, half:].sum(), params, allow_unused=True, retain_graph=True)
+    assert all(g is None or not g.any() for g in grads), "the previous map must carry no gradient"
+    grads = torch.autograd.grad(x[:, :half].sum(), params, allow_unused=True)
+    assert all(g is not None and g.any() for g in grads), "the current frame trains the pre-encoder"
+
+    cfg1 = cfg.copy()
+    cfg1.frames = 1
+    from hydra.errors import InstantiationException  # Hydra wraps the constructor's ValueError
+
+    with pytest.raises(InstantiationException, match="pre_encoder prepares each frame"):
+        instantiate(cfg1)
+    cfg.pre_encoder.channels = C + 1
+    with pytest.raises(InstantiationException, match="pre_encoder.channels"):
+        instantiate(cfg)
+    with pytest.raises(ValueError, match="num_blocks"):
+        BEVPreEncoder(4, num_blocks=0)

@@ -6,7 +6,7 @@
 The counterpart of :mod:`trainer.analysis.motion_oracle` on the camera's own maps. For training keyframes of the
 checkpoint's data (no augmentation) the current lift-splat map and the previous keyframe's, warped into the current
 ego frame as :meth:`CameraBEV.previous_map <trainer.models.components.camera_bev.CameraBEV.previous_map>` warps it,
-are computed with the checkpoint's weights; for every GT vehicle (length >= 3.5 m) whose centre lies ``radius + half``
+are computed with the checkpoint's weights (through its ``pre_encoder`` where it has one: the maps the fusion reads); for every GT vehicle (length >= 3.5 m) whose centre lies ``radius + half``
 cells inside the grid, the ``(2 half + 1)^2``-cell patch of the current map around its centre is compared (cosine)
 with the warped previous map at every offset within ``radius`` cells: where it matches best is where the map says the
 vehicle was. In a map anchored to the world, a static vehicle's best offset is 0 and a moving one's is ``-v dt``. In
@@ -105,8 +105,9 @@ def main(argv=None) -> dict:
     for i in idx:
         s = ds[i]
         with torch.no_grad():
-            cur = cb._splat(s["images"][None].float(), s["K"][None], s["ego_from_cam"][None])[2]
-            raw = cb._splat(s["prev_images"][None].float(), s["prev_K"][None], s["prev_ego_from_cam"][None])[2]
+            # the maps the fusion reads: through the pre-encoder where the model has one
+            cur = cb._pre(cb._splat(s["images"][None].float(), s["K"][None], s["ego_from_cam"][None])[2])
+            raw = cb._pre(cb._splat(s["prev_images"][None].float(), s["prev_K"][None], s["prev_ego_from_cam"][None])[2])
             prev = resample_bev(raw, grid, dst_from_src=s["cur_from_prev"][None], mode="bilinear")
             cur, prev = blur(cur, a.blur), blur(prev, a.blur)
             if a.channels == "energy":  # where there is something, whatever it is

@@ -42,6 +42,30 @@ class ResBlock(nn.Module):
         return F.relu(self.shortcut(x) + self.bn2(self.conv2(y)), inplace=True)
 
 
+class BEVPreEncoder(nn.Module):
+    """Residual blocks at one map's channels and resolution, ``(B, C, H, W) -> (B, C, H, W)``: BEVDet4D's per-frame
+    pre-process, which turns each keyframe's lift-splat map into features before the two frames are fused (the
+    two-frame :class:`~trainer.models.components.camera_bev.CameraBEV`'s ``pre_encoder``).
+
+    Args:
+        channels: C, lift-splat's ``Z * C_ctx``.
+        num_blocks: stride-1 basic blocks (BEVDet4D: 2).
+    """
+
+    def __init__(self, channels: int, num_blocks: int = 2):
+        super().__init__()
+        if int(num_blocks) < 1:
+            raise ValueError(f"BEVPreEncoder: num_blocks must be >= 1; got {num_blocks}")
+        self.channels = int(channels)
+        self.blocks = nn.Sequential(*[ResBlock(self.channels, self.channels) for _ in range(int(num_blocks))])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        assert x.ndim == 4 and x.shape[1] == self.channels, (
+            f"x must be (B, {self.channels}, H, W); got {tuple(x.shape)}"
+        )
+        return self.blocks(x)
+
+
 class BEVEncoder(nn.Module):
     """BEV map ``(B, C_in, H, W)`` to ``(B, out_channels, H, W)``.
 

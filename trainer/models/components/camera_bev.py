@@ -23,7 +23,10 @@ into the current one by the known ego motion ``cur_from_prev`` (:func:`~bevlabel
 ``grid_sample``), then concatenated with the current map before the BEV encoder (``bev_encoder.in_channels`` doubles).
 A static object's cells then line up in the two halves and a moving one's are displaced by velocity x dt: the
 motion a single frame cannot show. Without a previous keyframe (a scene's first) the previous map is the current one,
-zero motion, as BEVDet4D does.
+zero motion, as BEVDet4D does. With a ``pre_encoder`` (BEVDet4D's per-frame pre-process,
+:class:`~trainer.models.components.bev_encoder.BEVPreEncoder`) each frame's map goes through it before the warp and
+the concatenation, so the two frames are compared as features rather than as raw splats, whose local pattern follows
+the cameras (``results/two_frame.md``).
 
 Memory layout: ``channels_last`` is this module's decision alone; the images and the splatted BEV
 map are put in that layout explicitly (lift-splat's scatter yields a ``(B, H, W, C)`` buffer), and
@@ -42,7 +45,7 @@ import torch
 from torch import nn
 
 from bevlabels.grid import resample_bev
-from trainer.models.components.bev_encoder import BEVEncoder
+from trainer.models.components.bev_encoder import BEVEncoder, BEVPreEncoder
 from trainer.models.components.depth_net import DepthNet
 from trainer.models.components.fpn import FPN
 from trainer.models.components.image_backbone import ResNetBackbone
@@ -70,6 +73,7 @@ class CameraBEV(nn.Module):
             same numbers; faster oneDNN convolutions on CPU, tensor-core layouts on GPU).
         frames: 1 (the current keyframe) or 2 (and the previous one, warped: the module docstring);
             ``bev_encoder.in_channels`` is ``frames x`` lift-splat's channels.
+        pre_encoder: applied to each frame's lift-splat map before the fusion (two frames only; None: none).
 
     Attributes:
         grid, bins, downsample: lift-splat's BEV grid, depth bins and the stride of the level it lifts.
@@ -85,11 +89,14 @@ class CameraBEV(nn.Module):
         bev_encoder: BEVEncoder,
         channels_last: bool = False,
         frames: int = 1,
+        pre_encoder: BEVPreEncoder | None = None,
     ):
         super().__init__()
         if int(frames) not in (1, 2):
             raise ValueError(f"CameraBEV: frames must be 1 or 2; got {frames}")
         self.frames = int(frames)
+        if pre_encoder is not None and self.frames != 2:
+            raise ValueError("CameraBEV: a pre_encoder prepares each frame for the two-frame fusion; frames is 1")
         splat_channels = lift_splat.nz * depth_net.context_channels
         checks = [
             (neck.in_channels == list(backbone.out_channels), f"neck.in_channels {neck.in_channels} != backbone.out_channels {backbone.out_channels}"),
@@ -99,12 +106,15 @@ class CameraBEV(nn.Module):
             (depth_net.depth_bins == lift_splat.depth_bins, f"depth_net.depth_bins {depth_net.depth_bins} != {lift_splat.depth_bins} bins of dbound {lift_splat.bins}"),
             (bev_encoder.in_channels == self.frames * splat_channels, f"bev_encoder.in_channels {bev_encoder.in_channels} != frames {self.frames} x z slabs {lift_splat.nz} x depth_net.context_channels {depth_net.context_channels}"),
         ]  # fmt: skip
+        if pre_encoder is not None:
+            checks.append((pre_encoder.channels == splat_channels, f"pre_encoder.channels {pre_encoder.channels} != z slabs {lift_splat.nz} x depth_net.context_channels {depth_net.context_channels}"))  # fmt: skip
         for ok, msg in checks:
             if not ok:
                 raise ValueError(f"CameraBEV: {msg}")
         self.level = neck.level_of_stride(lift_splat.downsample)  # the returned FPN level lift-splat reads
         self.backbone, self.neck, self.depth_net = backbone, neck, depth_net
         self.lift_splat, self.bev_encoder = lift_splat, bev_encoder
+        self.pre_encoder = pre_encoder
         self.channels_last = bool(channels_last)
         if self.channels_last:  # load_state_dict copies into these parameters, so the format survives loading
             self.to(memory_format=torch.channels_last)
@@ -156,6 +166,12 @@ class CameraBEV(nn.Module):
         splat = self.lift_splat(depth_logits.softmax(2), context, K, ego_from_cam)  # (B, Z*C_ctx, H, W)
         return levels, depth_logits, splat
 
+    def _pre(self, splat: torch.Tensor) -> torch.Tensor:
+        """A frame's map as the fusion reads it: through the ``pre_encoder`` where there is one."""
+        if self.pre_encoder is None:
+            return splat
+        return self.pre_encoder(splat.contiguous(memory_format=self.memory_format))
+
     def previous_map(self, splat: torch.Tensor, prev: Mapping[str, torch.Tensor] | None) -> torch.Tensor:
         """The previous keyframe's splatted map in the current (augmented) ego frame, ``(B, Z*C_ctx, H, W)``, without
         gradient; ``splat`` (the current one, detached) where ``prev`` is None (zero motion).
@@ -170,7 +186,7 @@ class CameraBEV(nn.Module):
         if missing:
             raise KeyError(f"CameraBEV: the previous keyframe lacks {missing} (the batch's prev_* keys)")
         with torch.no_grad():
-            prev_splat = self._splat(prev["images"], prev["K"], prev["ego_from_cam"])[2]
+            prev_splat = self._pre(self._splat(prev["images"], prev["K"], prev["ego_from_cam"])[2])
             return resample_bev(prev_splat, self.grid, dst_from_src=prev["cur_from_prev"], mode="bilinear")
 
     def forward(
@@ -188,6 +204,7 @@ class CameraBEV(nn.Module):
         """
         B, N = images.shape[:2]
         levels, depth_logits, splat = self._splat(images, K, ego_from_cam)
+        splat = self._pre(splat)
         if self.frames == 2:
             splat = torch.cat([splat, self.previous_map(splat, prev).to(splat.dtype)], 1)  # (B, 2*Z*C_ctx, H, W)
         bev = self.bev_encoder(splat.contiguous(memory_format=self.memory_format))  # (B, C, H, W)
