@@ -106,7 +106,7 @@ def test_every_experiment_steps_and_decodes_under_bf16_autocast(
     for exp in ("teacher_centerpoint", "teacher_centerpoint_cpu"):  # the _cpu one shrunk to the same tiny widths
         over = teacher_overrides(synth_tiny, tmp_path, "callbacks.progress_bar=null")
         runs[exp] = ([f"experiment={exp}" if o.startswith("experiment=") else o for o in over], 1)
-    for exp in ("bevdepth", "bevdepth_dino", "bevdepth4d"):
+    for exp in ("bevdepth", "bevdepth_dino", "bevdepth4d", "bevdepth4d_pre"):
         runs[exp] = (bevdepth_overrides(exp, synth_tiny, synth_tiny_store, tmp_path), 1)
     runs["bevdepth_oracle_input"] = (
         bevdepth_overrides(
