@@ -73,14 +73,6 @@ def build(root: str, store: str, extra: list[str], grid: str = "default"):
     return cfg, detector, train, val
 
 
-def cur_from_prev_of(frame, prev, A: torch.Tensor) -> torch.Tensor:
-    """The dataset's ``cur_from_prev``: the previous (augmented) ego frame to the current one, ``A inv(G_c) G_p inv(A)``."""
-    A = A.double()
-    G_c = torch.as_tensor(frame.global_from_ego, dtype=torch.float64)
-    G_p = torch.as_tensor(prev.global_from_ego, dtype=torch.float64)
-    return (A @ torch.linalg.solve(G_c, G_p) @ torch.linalg.inv(A)).float()
-
-
 def blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """A separable Gaussian blur of ``(B, C, H, W)`` maps, ``sigma`` in cells (0: unchanged)."""
     if sigma <= 0:
@@ -97,7 +89,10 @@ class Painter:
     """Two-frame oracle maps ``(B, 2C, H, W)``, their GT and ``dt`` for keyframes of a camera dataset."""
 
     def __init__(self, ds, channels: int, motion: bool, sigma: float, seed: int):
+        from trainer.data.camera import cur_from_prev_of
         from trainer.data.common import gt_for_frame, sample_bev_aug
+
+        self._cur_from_prev = cur_from_prev_of
 
         self.ds, self.motion, self.sigma = ds, motion, sigma
         self._gt, self._aug = gt_for_frame, sample_bev_aug
@@ -122,7 +117,7 @@ class Painter:
         cur = self._paint(boxes, labels)
         if self.motion:
             pb, pl = self._gt(prev, ds.class_names, ds.grid, ds.min_lidar_points, aug_from_ego=A)
-            T = cur_from_prev_of(frame, prev, A)
+            T = self._cur_from_prev(frame, prev, A)
             old = resample_bev(self._paint(pb, pl)[None], ds.grid, dst_from_src=T[None], mode="bilinear")[0]
         else:
             old = cur

@@ -468,20 +468,12 @@ class CameraDataset(KeyframeDataset):
                 if prev is frame
                 else self.camera_inputs(prev, draw, final_hw, aug_from_ego)
             )
-            A = aug_from_ego.double()
-            cur_from_prev = (
-                A
-                @ torch.linalg.solve(
-                    torch.as_tensor(frame.global_from_ego, dtype=torch.float64),
-                    torch.as_tensor(prev.global_from_ego, dtype=torch.float64),
-                )
-                @ torch.linalg.inv(A)
-            )
+            cur_from_prev = cur_from_prev_of(frame, prev, aug_from_ego)
             sample.update(
                 prev_images=torch.from_numpy(p_images).permute(0, 3, 1, 2).contiguous(),
                 prev_K=torch.as_tensor(p_K, dtype=torch.float32),
                 prev_ego_from_cam=p_ego_from_cam.float(),
-                cur_from_prev=cur_from_prev.float(),
+                cur_from_prev=cur_from_prev,
             )
         if self.withheld_scenes:  # label-scarce only: without it the batch, and every loss, is today's exactly
             sample["has_boxes"] = torch.tensor(has_boxes)
@@ -497,6 +489,15 @@ class CameraDataset(KeyframeDataset):
                 tmap.float(), self.grid, dst_from_src=aug_from_ego, mode=self.teacher_interp
             ).to(tmap.dtype)
         return sample
+
+
+def cur_from_prev_of(frame: Frame, prev: Frame, aug_from_ego: torch.Tensor) -> torch.Tensor:
+    """``(4, 4)`` float32: the previous keyframe's (augmented) ego frame to the current one's,
+    ``A inv(G_cur) G_prev inv(A)`` with ``A = aug_from_ego`` (the same BEV augmentation on both), computed in float64."""
+    A = aug_from_ego.double()
+    G_cur = torch.as_tensor(frame.global_from_ego, dtype=torch.float64)
+    G_prev = torch.as_tensor(prev.global_from_ego, dtype=torch.float64)
+    return (A @ torch.linalg.solve(G_cur, G_prev) @ torch.linalg.inv(A)).float()
 
 
 def previous_keyframe(batch: Mapping[str, Any]) -> dict[str, torch.Tensor] | None:
