@@ -1,0 +1,84 @@
+"""The distilled map's profiles along and across the viewing ray (trainer.analysis.distill_profile) on hand-made maps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from bevlabels.grid import GridSpec
+from trainer.analysis.distill_profile import object_targets, offsets, profiles, summarise_profile
+
+GRID = GridSpec((-40.0, 40.0, 0.5), (-40.0, 40.0, 0.5), name="profile")
+
+
+def blob_map(centre: np.ndarray, radial_sigma: float, lateral_sigma: float) -> torch.Tensor:
+    """``(2, H, W)``: channel 0 a constant background, channel 1 an anisotropic Gaussian at ``centre``, elongated
+    along the ray from the origin through it."""
+    xy = GRID.cell_centres()  # (H, W, 2)
+    u = centre / np.linalg.norm(centre)
+    v = np.array([-u[1], u[0]])
+    d = xy - centre
+    g = np.exp(-0.5 * ((d @ u) / radial_sigma) ** 2 - 0.5 * ((d @ v) / lateral_sigma) ** 2)
+    return torch.from_numpy(np.stack([np.ones_like(g) * 0.2, g])).float()
+
+
+def test_profiles_find_a_blob_shifted_along_the_ray_and_spread_along_it():
+    box_centre = np.array([[12.0, 16.0]])  # 20 m from the ego, bearing 53 degrees
+    u = box_centre[0] / 20.0
+    feat = blob_map(box_centre[0] + 3.0 * u, radial_sigma=3.0, lateral_sigma=1.0)  # 3 m behind the box, smeared
+    t = torch.tensor([[0.0, 1.0]])
+    s = offsets(10.0, 0.25)
+    radial, lateral = profiles(feat, t, box_centre, GRID, s)
+    r, la = summarise_profile(radial[0], s), summarise_profile(lateral[0], s)
+    assert r["peak m"] == pytest.approx(3.0, abs=0.5)  # the features sit 3 m further than the box
+    assert la["peak m"] == pytest.approx(0.0, abs=0.5)
+    assert r["width m"] > 2.0 * la["width m"]  # spread along the ray, not across it
+    # the far ends read the background: cos([0.2, 0], [0, 1]) = 0
+    assert radial[0, 0] == pytest.approx(0.0, abs=0.05) and lateral[0, -1] == pytest.approx(0.0, abs=0.05)
+
+
+def test_profiles_of_a_mirrored_blob_peak_nearer_the_ego():
+    box_centre = np.array([[-15.0, 0.0]])  # behind the ego: the ray points to -x
+    feat = blob_map(np.array([-13.0, 0.0]), radial_sigma=1.0, lateral_sigma=1.0)  # 2 m nearer the ego
+    s = offsets(6.0, 0.25)
+    radial, _ = profiles(feat, torch.tensor([[0.0, 1.0]]), box_centre, GRID, s)
+    assert summarise_profile(radial[0], s)["peak m"] == pytest.approx(-2.0, abs=0.3)
+
+
+def test_invalid_and_outside_cells_read_nan():
+    feat = blob_map(np.array([30.0, 0.0]), 1.0, 1.0)
+    valid = torch.ones(GRID.shape, dtype=torch.bool)
+    valid[:, GRID.cell_index(np.array([31.0, 0.0]))[0]] = False  # the column of x = 31 m
+    s = offsets(14.0, 0.5)
+    radial, lateral = profiles(feat, torch.tensor([[0.0, 1.0]]), np.array([[30.0, 0.0]]), GRID, s, valid=valid)
+    assert np.isnan(radial[0, s > 10.0]).all()  # beyond the grid's 40 m edge
+    assert np.isnan(radial[0, np.isclose(s, 1.0)]).all()  # the invalid column
+    assert np.isfinite(lateral[0]).all()
+
+
+def test_summarise_profile_of_a_triangle():
+    s = offsets(5.0, 1.0)  # -5 .. 5
+    p = np.clip(1.0 - np.abs(s - 1.0) / 2.0, 0, None) + 0.5  # peak 1.5 at +1, ends 0.5, half 1.0 at |s - 1| <= 1
+    sm = summarise_profile(p, s)
+    assert sm["peak m"] == 1.0 and sm["contrast"] == pytest.approx(1.0) and sm["width m"] == pytest.approx(3.0)
+    assert np.isnan(summarise_profile(np.full(5, np.nan), s[:5])["contrast"])
+
+
+def test_object_targets_average_the_unit_vectors_of_occupied_footprint_cells():
+    H, W = GRID.shape
+    target = torch.zeros(2, H, W)
+    count = torch.zeros(H, W)
+    ix, iy, _ = GRID.cell_index(np.array([[10.1, 5.1], [10.6, 5.1]]))
+    target[:, iy[0], ix[0]] = torch.tensor([3.0, 0.0])  # unit (1, 0)
+    target[:, iy[1], ix[1]] = torch.tensor([0.0, 0.5])  # unit (0, 1)
+    count[iy, ix] = 1
+    boxes = torch.tensor(
+        [
+            [10.5, 5.25, 0.0, 2.0, 1.0, 1.5, 0.0],  # covers both cells
+            [-20.0, -20.0, 0.0, 2.0, 1.0, 1.5, 0.0],  # no occupied cell: skipped
+        ]
+    )
+    t, keep = object_targets(target, count, boxes, GRID)
+    assert keep.tolist() == [0]
+    assert torch.allclose(t[0], torch.tensor([0.5, 0.5]))
