@@ -82,3 +82,37 @@ def test_object_targets_average_the_unit_vectors_of_occupied_footprint_cells():
     t, keep = object_targets(target, count, boxes, GRID)
     assert keep.tolist() == [0]
     assert torch.allclose(t[0], torch.tensor([0.5, 0.5]))
+
+
+# -- trainer.analysis.lifted_oracle: its pure parts ---------------------------------------------------------------
+
+
+def test_cell_features_average_the_patch_features_over_each_cell_through_the_augmentation():
+    from trainer.analysis.lifted_oracle import cell_features
+
+    W, H, p = 56, 28, 14  # the original image, 4 x 2 patches of 14 px
+    u = (torch.arange(W // p, dtype=torch.float32) + 0.5) * p  # patch centres
+    patch = torch.stack([u[None, :].expand(H // p, -1), torch.ones(H // p, W // p)])  # (2, 2, 4): channel 0 = u
+    # augmented image: the original scaled by 0.5 (28 x 14 px), feature cells of 7 px: 4 x 2 cells
+    aug_from_img = torch.tensor([[0.5, 0.0, 0.0], [0.0, 0.5, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+    f = cell_features(patch, (W, H), torch.linalg.inv(aug_from_img), (2, 4), stride=7, samples=4)
+    assert f.shape == (2, 2, 4)
+    # each cell covers 14 original px in u; a linear feature averages to its value at the cell's centre (u = 7, 21, ..)
+    # except where the border clamps (the first and last half patch read the border patch's 7 and 49)
+    centres = torch.tensor([7.0, 21.0, 35.0, 49.0])
+    assert torch.allclose(f[0, 0, [0, 3]], torch.tensor([8.75, 47.25]))  # samples at 1.75 .. 12.25 px, < 7 read 7
+    assert torch.allclose(f[0, 0, 1:3], centres[1:3], atol=1e-4)  # away from the border: exact
+    assert torch.allclose(f[1], torch.ones(2, 4))
+
+
+def test_lidar_depth_is_one_hot_in_the_return_bin_and_empty_without_one():
+    from trainer.analysis.lifted_oracle import lidar_depth
+    from trainer.models.components.lift_splat import DepthBins
+
+    bins = DepthBins([2.0, 10.0, 1.0])  # 8 bins
+    depth_map = torch.tensor([[[[0.0, 2.5, 9.99, 12.0]]]])  # (1, 1, 1, 4): none, bin 0, bin 7, beyond the bins
+    one = lidar_depth(depth_map, bins)
+    assert one.shape == (1, 1, 8, 1, 4)
+    assert one[0, 0, :, 0, 0].sum() == 0 and one[0, 0, :, 0, 3].sum() == 0
+    assert one[0, 0, 0, 0, 1] == 1 and one[0, 0, :, 0, 1].sum() == 1
+    assert one[0, 0, 7, 0, 2] == 1 and one[0, 0, :, 0, 2].sum() == 1
