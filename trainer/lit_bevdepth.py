@@ -31,12 +31,13 @@ from trainer.metrics_depth import DepthMetrics, pixel_pairs
 from trainer.metrics_distill import DistillFit, object_cells
 from trainer.models.camera_detector import CameraDetector
 from trainer.models.components.tig import TiGLoss
+from trainer.models.losses import distinct_cells
 
 log = logging.getLogger(__name__)
 
 #: the loss weights of a config without ``model.loss``: those of conf/model/bevdepth.yaml and dualviewdistill.yaml
 #: (BEVDepth's depth_loss_factor; the distillation off; DualViewDistill's best weight is 7.0), a test keeps them equal
-DEFAULT_LOSS = {"depth_weight": 3.0, "distill_weight": 0.0, "distill_object_weight": None}
+DEFAULT_LOSS = {"depth_weight": 3.0, "distill_weight": 0.0, "distill_object_weight": None, "distill_distinct_cos": None}
 
 
 class BEVDepthModule(DetectionModule):
@@ -51,7 +52,10 @@ class BEVDepthModule(DetectionModule):
             A positive ``distill_weight`` needs ``detector.distill_channels``. ``distill_object_weight``: None (the
             paper's uniform mean over occupied cells) or ``w`` in [0, 1]: the object cells (GT footprints,
             :func:`~trainer.metrics_distill.object_cells`) and the other occupied cells averaged apart, mixed
-            ``w : 1 - w`` (:func:`~trainer.models.losses.object_weighted_distill_loss`).
+            ``w : 1 - w`` (:func:`~trainer.models.losses.object_weighted_distill_loss`). ``distill_distinct_cos``:
+            None (the object cells are GT footprints, so a keyframe whose boxes are withheld has none) or a cosine:
+            the object cells are the occupied cells whose target is distinct from the keyframe's dominant surface
+            (:func:`~trainer.models.losses.distinct_cells`), found without boxes.
         tig: TiG-BEV's terms (:class:`~trainer.models.components.tig.TiGLoss`'s arguments but the student's
             channels): ``inner_depth_weight``, ``inter_channel_weight``, ``inter_keypoint_weight`` (0: off),
             ``teacher_channels``, ``reference``, ``num_keypoints``, ``enlarge``. None or all weights 0: off.
@@ -82,6 +86,14 @@ class BEVDepthModule(DetectionModule):
         ow = weights["distill_object_weight"]
         if ow is not None and not 0.0 <= ow <= 1.0:
             raise ValueError(f"model.loss.distill_object_weight must lie in [0, 1] or be null; got {ow}")
+        dc = weights["distill_distinct_cos"]
+        if dc is not None and not -1.0 < dc <= 1.0:
+            raise ValueError(f"model.loss.distill_distinct_cos must lie in (-1, 1] or be null; got {dc}")
+        if dc is not None and ow is None:
+            raise ValueError(
+                "model.loss.distill_distinct_cos chooses the object cells of the object-weighted distillation: set "
+                "model.loss.distill_object_weight too (e.g. 0.5)"
+            )
         if weights["distill_weight"] > 0 and detector.distill is None:
             raise ValueError(
                 f"model.loss.distill_weight={weights['distill_weight']} needs a distillation projection: set "
@@ -193,13 +205,17 @@ class BEVDepthModule(DetectionModule):
         return losses
 
     def _distill_objects(self, batch: Mapping[str, Any]) -> torch.Tensor | None:
-        """``(B, H, W)`` bool, the cells of the batch's GT footprints, for the object-weighted distillation (else None).
+        """``(B, H, W)`` bool, the object cells of the object-weighted distillation (else None): the batch's GT
+        footprints, or with ``distill_distinct_cos`` the target's distinct cells (:func:`distinct_cells`, no boxes).
 
-        A keyframe whose boxes are withheld (``data.box_fraction``) has none: every cell of it counts as "other".
+        With GT footprints a keyframe whose boxes are withheld (``data.box_fraction``) has none: every cell of it
+        counts as "other".
         """
         if not self.distilling or self.loss_weights["distill_object_weight"] is None:
             return None
         count = batch["dino_count"]
+        if self.loss_weights["distill_distinct_cos"] is not None:
+            return distinct_cells(batch["dino_feat"], count, self.loss_weights["distill_distinct_cos"])
         cells = [object_cells(self.detector.grid, b) for b in batch["gt_boxes"]]
         return torch.stack(cells).to(count.device, non_blocking=True)
 

@@ -121,3 +121,78 @@ def test_the_config_key_reaches_the_loss(compose_train, tmp_path):
     assert objects.shape == (1, H, W) and 4 <= int(objects.sum()) <= 24  # a 4 x 2 m car on 1 m cells, with margin
     with pytest.raises(Exception, match="distill_object_weight must lie in"):  # Hydra wraps the ValueError
         instantiate(compose_train([*base, *TINY_CAMERA_MODEL, "model.loss.distill_object_weight=2.0"]).model)
+
+
+# -- distinct cells: the object cells of the object-weighted distillation without boxes ---------------------------
+
+
+def distinct_reference(target, count, max_cos):
+    """Cell by cell: the keyframe's mean unit target over its occupied cells, normalised; a cell is distinct where
+    it is occupied and its target's cosine to that mean is below ``max_cos``."""
+    B, C, H, W = target.shape
+    out = torch.zeros(B, H, W, dtype=torch.bool)
+    for b in range(B):
+        units = [
+            target[b, :, i, j] / target[b, :, i, j].norm() for i in range(H) for j in range(W) if count[b, i, j] > 0
+        ]
+        m = sum(units) / len(units)
+        m = m / m.norm()
+        for i in range(H):
+            for j in range(W):
+                if count[b, i, j] > 0:
+                    t = target[b, :, i, j]
+                    out[b, i, j] = float((t @ m) / t.norm()) < max_cos
+    return out
+
+
+@pytest.mark.parametrize("max_cos", [0.0, 0.5, 0.9])
+def test_distinct_cells_equal_a_per_cell_loop(max_cos):
+    from trainer.models.losses import distinct_cells
+
+    g = torch.Generator().manual_seed(3)
+    B, C, H, W = 2, 6, 5, 7
+    road = torch.randn(C, generator=g)
+    # most cells near one "road" direction, some random ("objects"): both sides of every threshold occur
+    target = road[None, :, None, None] + 0.3 * torch.randn(B, C, H, W, generator=g, dtype=torch.float32)
+    target[:, :, :2, :3] = torch.randn(B, C, 2, 3, generator=g)
+    count = torch.randint(0, 3, (B, H, W), generator=g)
+    # empty cells hold a far-off direction: the keyframe's mean must not read them
+    target = torch.where((count == 0)[:, None], 5.0 * torch.randn(C, generator=g)[None, :, None, None], target)
+    got = distinct_cells(target, count, max_cos)
+    ref = distinct_reference(target.double(), count, max_cos)
+    assert torch.equal(got, ref)
+    assert not got[count == 0].any()
+
+
+def test_distinct_cells_find_objects_on_a_road():
+    from trainer.models.losses import distinct_cells
+
+    C, H, W = 4, 6, 6
+    target = torch.zeros(1, C, H, W)
+    target[0, 0] = 1.0  # road everywhere
+    target[0, :, 2, 3] = torch.tensor([0.0, 1.0, 0.0, 0.0])  # a car
+    target[0, :, 4, 1] = torch.tensor([0.6, 0.0, 0.8, 0.0])  # a car cell mixed with road
+    count = torch.ones(1, H, W)
+    count[0, 0, 0] = 0
+    got = distinct_cells(target, count, 0.7)
+    assert got.sum() == 2 and got[0, 2, 3] and got[0, 4, 1]
+
+
+def test_distinct_key_reaches_the_objects(compose_train, tmp_path):
+    from conftest import TINY_CAMERA_MODEL
+    from hydra.utils import instantiate
+
+    base = ["experiment=bevdepth_dino", "grid=near", f"run_dir={tmp_path}", "model.detector.distill_channels=8"]
+    over = ["model.loss.distill_object_weight=0.5", "model.loss.distill_distinct_cos=0.7"]
+    module = instantiate(compose_train(base + TINY_CAMERA_MODEL + over).model)
+    H, W = module.detector.grid.shape
+    feat = torch.zeros(1, 8, H, W)
+    feat[0, 0] = 1.0
+    feat[0, :, 3, 4] = torch.eye(8)[1]
+    batch = {"dino_count": torch.ones(1, H, W), "dino_feat": feat, "gt_boxes": [torch.zeros(0, 9)]}
+    objects = module._distill_objects(batch)  # no boxes at all: the distinct cell is found from the target
+    assert objects.shape == (1, H, W) and int(objects.sum()) == 1 and objects[0, 3, 4]
+    with pytest.raises(Exception, match="set model.loss.distill_object_weight too"):
+        instantiate(compose_train(base + TINY_CAMERA_MODEL + over[1:]).model)
+    with pytest.raises(Exception, match="distill_distinct_cos must lie in"):
+        instantiate(compose_train(base + TINY_CAMERA_MODEL + [over[0], "model.loss.distill_distinct_cos=1.5"]).model)

@@ -200,6 +200,27 @@ def region_mixed_mean(loss: torch.Tensor, is_object: torch.Tensor, object_weight
     return (w_obj * mean_obj + w_bg * mean_bg) / (w_obj + w_bg).clamp(min=1e-12)
 
 
+def distinct_cells(target: torch.Tensor, count: torch.Tensor, max_cos: float) -> torch.Tensor:
+    """``(B, H, W)`` bool: occupied cells whose target is *distinct* from its keyframe's dominant surface, found
+    without boxes.
+
+    Per sample, ``m`` is the mean of the unit target vectors over its occupied cells (``count > 0``), normalised; a
+    cell is distinct where ``cos(target, m) < max_cos``. On a driving scene ``m`` is the road's direction (most
+    occupied cells are road), so the distinct cells are the objects and what stands beside the road; unoccupied cells
+    are never distinct. The object-weighted distillation uses them in place of GT footprints where boxes are scarce
+    (``model.loss.distill_distinct_cos``). ``target (B, C, H, W)``, ``count (B, H, W)``.
+    """
+    assert count.shape == (target.shape[0], *target.shape[2:]), (
+        f"count {tuple(count.shape)} must be (B, H, W) of target {tuple(target.shape)}"
+    )
+    occupied = count > 0  # (B, H, W)
+    unit = F.normalize(target.float(), dim=1, eps=1e-6)  # (B, C, H, W)
+    m = (unit * occupied[:, None]).sum((2, 3))  # (B, C)
+    m = F.normalize(m, dim=1, eps=1e-6)
+    cos = torch.einsum("bchw,bc->bhw", unit, m)
+    return occupied & (cos < float(max_cos))
+
+
 def object_weighted_distill_loss(
     pred: torch.Tensor, target: torch.Tensor, count: torch.Tensor, objects: torch.Tensor, object_weight: float
 ) -> torch.Tensor:
