@@ -116,3 +116,15 @@ def test_lidar_depth_is_one_hot_in_the_return_bin_and_empty_without_one():
     assert one[0, 0, :, 0, 0].sum() == 0 and one[0, 0, :, 0, 3].sum() == 0
     assert one[0, 0, 0, 0, 1] == 1 and one[0, 0, :, 0, 1].sum() == 1
     assert one[0, 0, 7, 0, 2] == 1 and one[0, 0, :, 0, 2].sum() == 1
+
+
+def test_by_row_averages_the_seeds_of_a_row():
+    from trainer.analysis.distill_profile import by_row
+
+    def prof(v):
+        band = {"objects": 3, **{k: [v, 2 * v] for k in ("model_r", "model_l", "target_r", "target_l")}}
+        return {"offsets": [0.0, 0.4], "bands": {"all": band}}
+
+    rows = by_row({"w7-s1": prof(1.0), "w7-s2": prof(3.0), "w0-s1": prof(5.0)})
+    assert set(rows) == {"w7 (2 seeds)", "w0 (1 seed)"}
+    assert rows["w7 (2 seeds)"]["bands"]["all"]["model_r"] == [2.0, 4.0]

@@ -207,8 +207,34 @@ def table_rows(name: str, seed: int | None, prof: dict) -> list[dict]:
     return rows
 
 
+def by_row(profs: dict[str, dict]) -> dict[str, dict]:
+    """Runs ``<row>-s<seed>`` grouped by row: each band's profiles averaged over the row's seeds (the objects are the
+    same split's, so every seed has the same ones)."""
+    from trainer.analysis.distill_fit import row_name
+
+    groups: dict[str, list[dict]] = {}
+    for run, prof in profs.items():
+        groups.setdefault(row_name(Path(run))[0], []).append(prof)
+    out = {}
+    for row, members in groups.items():
+        first = members[0]
+        bands = {}
+        for band, b in first["bands"].items():
+            if not all(band in m["bands"] for m in members):
+                continue
+            bands[band] = {"objects": b["objects"]}
+            for k in ("model_r", "model_l", "target_r", "target_l"):
+                bands[band][k] = np.mean([m["bands"][band][k] for m in members], 0).tolist()
+        out[f"{row} ({len(members)} seed{'s' if len(members) > 1 else ''})"] = {
+            "offsets": first["offsets"],
+            "bands": bands,
+        }
+    return out
+
+
 def plot(profs: dict[str, dict], path: Path) -> None:
-    """One panel per range band: each run's radial (solid) and lateral (dashed) profile, the target's in black."""
+    """One panel per range band: each row's radial (solid) and lateral (dashed) profile (mean over its seeds), the
+    target's in black."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -285,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         a.out.write_text(text)
         a.out.with_suffix(".json").write_text(json.dumps(profs))
     if a.png and profs:
-        plot(profs, a.png)
+        plot(by_row(profs), a.png)
     return 0
 
 
